@@ -1,0 +1,1 @@
+//! detector (to be written).

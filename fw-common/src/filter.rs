@@ -1,0 +1,90 @@
+//! Values of the allowlist and blocklist LPM tries.
+//!
+//! Keys are `Key<[u8; 4]>` / `Key<[u8; 16]>` (aya's `lpm_trie::Key`: a `u32`
+//! prefix length in bits followed by the address in network byte order), per the
+//! kernel's `BPF_MAP_TYPE_LPM_TRIE` documentation (Documentation/bpf/map_lpm_trie.rst).
+
+/// Who put an entry into a list.
+pub const ORIGIN_MANUAL: u8 = 0;
+/// Put there by a detector's verdict.
+pub const ORIGIN_DETECTOR: u8 = 1;
+/// Loaded from a threat-intelligence feed.
+pub const ORIGIN_FEED: u8 = 2;
+/// Implied by the gateway configuration (own addresses, management network).
+pub const ORIGIN_CONFIG: u8 = 3;
+
+/// Why a source is blocked (stable codes; the text lives in userspace).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "user", serde(rename_all = "snake_case"))]
+pub enum BlockReason {
+    Unspecified = 0,
+    Manual = 1,
+    PortScan = 2,
+    SynFlood = 3,
+    BruteForce = 4,
+    UnauthorizedAccess = 5,
+    TrafficSpike = 6,
+    Anomaly = 7,
+    ThreatFeed = 8,
+    Quarantine = 9,
+}
+
+impl BlockReason {
+    /// The reason for a code read back from the map; unknown codes are `Unspecified`.
+    pub const fn from_code(code: u8) -> BlockReason {
+        match code {
+            1 => BlockReason::Manual,
+            2 => BlockReason::PortScan,
+            3 => BlockReason::SynFlood,
+            4 => BlockReason::BruteForce,
+            5 => BlockReason::UnauthorizedAccess,
+            6 => BlockReason::TrafficSpike,
+            7 => BlockReason::Anomaly,
+            8 => BlockReason::ThreatFeed,
+            9 => BlockReason::Quarantine,
+            _ => BlockReason::Unspecified,
+        }
+    }
+}
+
+/// A blocklist entry. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// Expiry on the `bpf_ktime_get_ns` clock (CLOCK_MONOTONIC, ns); 0 = permanent.
+    /// An entry with `0 < expires_ns <= now` counts as absent.
+    pub expires_ns: u64,
+    /// Packets that matched this entry (dropped or would-drop). Incremented with an
+    /// atomic add by the program, so it is exact across CPUs.
+    pub hits: u64,
+    /// Identifier of the rule or verdict that created the entry (0 = none).
+    pub rule_id: u32,
+    /// [`BlockReason`] code.
+    pub reason: u8,
+    /// `ORIGIN_*` code.
+    pub origin: u8,
+    pub _pad: [u8; 2],
+}
+
+impl BlockEntry {
+    /// Whether the entry is in force at `now_ns` (same clock as `expires_ns`).
+    #[inline(always)]
+    pub fn active(&self, now_ns: u64) -> bool {
+        self.expires_ns == 0 || self.expires_ns > now_ns
+    }
+}
+
+/// An allowlist entry. 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowEntry {
+    /// Packets that matched this entry, incremented atomically by the program.
+    pub hits: u64,
+    /// Identifier of the rule that created the entry (0 = none).
+    pub rule_id: u32,
+    /// `ORIGIN_*` code.
+    pub origin: u8,
+    pub _pad: [u8; 3],
+}

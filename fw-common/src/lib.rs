@@ -1,0 +1,51 @@
+//! Types shared by the XDP program (`fw-ebpf`, kernel side) and the gateway's
+//! userspace (`fw-ctl`, `detector`, `dashboard`).
+//!
+//! Without features this crate is `#![no_std]` plain old data: every map key and
+//! value is `#[repr(C)]` with explicit padding, and every field names its unit and
+//! byte order. The per-packet update rules that both sides must agree on (flow
+//! accounting, the GCRA token bucket) live here as pure functions, so the kernel
+//! program and the userspace flow meter run the very same code.
+//!
+//! With the `user` feature it adds `aya::Pod` impls, the versioned MQTT wire types
+//! ([`wire`]), flow export and the IPFIX expiry rules ([`export`]), the detector's
+//! feature vector ([`features`]) and a pcap flow meter ([`meter`]).
+#![cfg_attr(not(feature = "user"), no_std)]
+
+pub mod config;
+pub mod counters;
+pub mod filter;
+pub mod flow;
+pub mod maps;
+pub mod rate;
+
+#[cfg(feature = "user")]
+pub mod export;
+#[cfg(feature = "user")]
+pub mod features;
+#[cfg(feature = "user")]
+pub mod meter;
+#[cfg(feature = "user")]
+pub mod wire;
+
+/// `aya::Pod` for the map types: plain old data with no padding holes left
+/// uninitialised (all padding is an explicit field).
+#[cfg(feature = "user")]
+mod pod {
+    use crate::{config, counters, filter, flow, rate};
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => { $(unsafe impl aya::Pod for $t {})* };
+    }
+    pod!(
+        config::GatewayConfig,
+        counters::CounterValue,
+        filter::AllowEntry,
+        filter::BlockEntry,
+        flow::FlowKey,
+        flow::FlowStats,
+        flow::DirStats,
+        rate::RateKey,
+        rate::RateState,
+    );
+}
