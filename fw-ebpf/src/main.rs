@@ -108,13 +108,6 @@ fn be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
     Some(u16::from_be_bytes(unsafe { *p }))
 }
 
-/// Reads a byte at `offset`.
-#[inline(always)]
-fn byte(ctx: &XdpContext, offset: usize) -> Option<u8> {
-    let p = ptr_at::<u8>(ctx, offset)?;
-    Some(unsafe { *p })
-}
-
 /// Per-CPU working memory of one program run.
 #[repr(C)]
 struct Scratch {
@@ -173,19 +166,37 @@ fn try_fw(ctx: &XdpContext) -> u32 {
         Some(c) => *c,
         None => GatewayConfig::default(),
     };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let slot = decide(&cfg, p, now);
+    // The clock is read at most once, and only on paths that need it (an expiring
+    // entry, a rate limit, flow accounting): a drop by a permanent entry reads none.
+    let mut clock = Clock(0);
+    let slot = decide(&cfg, p, &mut clock);
     count(slot, len);
     if slot.verdict() == Verdict::Drop {
         return xdp_action::XDP_DROP;
     }
-    account_flow(&cfg, scratch, now);
+    if cfg.flow_accounting() {
+        let now = clock.now();
+        account_flow(scratch, now);
+    }
     xdp_action::XDP_PASS
+}
+
+/// `bpf_ktime_get_ns`, read on first use.
+struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = unsafe { bpf_ktime_get_ns() };
+        }
+        self.0
+    }
 }
 
 /// Steps 1-3: the counter slot (and with it the verdict) for a parsed packet.
 #[inline(always)]
-fn decide(cfg: &GatewayConfig, p: &Parsed, now: u64) -> CounterSlot {
+fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> CounterSlot {
     let observe = cfg.observe();
     // 1. Allowlist.
     let allowed = if p.family == FAMILY_V4 {
@@ -204,14 +215,14 @@ fn decide(cfg: &GatewayConfig, p: &Parsed, now: u64) -> CounterSlot {
         BLOCK_V6.get(Key::new(128, p.src))
     };
     if let Some(b) = blocked {
-        if b.active(now) {
+        if b.expires_ns == 0 || b.active(clock.now()) {
             bump(&b.hits);
             return CounterSlot::dropping(Reason::Blocklist, observe);
         }
     }
     // 3. Per-source rate limits.
     if cfg.syn_rate_pps != 0 || cfg.pkt_rate_pps != 0 {
-        if let Some(reason) = rate_limit(cfg, p, now) {
+        if let Some(reason) = rate_limit(cfg, p, clock.now()) {
             return CounterSlot::dropping(reason, observe);
         }
     }
@@ -242,10 +253,7 @@ fn rate_limit(cfg: &GatewayConfig, p: &Parsed, now: u64) -> Option<Reason> {
 }
 
 #[inline(always)]
-fn account_flow(cfg: &GatewayConfig, sc: &mut Scratch, now: u64) {
-    if !cfg.flow_accounting() {
-        return;
-    }
+fn account_flow(sc: &mut Scratch, now: u64) {
     let p = &sc.p;
     let (key, side) = FlowKey::new(p.src, p.sport, p.dst, p.dport, p.proto, p.family, p.vlan_id);
     sc.key = key;

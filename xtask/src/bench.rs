@@ -1,0 +1,59 @@
+//! `cargo xtask bench [NAME...] [--json FILE]`: benchmarks, never part of the tests.
+//! Each writes `bench/results/<name>.json` (and `--json FILE` when one is named)
+//! and prints its table. See BENCHMARKS.md for the method of each.
+//!
+//! - `xdp`: ns per packet by path through BPF_PROG_TEST_RUN (fw-ctl/benches/xdp.rs).
+//! - `detector`: flow records per second through partitioning, model and rules on
+//!   one core (`detector bench`).
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+use crate::{setup, util};
+
+/// Every benchmark this xtask knows, in the order `bench` runs them.
+const ALL: &[&str] = &["xdp", "detector"];
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Benchmarks to run (default: all): xdp, detector.
+    names: Vec<String>,
+    /// Also write the JSON result here (only with a single benchmark).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    let names: Vec<&str> = if a.names.is_empty() {
+        ALL.to_vec()
+    } else {
+        a.names.iter().map(String::as_str).collect()
+    };
+    if let Some(unknown) = names.iter().find(|n| !ALL.contains(n)) {
+        bail!("unknown benchmark {unknown:?}; known: {}", ALL.join(", "));
+    }
+    if a.json.is_some() && names.len() != 1 {
+        bail!("--json takes one benchmark; results of all are in bench/results/");
+    }
+    let results = util::workspace_root().join("bench/results");
+    std::fs::create_dir_all(&results)?;
+    for name in names {
+        let out = results.join(format!("{name}.json"));
+        let out_s = out.to_string_lossy().into_owned();
+        match name {
+            "xdp" => {
+                setup::ensure_ebpf_toolchain()?;
+                anyhow::ensure!(util::is_root(), "the xdp benchmark loads an XDP program: run as root");
+                util::cargo(&["bench", "-p", "fw-ctl", "--bench", "xdp", "--", "--json", &out_s])?;
+            }
+            "detector" => {
+                util::cargo(&["run", "--release", "-p", "detector", "--", "bench", "--json", &out_s])?;
+            }
+            _ => unreachable!("checked above"),
+        }
+        if let Some(extra) = &a.json {
+            std::fs::copy(&out, extra)?;
+        }
+    }
+    Ok(())
+}

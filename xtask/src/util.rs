@@ -1,0 +1,64 @@
+//! Small helpers shared by the xtask verbs: running commands with their command
+//! line printed, locating the workspace.
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+use anyhow::{Context as _, bail};
+
+/// The workspace root (the directory holding the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Prints and runs a command, failing when it exits non-zero.
+pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed with {status}", show(cmd));
+    }
+    Ok(())
+}
+
+/// Runs a command and captures its output (not printed); fails when it cannot start.
+pub fn output(cmd: &mut Command) -> anyhow::Result<Output> {
+    cmd.output()
+        .with_context(|| format!("cannot start {}", show(cmd)))
+}
+
+/// Runs a command and returns its trimmed stdout when it succeeds, `None` otherwise.
+pub fn stdout_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs `cargo ARGS` in the workspace root with the same cargo that runs xtask.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_cmd(Command::new(cargo).args(args).current_dir(workspace_root()))
+}
+
+/// The command line of `cmd`, for messages.
+pub fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
