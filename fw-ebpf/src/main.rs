@@ -1,7 +1,7 @@
 //! The gateway's XDP program, attached to the LAN-facing interface.
 //!
 //! Per packet, in this order (each packet lands in exactly one counter slot):
-//! 1. parse Ethernet, up to two VLAN tags (802.1Q / 802.1ad), IPv4 (options;
+//! 1. parse Ethernet, up to two VLAN tags (802.1Q / 802.1ad / 0x9100), IPv4 (options;
 //!    non-first fragments carry no ports) or IPv6 (hop-by-hop, routing, fragment
 //!    and destination-options headers skipped, at most [`MAX_IPV6_EXT`]), then TCP,
 //!    UDP, ICMP or ICMPv6. Frames without a complete Ethernet and IP header are
@@ -84,6 +84,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+/// Pre-standard QinQ outer tag, still sent by some switches.
+const ETH_P_QINQ: u16 = 0x9100;
 
 #[xdp]
 pub fn fw(ctx: XdpContext) -> u32 {
@@ -284,7 +286,7 @@ fn parse(ctx: &XdpContext, p: &mut Parsed) -> bool {
     let mut off = ETH_HLEN;
     let mut vlan_id = 0u16;
     for _ in 0..2 {
-        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ {
             let (Some(tci), Some(inner)) = (be16(ctx, off), be16(ctx, off + 2)) else {
                 count(CounterSlot::PassMalformed, len);
                 return false;

@@ -198,7 +198,7 @@ fn build_bpf_linker(n: &Nightly) -> anyhow::Result<()> {
     ));
     run_cmd(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--force", "--locked", "--version", BPF_LINKER_VERSION])
+            .args(["install", "bpf-linker", "--force", "--version", BPF_LINKER_VERSION])
             .args(["--no-default-features", "--features", &feature])
             .env("LLVM_PREFIX", &prefix),
     )

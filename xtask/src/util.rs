@@ -2,7 +2,7 @@
 //! line printed, locating the workspace.
 use std::{
     path::PathBuf,
-    process::{Command, Output},
+    process::Command,
 };
 
 use anyhow::{Context as _, bail};
@@ -31,12 +31,6 @@ pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("`{}` failed with {status}", show(cmd));
     }
     Ok(())
-}
-
-/// Runs a command and captures its output (not printed); fails when it cannot start.
-pub fn output(cmd: &mut Command) -> anyhow::Result<Output> {
-    cmd.output()
-        .with_context(|| format!("cannot start {}", show(cmd)))
 }
 
 /// Runs a command and returns its trimmed stdout when it succeeds, `None` otherwise.
