@@ -158,7 +158,9 @@ pub fn to_record(
     let iat_std_us = if samples >= 2 {
         let n = samples as f64;
         let mean = stats.iat_sum_ns as f64 / 1_000.0 / n;
-        (stats.iat_sq_sum_us2 as f64 / n - mean * mean).max(0.0).sqrt()
+        (stats.iat_sq_sum_us2 as f64 / n - mean * mean)
+            .max(0.0)
+            .sqrt()
     } else {
         0.0
     };
@@ -188,7 +190,12 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn tcp(flags: u8) -> PacketMeta {
-        PacketMeta { ip_len: 60, tcp_flags: flags, is_tcp: true, icmp: None }
+        PacketMeta {
+            ip_len: 60,
+            tcp_flags: flags,
+            is_tcp: true,
+            icmp: None,
+        }
     }
 
     #[test]
@@ -197,23 +204,43 @@ mod tests {
         let mut f = FlowStats::default();
         f.account(SIDE_A, &tcp(tcp_flags::SYN), S);
         assert_eq!(expiry(&f, S + 9 * S, None, &t), None);
-        assert_eq!(expiry(&f, S + 10 * S, None, &t), Some(EndReason::IdleTimeout));
+        assert_eq!(
+            expiry(&f, S + 10 * S, None, &t),
+            Some(EndReason::IdleTimeout)
+        );
         f.account(SIDE_B, &tcp(tcp_flags::RST | tcp_flags::ACK), 2 * S);
-        assert_eq!(expiry(&f, 2 * S + S / 4, None, &t), None, "inside the end grace");
-        assert_eq!(expiry(&f, 2 * S + S / 2, None, &t), Some(EndReason::EndOfFlow));
+        assert_eq!(
+            expiry(&f, 2 * S + S / 4, None, &t),
+            None,
+            "inside the end grace"
+        );
+        assert_eq!(
+            expiry(&f, 2 * S + S / 2, None, &t),
+            Some(EndReason::EndOfFlow)
+        );
 
         let mut long = FlowStats::default();
         for i in 0..=61 {
             long.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
         }
-        assert_eq!(expiry(&long, 62 * S, None, &t), Some(EndReason::ActiveTimeout));
+        assert_eq!(
+            expiry(&long, 62 * S, None, &t),
+            Some(EndReason::ActiveTimeout)
+        );
         assert_eq!(expiry(&long, 62 * S, Some(61 * S), &t), None);
     }
 
     #[test]
     fn record_is_oriented_from_the_syn_sender() {
-        let (key, side) =
-            FlowKey::new(v4_mapped([198, 51, 100, 9]), 443, v4_mapped([192, 0, 2, 3]), 50000, 6, 4, 0);
+        let (key, side) = FlowKey::new(
+            v4_mapped([198, 51, 100, 9]),
+            443,
+            v4_mapped([192, 0, 2, 3]),
+            50000,
+            6,
+            4,
+            0,
+        );
         let client = 1 - side;
         let mut f = FlowStats::default();
         // The capture starts with the server's SYN-ACK; the client's SYN is retried later.

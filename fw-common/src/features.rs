@@ -123,8 +123,21 @@ mod tests {
             vlan: 0,
             start_ms: 0,
             duration_us: 2_000_000,
-            fwd: DirCounters { packets: 3, bytes: 180, syn: 1, ack_only: 2, max_len: 60, ..Default::default() },
-            bwd: DirCounters { packets: 1, bytes: 60, syn_ack: 1, max_len: 60, ..Default::default() },
+            fwd: DirCounters {
+                packets: 3,
+                bytes: 180,
+                syn: 1,
+                ack_only: 2,
+                max_len: 60,
+                ..Default::default()
+            },
+            bwd: DirCounters {
+                packets: 1,
+                bytes: 60,
+                syn_ack: 1,
+                max_len: 60,
+                ..Default::default()
+            },
             iat_mean_us: 666_666.0,
             iat_std_us: 0.0,
             end_reason: EndReason::IdleTimeout,
@@ -133,7 +146,10 @@ mod tests {
         assert_eq!(x.len(), NAMES.len());
         assert!((x[0] - (2001f32).ln()).abs() < 1e-4);
         assert!((x[1] - 4f32.ln()).abs() < 1e-6);
-        assert!((x[11] - 3f32.ln()).abs() < 1e-5, "4 packets over 2 s = 2 pps");
+        assert!(
+            (x[11] - 3f32.ln()).abs() < 1e-5,
+            "4 packets over 2 s = 2 pps"
+        );
         assert_eq!(x[13], 0.25);
         assert_eq!((x[14], x[15], x[19]), (0.25, 0.25, 0.5));
         assert_eq!((x[20], x[21], x[22], x[23]), (1.0, 0.0, 0.0, 1.0));

@@ -235,13 +235,21 @@ impl FlowStats {
             let gap_ns = now_ns.saturating_sub(self.last_seen_ns);
             self.iat_sum_ns = self.iat_sum_ns.saturating_add(gap_ns);
             let gap_us = gap_ns / 1_000;
-            let gap_us = if gap_us > u32::MAX as u64 { u32::MAX as u64 } else { gap_us };
+            let gap_us = if gap_us > u32::MAX as u64 {
+                u32::MAX as u64
+            } else {
+                gap_us
+            };
             self.iat_sq_sum_us2 = self.iat_sq_sum_us2.saturating_add(gap_us * gap_us);
             if now_ns > self.last_seen_ns {
                 self.last_seen_ns = now_ns;
             }
         }
-        let d = if side == SIDE_A { &mut self.dir[0] } else { &mut self.dir[1] };
+        let d = if side == SIDE_A {
+            &mut self.dir[0]
+        } else {
+            &mut self.dir[1]
+        };
         d.packets += 1;
         d.bytes += meta.ip_len as u64;
         if d.packets == 1 || meta.ip_len < d.min_len {
@@ -350,8 +358,24 @@ mod tests {
 
     #[test]
     fn both_directions_share_one_key() {
-        let (k1, s1) = FlowKey::new(v4([192, 0, 2, 10]), 40000, v4([198, 51, 100, 5]), 443, 6, 4, 0);
-        let (k2, s2) = FlowKey::new(v4([198, 51, 100, 5]), 443, v4([192, 0, 2, 10]), 40000, 6, 4, 0);
+        let (k1, s1) = FlowKey::new(
+            v4([192, 0, 2, 10]),
+            40000,
+            v4([198, 51, 100, 5]),
+            443,
+            6,
+            4,
+            0,
+        );
+        let (k2, s2) = FlowKey::new(
+            v4([198, 51, 100, 5]),
+            443,
+            v4([192, 0, 2, 10]),
+            40000,
+            6,
+            4,
+            0,
+        );
         assert_eq!(k1, k2);
         assert_ne!(s1, s2);
         assert_eq!(s1, SIDE_A);
@@ -367,9 +391,22 @@ mod tests {
     #[test]
     fn account_counts_flags_lengths_and_gaps() {
         let mut f = FlowStats::default();
-        let syn = PacketMeta { ip_len: 60, tcp_flags: tcp_flags::SYN, is_tcp: true, icmp: None };
-        let synack = PacketMeta { ip_len: 60, tcp_flags: tcp_flags::SYN | tcp_flags::ACK, ..syn };
-        let ack = PacketMeta { ip_len: 52, tcp_flags: tcp_flags::ACK, ..syn };
+        let syn = PacketMeta {
+            ip_len: 60,
+            tcp_flags: tcp_flags::SYN,
+            is_tcp: true,
+            icmp: None,
+        };
+        let synack = PacketMeta {
+            ip_len: 60,
+            tcp_flags: tcp_flags::SYN | tcp_flags::ACK,
+            ..syn
+        };
+        let ack = PacketMeta {
+            ip_len: 52,
+            tcp_flags: tcp_flags::ACK,
+            ..syn
+        };
         f.account(SIDE_B, &syn, 1_000_000);
         f.account(SIDE_A, &synack, 3_000_000);
         f.account(SIDE_B, &ack, 7_000_000);
@@ -378,13 +415,19 @@ mod tests {
         assert_eq!(f.iat_sum_ns, 6_000_000);
         assert_eq!(f.iat_sq_sum_us2, 2_000 * 2_000 + 4_000 * 4_000);
         let b = f.dir[SIDE_B as usize];
-        assert_eq!((b.packets, b.bytes, b.syn, b.ack_only, b.min_len, b.max_len), (2, 112, 1, 1, 52, 60));
+        assert_eq!(
+            (b.packets, b.bytes, b.syn, b.ack_only, b.min_len, b.max_len),
+            (2, 112, 1, 1, 52, 60)
+        );
         assert_eq!(f.dir[SIDE_A as usize].syn_ack, 1);
     }
 
     #[test]
     fn merge_adds_counts_and_keeps_earliest_opener() {
-        let meta = PacketMeta { ip_len: 100, ..Default::default() };
+        let meta = PacketMeta {
+            ip_len: 100,
+            ..Default::default()
+        };
         let mut c0 = FlowStats::default();
         let mut c1 = FlowStats::default();
         c1.account(SIDE_A, &meta, 10);
@@ -394,7 +437,10 @@ mod tests {
         assert_eq!(seen, 2);
         assert_eq!(m.opener, SIDE_A);
         assert_eq!((m.first_seen_ns, m.last_seen_ns), (10, 30));
-        assert_eq!((m.dir[1].packets, m.dir[1].min_len, m.dir[1].max_len), (2, 40, 100));
+        assert_eq!(
+            (m.dir[1].packets, m.dir[1].min_len, m.dir[1].max_len),
+            (2, 40, 100)
+        );
         assert_eq!(m.packets(), 3);
     }
 }

@@ -58,7 +58,9 @@ mod tests {
     #[test]
     fn admits_exactly_the_burst_back_to_back() {
         let mut tat = 0;
-        let admitted = (0..20).filter(|_| gcra_admit(&mut tat, 1_000, 10, 5)).count();
+        let admitted = (0..20)
+            .filter(|_| gcra_admit(&mut tat, 1_000, 10, 5))
+            .count();
         assert_eq!(admitted, 5);
     }
 

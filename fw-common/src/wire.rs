@@ -129,8 +129,10 @@ pub fn decode<M: Message>(payload: &[u8]) -> Result<M, WireError> {
             got: m.version(),
         });
     }
-    m.validate()
-        .map_err(|what| WireError::Invalid { kind: M::KIND, what })?;
+    m.validate().map_err(|what| WireError::Invalid {
+        kind: M::KIND,
+        what,
+    })?;
     Ok(m)
 }
 
@@ -691,11 +693,20 @@ mod tests {
     fn rejects_other_versions_and_bad_fields() {
         let mut v = verdict();
         v.v = 2;
-        assert!(matches!(decode::<Verdict>(&encode(&v)), Err(WireError::Version { got: 2, .. })));
+        assert!(matches!(
+            decode::<Verdict>(&encode(&v)),
+            Err(WireError::Version { got: 2, .. })
+        ));
         let mut v = verdict();
         v.ttl_s = None;
-        assert!(matches!(decode::<Verdict>(&encode(&v)), Err(WireError::Invalid { .. })));
-        assert!(matches!(decode::<Verdict>(b"{"), Err(WireError::Json { .. })));
+        assert!(matches!(
+            decode::<Verdict>(&encode(&v)),
+            Err(WireError::Invalid { .. })
+        ));
+        assert!(matches!(
+            decode::<Verdict>(b"{"),
+            Err(WireError::Json { .. })
+        ));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::maps::{LpmTrie, lpm_trie::Key};
 use fw_common::{
-    config::GatewayConfig,
+    config::{FLAG_NO_FLOW_ACCOUNTING, GatewayConfig},
     filter::{AllowEntry, BlockEntry},
     flow::tcp_flags as tf,
     maps as m,
@@ -78,6 +78,10 @@ fn main() {
         r.insert("pass_new_flow", total / NEW_FLOWS as f64);
     }
     r.insert("pass_existing_flow", measure(&h, &existing, XDP_PASS));
+    // The same packet with flow accounting off: what the flow update costs.
+    h.set_config(GatewayConfig { flags: FLAG_NO_FLOW_ACCOUNTING, ..Default::default() });
+    r.insert("pass_no_flow_accounting", measure(&h, &existing, XDP_PASS));
+    h.set_config(GatewayConfig::default());
     h.block("198.51.100.66/32", BlockEntry::default());
     r.insert("drop_blocklist", measure(&h, &blocked, XDP_DROP));
     {

@@ -103,7 +103,7 @@ fn kernel_and_meter_account_every_capture_identically() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         // Room for the largest capture's flows (the spoofed flood has ~38k).
         let h = Harness::load_with(|l: &mut EbpfLoader<'_>| {
-            l.set_max_entries(m::FLOWS, 131_072);
+            l.map_max_entries(m::FLOWS, 131_072);
         });
         let mut meter: HashMap<FlowKey, FlowStats> = HashMap::new();
         let mut t = 1u64;

@@ -49,15 +49,13 @@ use fw_common::{
 static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::with_max_entries(m::ALLOW_MAX_ENTRIES, 0);
 /// Allowlist, IPv6 source prefixes.
 #[map(name = "ALLOW_V6")]
-static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> =
-    LpmTrie::with_max_entries(m::ALLOW_MAX_ENTRIES, 0);
+static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(m::ALLOW_MAX_ENTRIES, 0);
 /// Blocklist, IPv4 source prefixes, entries with expiry (ns, bpf_ktime_get_ns clock).
 #[map(name = "BLOCK_V4")]
 static BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::with_max_entries(m::BLOCK_MAX_ENTRIES, 0);
 /// Blocklist, IPv6 source prefixes.
 #[map(name = "BLOCK_V6")]
-static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> =
-    LpmTrie::with_max_entries(m::BLOCK_MAX_ENTRIES, 0);
+static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::with_max_entries(m::BLOCK_MAX_ENTRIES, 0);
 /// Token-bucket state per source address (IPv4-mapped for IPv4).
 #[map(name = "RATE")]
 static RATE: LruHashMap<RateKey, RateState> = LruHashMap::with_max_entries(m::RATE_MAX_ENTRIES, 0);
@@ -266,7 +264,10 @@ fn account_flow(sc: &mut Scratch, now: u64) {
     // A new flow: its first value is built in scratch space.
     sc.fresh = FlowStats::default();
     sc.fresh.account(side, &sc.p.meta, now);
-    if FLOWS.insert(&sc.key, &sc.fresh, BPF_NOEXIST as u64).is_err() {
+    if FLOWS
+        .insert(&sc.key, &sc.fresh, BPF_NOEXIST as u64)
+        .is_err()
+    {
         // Another packet of this flow created the entry in between: add to it.
         if let Some(s) = FLOWS.get_ptr_mut(&sc.key) {
             unsafe { (*s).account(side, &sc.p.meta, now) };
