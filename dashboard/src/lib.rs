@@ -1,1 +1,22 @@
-//! dashboard (to be written).
+//! The monitoring node (`dashboard`): subscribes to everything gateways and
+//! detectors publish on the MQTT bus, stores it in SQLite ([`store`]), writes
+//! alerts, verdicts and operator commands to a hash-chained audit log
+//! ([`audit`]), optionally exports InfluxDB line protocol ([`influx`]), and serves
+//! the web pages and JSON API ([`api`], [`web`]) through which operators watch
+//! traffic and block or unblock sources (published as commands, [`publish`]).
+//!
+//! Data flow: bus message → [`ingest::App::ingest`] → store + audit + live event
+//! (SSE) → pages. Operator action → [`api`] → [`publish::Publisher`] → bus, and
+//! store + audit.
+
+pub mod api;
+pub mod audit;
+pub mod bus;
+pub mod config;
+pub mod influx;
+pub mod ingest;
+pub mod metrics;
+pub mod publish;
+pub mod server;
+pub mod store;
+pub mod web;

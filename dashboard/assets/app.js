@@ -1,0 +1,439 @@
+// TAD dashboard pages: one script for every page (chosen by location.pathname).
+// Reads the JSON API under /api/v1, stays live through the SSE stream at
+// /api/v1/events, draws charts with uPlot (vendored, MIT).
+'use strict';
+
+const API = '/api/v1';
+const WINDOW_MS = 5 * 60 * 1000; // overview charts: last 5 minutes
+
+// ------------------------------------------------------------ helpers
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+async function getJson(path) {
+  const res = await fetch(API + path, { headers: { accept: 'application/json' } });
+  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+  return res.json();
+}
+
+function token() { return sessionStorage.getItem('tad-token') || ''; }
+
+async function mutate(method, path, body) {
+  const headers = { authorization: `Bearer ${token()}` };
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const res = await fetch(API + path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+  return data;
+}
+
+function showResult(el, ok, text) {
+  el.textContent = text;
+  el.className = 'result ' + (ok ? 'ok' : 'err');
+}
+
+const fmtTime = (ms) => ms ? new Date(ms).toLocaleString() : '–';
+const fmtNum = (v) => v === null || v === undefined ? '–' :
+  Math.abs(v) >= 100 ? Math.round(v).toLocaleString() : (Math.round(v * 10) / 10).toString();
+
+function ago(ms) {
+  if (!ms) return 'never';
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
+
+function duration(s) {
+  if (s === null || s === undefined) return 'permanent';
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+const shortHash = (hash) => h('span', { class: 'hash', title: hash }, hash.slice(0, 16) + '…');
+
+function throttle(fn, ms) {
+  let timer = null;
+  return () => {
+    if (timer) return;
+    timer = setTimeout(() => { timer = null; fn(); }, ms);
+  };
+}
+
+// ------------------------------------------------------------ live events
+
+const handlers = {};
+function on(name, fn) { (handlers[name] = handlers[name] || []).push(fn); }
+
+function connectEvents() {
+  const live = document.getElementById('live');
+  const es = new EventSource(API + '/events');
+  es.onopen = () => { live.textContent = 'live'; live.className = 'live on'; };
+  es.onerror = () => { live.textContent = 'reconnecting'; live.className = 'live off'; };
+  for (const name of ['sample', 'alert', 'trust', 'status', 'blocks']) {
+    es.addEventListener(name, (e) => {
+      const ev = JSON.parse(e.data);
+      for (const fn of handlers[name] || []) fn(ev.data);
+    });
+  }
+}
+
+// ------------------------------------------------------------ charts
+
+const SERIES_PACKETS = [
+  { label: 'passed', key: 'pass_pps', stroke: '#15803d' },
+  { label: 'drop: blocklist', key: 'drop_blocklist_pps', stroke: '#b91c1c' },
+  { label: 'drop: SYN rate', key: 'drop_syn_rate_pps', stroke: '#c2410c' },
+  { label: 'drop: packet rate', key: 'drop_pkt_rate_pps', stroke: '#7c3aed' },
+  { label: 'would drop (observe)', key: 'would_drop_pps', stroke: '#64748b', dash: [4, 4] },
+];
+
+function makeChart(el, series, height) {
+  const opts = {
+    width: Math.max(300, el.clientWidth || 400),
+    height: height || 220,
+    series: [{}, ...series.map((s) => ({
+      label: s.label, stroke: s.stroke, width: 2, dash: s.dash, points: { show: false },
+    }))],
+    axes: [{}, { size: 60 }],
+    scales: { x: { time: true } },
+  };
+  const data = [[], ...series.map(() => [])];
+  const chart = new uPlot(opts, data, el);
+  new ResizeObserver(() => chart.setSize({ width: Math.max(300, el.clientWidth), height: opts.height }))
+    .observe(el);
+  return chart;
+}
+
+// Points keyed by second, summed over gateways (each gateway sends one a second).
+class LiveSeries {
+  constructor(el, series) {
+    this.el = el;
+    this.series = series;
+    this.chart = makeChart(el, series);
+    this.buckets = new Map(); // second -> Map(gateway -> point)
+  }
+  add(p) {
+    const sec = Math.floor(p.at_ms / 1000);
+    if (!this.buckets.has(sec)) this.buckets.set(sec, new Map());
+    const bucket = this.buckets.get(sec);
+    // A live point replaces the stored sum ('*') its second was loaded with.
+    if (p.gateway_id !== '*') bucket.delete('*');
+    bucket.set(p.gateway_id, p);
+  }
+  redraw() {
+    const cutoff = Math.floor((Date.now() - WINDOW_MS) / 1000);
+    for (const k of this.buckets.keys()) if (k < cutoff) this.buckets.delete(k);
+    const secs = [...this.buckets.keys()].sort((a, b) => a - b);
+    const cols = this.series.map((s) => secs.map((sec) => {
+      let sum = 0;
+      for (const p of this.buckets.get(sec).values()) sum += p[s.key] || 0;
+      return sum;
+    }));
+    this.chart.setData([secs, ...cols]);
+    // For people: the latest values; for the browser test: that the chart moved.
+    this.el.dataset.points = String(secs.length);
+    this.el.dataset.last = cols.map((c) => c.length ? c[c.length - 1] : 0).join(',');
+    return cols.map((c) => c.length ? c[c.length - 1] : 0);
+  }
+}
+
+// ------------------------------------------------------------ rows
+
+function alertRow(a, withGateway, fresh) {
+  return h('tr', { class: fresh ? 'new alert-row' : 'alert-row', 'data-alert-id': a.id },
+    h('td', {}, fmtTime(a.at_ms)),
+    h('td', {}, h('span', { class: `badge sev-${a.severity}` }, a.severity)),
+    h('td', {}, a.kind.replace(/_/g, ' ')),
+    withGateway ? h('td', {}, a.gateway_id) : null,
+    h('td', {}, `${a.source || '?'} → ${a.target || '?'}`),
+    h('td', {}, a.explanation.text,
+      h('div', { class: 'hint' }, `${a.explanation.rule}, window ${a.explanation.window_s} s: ` +
+        Object.entries(a.explanation.observed).map(([k, v]) =>
+          `${k} ${v} (threshold ${a.explanation.thresholds[k] ?? '–'})`).join('; '))),
+    h('td', {}, shortHash(a.audit_hash)));
+}
+
+// ------------------------------------------------------------ pages
+
+async function overview() {
+  const packets = new LiveSeries(document.getElementById('chart-packets'), SERIES_PACKETS);
+  const flows = new LiveSeries(document.getElementById('chart-flows'),
+    [{ label: 'flows/s', key: 'flows_per_s', stroke: '#2563eb' }]);
+  const alerts = new LiveSeries(document.getElementById('chart-alerts'),
+    [{ label: 'alerts/min', key: 'alerts_per_min', stroke: '#b91c1c' }]);
+  const charts = [packets, flows, alerts];
+  const cards = () => {
+    const last = packets.redraw();
+    flows.redraw();
+    alerts.redraw();
+    document.getElementById('card-pass').textContent = fmtNum(last[0]);
+    document.getElementById('card-drop').textContent =
+      fmtNum(last[1] + last[2] + last[3]);
+  };
+  const now = Date.now();
+  const hist = await getJson(`/overview?from_ms=${now - WINDOW_MS}&to_ms=${now + 1000}&step_s=1`);
+  for (const p of hist.points) for (const c of charts) c.add({ ...p, gateway_id: '*' });
+  cards();
+  on('sample', (p) => { for (const c of charts) c.add(p); cards(); });
+
+  const tbody = document.getElementById('overview-alerts');
+  const drawAlerts = (list) => {
+    tbody.replaceChildren(...(list.length ? list.map((a) => alertRow(a, false, false))
+      : [h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'No alerts yet.'))]));
+  };
+  drawAlerts(await getJson('/alerts?limit=8'));
+  let alertCount = (await getJson(`/alerts?limit=1000&since_ms=${now - 3600000}`)).length;
+  document.getElementById('card-alerts').textContent = alertCount;
+  on('alert', (a) => {
+    tbody.querySelector('.empty')?.parentElement.remove();
+    tbody.prepend(alertRow(a, false, true));
+    while (tbody.children.length > 8) tbody.lastChild.remove();
+    document.getElementById('card-alerts').textContent = ++alertCount;
+  });
+
+  const refreshNodes = async () => {
+    const nodes = await getJson('/gateways');
+    const gws = nodes.filter((n) => n.role === 'gateway');
+    document.getElementById('card-gateways').textContent =
+      `${gws.filter((n) => n.online).length} / ${gws.length}`;
+  };
+  const refreshBlocks = async () => {
+    document.getElementById('card-blocks').textContent = (await getJson('/blocks')).length;
+  };
+  await Promise.all([refreshNodes(), refreshBlocks()]);
+  on('status', throttle(refreshNodes, 500));
+  on('blocks', throttle(refreshBlocks, 500));
+}
+
+async function devices() {
+  const tbody = document.getElementById('devices');
+  const draw = async () => {
+    const list = await getJson('/devices');
+    tbody.replaceChildren(...(list.length ? list.map((d) => h('tr', { 'data-address': d.address },
+      h('td', {}, d.address),
+      h('td', {}, d.name || '–'),
+      h('td', {}, d.score === null ? h('span', { class: 'badge unknown' }, 'not scored')
+        : h('span', { class: `badge lvl-${d.level}`, title: d.level }, `${fmtNum(d.score)} ${d.level}`)),
+      h('td', {}, d.score === null ? '–'
+        : `${fmtNum(d.behavioural)} / ${fmtNum(d.vulnerability)} / ${fmtNum(d.reputation)}`),
+      h('td', {}, d.reason || '–'),
+      h('td', { title: fmtTime(d.last_seen_ms) }, ago(d.last_seen_ms)),
+      h('td', {}, d.blocked ? h('span', { class: 'badge offline' }, 'blocked') : 'no')))
+      : [h('tr', {}, h('td', { colspan: 7, class: 'empty' }, 'No devices yet.'))]));
+  };
+  await draw();
+  const later = throttle(draw, 500);
+  on('trust', later);
+  on('blocks', later);
+}
+
+async function alertsPage() {
+  const tbody = document.getElementById('alerts');
+  const list = await getJson('/alerts?limit=200');
+  tbody.replaceChildren(...(list.length ? list.map((a) => alertRow(a, true, false))
+    : [h('tr', {}, h('td', { colspan: 7, class: 'empty' }, 'No alerts yet.'))]));
+  on('alert', (a) => {
+    tbody.querySelector('.empty')?.parentElement.remove();
+    tbody.prepend(alertRow(a, true, true));
+  });
+}
+
+async function fillGatewaySelect(select, keepFirst) {
+  const nodes = await getJson('/gateways');
+  const opts = nodes.filter((n) => n.role === 'gateway').map((n) => h('option', { value: n.node_id }, n.node_id));
+  if (keepFirst) select.replaceChildren(select.options[0], ...opts);
+  else select.replaceChildren(...opts);
+}
+
+async function blocksPage() {
+  const tbody = document.getElementById('blocks');
+  let rows = [];
+  const fetchedAt = { t: Date.now() };
+  const draw = () => {
+    const elapsed = Math.floor((Date.now() - fetchedAt.t) / 1000);
+    tbody.replaceChildren(...(rows.length ? rows.map((b) => h('tr', { 'data-target': b.target },
+      h('td', {}, b.gateway_id),
+      h('td', {}, b.target),
+      h('td', {}, b.action),
+      h('td', {}, `${b.origin}: ${b.origin_id}`),
+      h('td', {}, b.reason),
+      h('td', { title: b.error || '' }, b.state.replace('_', ' ')),
+      h('td', {}, b.ttl_left_s === null ? 'permanent' : duration(Math.max(0, b.ttl_left_s - elapsed))),
+      h('td', {}, h('button', {
+        class: 'small',
+        onclick: async (e) => {
+          e.target.disabled = true;
+          try {
+            await mutate('DELETE', `/blocks?gateway_id=${encodeURIComponent(b.gateway_id)}&target=${encodeURIComponent(b.target)}`);
+          } catch (err) {
+            alert(`Unblock failed: ${err.message}`);
+          }
+          e.target.disabled = false;
+        },
+      }, 'Unblock'))))
+      : [h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'Nothing blocked.'))]));
+  };
+  const load = async () => { rows = await getJson('/blocks'); fetchedAt.t = Date.now(); draw(); };
+  await load();
+  setInterval(draw, 1000);
+  on('blocks', throttle(load, 300));
+  await fillGatewaySelect(document.getElementById('block-gateway'), false);
+
+  document.getElementById('block-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    const body = { gateway_id: f.get('gateway_id'), target: f.get('target').trim() };
+    if (f.get('ttl_s')) body.ttl_s = Number(f.get('ttl_s'));
+    if (f.get('reason').trim()) body.reason = f.get('reason').trim();
+    const out = document.getElementById('block-result');
+    try {
+      const r = await mutate('POST', '/blocks', body);
+      showResult(out, true, `Sent (command ${r.command.id}).`);
+      load();
+    } catch (err) { showResult(out, false, err.message); }
+  });
+
+  const thr = document.getElementById('thresholds');
+  const loadThresholds = async () => {
+    const t = await getJson('/thresholds');
+    const entries = Object.entries((t && t.values) || {});
+    thr.replaceChildren(...(entries.length ? entries.map(([k, v]) => h('li', {},
+      h('span', {}, `${k} = ${v}`),
+      h('button', {
+        type: 'button', class: 'small',
+        onclick: async () => {
+          try { await mutate('DELETE', `/thresholds?key=${encodeURIComponent(k)}`); loadThresholds(); }
+          catch (err) { showResult(document.getElementById('threshold-result'), false, err.message); }
+        },
+      }, 'remove')))
+      : [h('li', { class: 'empty' }, 'Detector defaults in force.')]));
+  };
+  await loadThresholds();
+  document.getElementById('threshold-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    const out = document.getElementById('threshold-result');
+    try {
+      await mutate('POST', '/thresholds', { values: { [f.get('key').trim()]: Number(f.get('value')) } });
+      showResult(out, true, 'Sent to the detectors.');
+      loadThresholds();
+    } catch (err) { showResult(out, false, err.message); }
+  });
+  const tokenForm = document.getElementById('token-form');
+  tokenForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    sessionStorage.setItem('tad-token', new FormData(e.target).get('token'));
+    showResult(document.getElementById('token-result'), true, 'Token set for this tab.');
+  });
+}
+
+function toLocalInput(ms) {
+  const d = new Date(ms - new Date().getTimezoneOffset() * 60000);
+  return d.toISOString().slice(0, 16);
+}
+
+async function historyPage() {
+  const form = document.getElementById('history-form');
+  form.from.value = toLocalInput(Date.now() - 3600000);
+  form.to.value = toLocalInput(Date.now() + 60000);
+  await fillGatewaySelect(document.getElementById('history-gateway'), true);
+  const rates = [
+    { label: 'flows/s', key: 'flows_per_s', stroke: '#2563eb' },
+    { label: 'alerts/min', key: 'alerts_per_min', stroke: '#b91c1c' },
+  ];
+  const elP = document.getElementById('history-packets');
+  const elR = document.getElementById('history-rates');
+  const cp = makeChart(elP, SERIES_PACKETS, 260);
+  const cr = makeChart(elR, rates, 260);
+  const load = async () => {
+    const from = new Date(form.from.value).getTime();
+    const to = new Date(form.to.value).getTime();
+    const info = document.getElementById('history-info');
+    const gw = form.gateway_id.value;
+    try {
+      const r = await getJson(`/history?from_ms=${from}&to_ms=${to}` + (gw ? `&gateway_id=${encodeURIComponent(gw)}` : ''));
+      const xs = r.points.map((p) => p.at_ms / 1000);
+      cp.setData([xs, ...SERIES_PACKETS.map((s) => r.points.map((p) => p[s.key]))]);
+      cr.setData([xs, ...rates.map((s) => r.points.map((p) => p[s.key]))]);
+      elP.dataset.points = String(xs.length);
+      info.textContent = `${r.points.length} points, ${r.step_ms / 1000} s each`;
+      info.className = 'hint';
+    } catch (err) {
+      info.textContent = err.message;
+      info.className = 'result err';
+    }
+  };
+  form.addEventListener('submit', (e) => { e.preventDefault(); load(); });
+  await load();
+}
+
+async function gatewaysPage() {
+  const box = document.getElementById('gateways');
+  const draw = async () => {
+    const nodes = await getJson('/gateways');
+    box.replaceChildren(...(nodes.length ? nodes.map((n) => {
+      const state = n.online === null ? ['unknown', 'no status'] : n.online ? ['online', 'online'] : ['offline', 'offline'];
+      return h('div', { class: 'node', 'data-node': n.node_id },
+        h('h3', {}, h('span', {}, n.node_id), h('span', { class: `badge ${state[0]}` }, state[1])),
+        h('dl', {},
+          h('dt', {}, 'Role'), h('dd', {}, n.role),
+          h('dt', {}, 'Mode'), h('dd', {}, n.mode ? (n.mode === 'enforce' ? 'enforce (IPS)' : 'observe (IDS)') : '–'),
+          h('dt', {}, 'Version'), h('dd', {}, n.version || '–'),
+          h('dt', {}, 'Status since'), h('dd', {}, fmtTime(n.status_at_ms)),
+          h('dt', {}, 'Last counters'), h('dd', {}, n.last_counters_ms ? ago(n.last_counters_ms) : '–'),
+          h('dt', {}, 'Interfaces'), h('dd', {}, n.interfaces.map((i) => `${i.name} (${i.xdp_mode})`).join(', ') || '–')),
+        ...n.maps.map((m) => {
+          const pct = m.max_entries ? (100 * m.entries) / m.max_entries : 0;
+          const fill = h('div', { class: pct > 80 ? 'high' : '' });
+          fill.style.width = `${Math.min(100, pct)}%`;
+          return h('div', { class: 'fill' },
+            `${m.name}: ${m.entries.toLocaleString()} / ${m.max_entries.toLocaleString()} (${pct.toFixed(1)}%)`,
+            h('div', { class: 'bar' }, fill));
+        }));
+    }) : [h('p', { class: 'empty' }, 'No node heard from yet.')]));
+  };
+  await draw();
+  const later = throttle(draw, 1000);
+  on('status', later);
+  on('sample', later);
+}
+
+const PAGES = {
+  overview, devices, alerts: alertsPage, blocks: blocksPage, history: historyPage, gateways: gatewaysPage,
+};
+
+async function main() {
+  const name = location.pathname.replace(/^\/+|\/+$/g, '') || 'overview';
+  const page = PAGES[name] ? name : 'overview';
+  document.getElementById(`page-${page}`).hidden = false;
+  document.querySelector(`nav a[data-page="${page}"]`).classList.add('active');
+  connectEvents();
+  try {
+    await PAGES[page]();
+    document.body.dataset.ready = 'true';
+  } catch (err) {
+    document.querySelector('main').prepend(h('p', { class: 'result err' }, `Could not load: ${err.message}`));
+    document.body.dataset.ready = 'error';
+  }
+}
+
+main();

@@ -1,0 +1,707 @@
+//! REST API through warp's test harness: auth, origin, validation (a rejected
+//! request publishes and records nothing), reads of ingested data.
+
+mod common;
+
+use common::*;
+use dashboard::{api::routes, ingest::now_ms};
+use fw_common::wire::{self, Action, Command, ThresholdSettings, topic};
+use serde_json::{Value, json};
+use warp::{http::StatusCode, test::request};
+
+async fn get(f: &Fixture, path: &str) -> (StatusCode, Value) {
+    let res = request()
+        .method("GET")
+        .path(path)
+        .reply(&routes(f.app.clone()))
+        .await;
+    let body = serde_json::from_slice(res.body()).unwrap_or(Value::Null);
+    (res.status(), body)
+}
+
+fn audit_lines(f: &Fixture) -> usize {
+    std::fs::read_to_string(f.dir.path().join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// What a mutating request must not have changed when it is rejected.
+struct Snapshot {
+    published: usize,
+    audit: usize,
+    blocks: Value,
+    thresholds: Value,
+}
+
+async fn snapshot(f: &Fixture) -> Snapshot {
+    Snapshot {
+        published: f.publisher.sent().len(),
+        audit: audit_lines(f),
+        blocks: get(f, "/api/v1/blocks").await.1,
+        thresholds: get(f, "/api/v1/thresholds").await.1,
+    }
+}
+
+async fn assert_unchanged(f: &Fixture, before: &Snapshot) {
+    let after = snapshot(f).await;
+    assert_eq!(after.published, before.published, "something was published");
+    assert_eq!(after.audit, before.audit, "the audit log grew");
+    assert_eq!(after.blocks, before.blocks, "the block list changed");
+    assert_eq!(
+        after.thresholds, before.thresholds,
+        "the thresholds changed"
+    );
+}
+
+fn block_body() -> Value {
+    json!({"gateway_id": GW, "target": "192.0.2.66", "ttl_s": 600, "reason": "operator test"})
+}
+
+async fn post(f: &Fixture, path: &str, auth: Option<&str>, body: &Value) -> (StatusCode, Value) {
+    let mut req = request()
+        .method("POST")
+        .path(path)
+        .header("content-type", "application/json")
+        .header("host", "dash.example:8080")
+        .body(serde_json::to_vec(body).unwrap());
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let res = req.reply(&routes(f.app.clone())).await;
+    (
+        res.status(),
+        serde_json::from_slice(res.body()).unwrap_or(Value::Null),
+    )
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+#[tokio::test]
+async fn block_without_or_with_wrong_token_is_401_and_changes_nothing() {
+    let f = fixture();
+    known_gateway(&f.app);
+    let before = snapshot(&f).await;
+    for auth in [
+        None,
+        Some("Bearer wrong-token"),
+        Some("Basic dXNlcjpwYXNz"),
+        Some("Bearer "),
+    ] {
+        let (status, body) = post(&f, "/api/v1/blocks", auth, &block_body()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+        assert_unchanged(&f, &before).await;
+    }
+    // Same for unblock and thresholds.
+    let res = request()
+        .method("DELETE")
+        .path(&format!("/api/v1/blocks?gateway_id={GW}&target=192.0.2.66"))
+        .header("authorization", "Bearer nope")
+        .reply(&routes(f.app.clone()))
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = post(
+        &f,
+        "/api/v1/thresholds",
+        None,
+        &json!({"values": {"portscan.vertical_ports": 20}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_unchanged(&f, &before).await;
+}
+
+#[tokio::test]
+async fn unauthorized_carries_a_bearer_challenge() {
+    let f = fixture();
+    let res = request()
+        .method("POST")
+        .path("/api/v1/blocks")
+        .body(serde_json::to_vec(&block_body()).unwrap())
+        .reply(&routes(f.app.clone()))
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        res.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+}
+
+#[tokio::test]
+async fn block_with_token_publishes_a_command_and_records_it() {
+    let f = fixture();
+    known_gateway(&f.app);
+    let (status, body) = post(&f, "/api/v1/blocks", Some(&bearer()), &block_body()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let sent = f.publisher.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].topic, topic::commands(GW));
+    assert!(!sent[0].retain);
+    let cmd: Command = wire::decode(&sent[0].payload).unwrap();
+    assert_eq!(cmd.action, Action::Block);
+    assert_eq!(cmd.target.to_string(), "192.0.2.66/32");
+    assert_eq!(cmd.ttl_s, Some(600));
+    assert_eq!(cmd.reason.as_deref(), Some("operator test"));
+    assert_eq!(body["command"]["id"], cmd.id.as_str());
+
+    // The block is listed as pending with its time left, and audited.
+    let (_, blocks) = get(&f, "/api/v1/blocks").await;
+    let b = &blocks[0];
+    assert_eq!(b["target"], "192.0.2.66/32");
+    assert_eq!(b["origin"], "operator");
+    assert_eq!(b["state"], "pending");
+    assert!(
+        (599..=600).contains(&b["ttl_left_s"].as_u64().unwrap()),
+        "{b}"
+    );
+    let (_, commands) = get(&f, "/api/v1/commands").await;
+    assert_eq!(commands[0]["audit_hash"], body["audit_hash"]);
+    assert_eq!(audit_lines(&f), 1);
+
+    // The gateway's ack moves it to applied.
+    let ack = fw_common::wire::Ack {
+        v: 1,
+        id: cmd.id.clone(),
+        gateway_id: GW.into(),
+        outcome: fw_common::wire::Outcome::Applied,
+        error: None,
+        at_ms: now_ms(),
+        apply_us: 40,
+    };
+    f.app.ingest(&topic::acks(GW), &wire::encode(&ack)).unwrap();
+    assert_eq!(get(&f, "/api/v1/blocks").await.1[0]["state"], "applied");
+    // Our own command echoed by the broker is not recorded twice.
+    f.app
+        .ingest(&topic::commands(GW), &sent[0].payload)
+        .unwrap();
+    assert_eq!(audit_lines(&f), 1);
+    assert_eq!(
+        get(&f, "/api/v1/commands")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Unblock removes it and publishes an unblock command.
+    let res = request()
+        .method("DELETE")
+        .path(&format!(
+            "/api/v1/blocks?gateway_id={GW}&target=192.0.2.66%2F32"
+        ))
+        .header("authorization", bearer())
+        .reply(&routes(f.app.clone()))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let unblock: Command = wire::decode(&f.publisher.sent()[1].payload).unwrap();
+    assert_eq!(unblock.action, Action::Unblock);
+    assert_eq!(get(&f, "/api/v1/blocks").await.1, json!([]));
+    assert_eq!(audit_lines(&f), 2);
+}
+
+#[tokio::test]
+async fn cross_origin_mutation_is_refused_even_with_the_token() {
+    let f = fixture();
+    known_gateway(&f.app);
+    let before = snapshot(&f).await;
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let res = request()
+            .method("POST")
+            .path("/api/v1/blocks")
+            .header("host", "dash.example:8080")
+            .header(name, value)
+            .header("authorization", bearer())
+            .body(serde_json::to_vec(&block_body()).unwrap())
+            .reply(&routes(f.app.clone()))
+            .await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{name}");
+        assert_unchanged(&f, &before).await;
+    }
+    // The dashboard's own origin is fine.
+    let res = request()
+        .method("POST")
+        .path("/api/v1/blocks")
+        .header("host", "dash.example:8080")
+        .header("origin", "http://dash.example:8080")
+        .header("authorization", bearer())
+        .body(serde_json::to_vec(&block_body()).unwrap())
+        .reply(&routes(f.app.clone()))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn configured_origin_is_allowed() {
+    let f = fixture_with(|c| c.server.allowed_origins = vec!["https://ops.example".into()]);
+    known_gateway(&f.app);
+    let res = request()
+        .method("POST")
+        .path("/api/v1/blocks")
+        .header("host", "dash.example:8080")
+        .header("origin", "https://ops.example")
+        .header("authorization", bearer())
+        .body(serde_json::to_vec(&block_body()).unwrap())
+        .reply(&routes(f.app.clone()))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn no_configured_token_disables_mutation() {
+    let f = fixture_with(|c| c.server.api_token.clear());
+    known_gateway(&f.app);
+    let (status, body) = post(&f, "/api/v1/blocks", Some("Bearer "), &block_body()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(f.publisher.sent().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_block_requests_are_rejected_naming_the_field() {
+    let f = fixture();
+    known_gateway(&f.app);
+    let before = snapshot(&f).await;
+    let cases = [
+        (
+            json!({"gateway_id": GW, "target": "192.0.2.300", "ttl_s": 60}),
+            400,
+            "target",
+        ),
+        (
+            json!({"gateway_id": GW, "target": "192.0.2.1/24", "ttl_s": 60}),
+            400,
+            "host bits",
+        ),
+        (
+            json!({"gateway_id": GW, "target": "0.0.0.0/0", "ttl_s": 60}),
+            400,
+            "wider",
+        ),
+        (
+            json!({"gateway_id": GW, "target": "192.0.2.7", "ttl_s": 0}),
+            400,
+            "ttl_s",
+        ),
+        (
+            json!({"gateway_id": GW, "target": "192.0.2.7", "ttl_s": 2_592_001}),
+            400,
+            "ttl_s",
+        ),
+        (
+            json!({"gateway_id": GW, "target": "192.0.2.7", "ttl_s": -5}),
+            400,
+            "ttl_s",
+        ),
+        (
+            json!({"gateway_id": "gw/+", "target": "192.0.2.7"}),
+            400,
+            "gateway_id",
+        ),
+        (
+            json!({"gateway_id": "gateway-9", "target": "192.0.2.7"}),
+            422,
+            "unknown",
+        ),
+        (
+            json!({"gateway_id": GW, "target": "192.0.2.7", "colour": "red"}),
+            400,
+            "colour",
+        ),
+        (json!({"target": "192.0.2.7"}), 400, "gateway_id"),
+        (
+            json!({"gateway_id": GW, "target": "192.0.2.7", "reason": "a\u{7}b"}),
+            400,
+            "reason",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let (got, answer) = post(&f, "/api/v1/blocks", Some(&bearer()), &body).await;
+        assert_eq!(got.as_u16(), status, "{body}: {answer}");
+        let msg = answer["error"].as_str().unwrap();
+        assert!(msg.contains(needle), "{body}: {msg}");
+        assert_unchanged(&f, &before).await;
+    }
+    // Not JSON at all.
+    let res = request()
+        .method("POST")
+        .path("/api/v1/blocks")
+        .header("authorization", bearer())
+        .body("{nope")
+        .reply(&routes(f.app.clone()))
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_unchanged(&f, &before).await;
+}
+
+#[tokio::test]
+async fn refused_publish_is_503_and_records_nothing() {
+    let f = fixture();
+    known_gateway(&f.app);
+    let before = snapshot(&f).await;
+    f.publisher.set_refuse(true);
+    let (status, body) = post(&f, "/api/v1/blocks", Some(&bearer()), &block_body()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_unchanged(&f, &before).await;
+}
+
+#[tokio::test]
+async fn thresholds_are_validated_merged_published_retained_and_removable() {
+    let f = fixture_with(|c| {
+        c.api.threshold_keys = vec![
+            "portscan.vertical_ports".into(),
+            "synflood.syn_rate_pps".into(),
+        ]
+    });
+    let before = snapshot(&f).await;
+    for (body, needle) in [
+        (json!({"values": {"portscan.unknown": 3}}), "not one of"),
+        (json!({"values": {"PortScan": 3}}), "section.name"),
+        (
+            json!({"values": {"portscan.vertical_ports": -1}}),
+            "outside",
+        ),
+        (
+            json!({"values": {"portscan.vertical_ports": 1e12}}),
+            "outside",
+        ),
+        (
+            json!({"values": {"portscan.vertical_ports": "ten"}}),
+            "request body",
+        ),
+        (json!({"values": {}}), "empty"),
+        (
+            json!({"values": {"portscan.vertical_ports": 3}, "x": 1}),
+            "unknown field",
+        ),
+    ] {
+        let (status, answer) = post(&f, "/api/v1/thresholds", Some(&bearer()), &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(needle),
+            "{answer}"
+        );
+        assert_unchanged(&f, &before).await;
+    }
+    let (s, _) = post(
+        &f,
+        "/api/v1/thresholds",
+        Some(&bearer()),
+        &json!({"values": {"portscan.vertical_ports": 20}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) = post(
+        &f,
+        "/api/v1/thresholds",
+        Some(&bearer()),
+        &json!({"values": {"synflood.syn_rate_pps": 500.5}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let sent = f.publisher.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].topic, topic::thresholds());
+    assert!(sent[1].retain);
+    let t: ThresholdSettings = wire::decode(&sent[1].payload).unwrap();
+    assert_eq!(t.values.len(), 2, "second settings carry the merged set");
+    assert_eq!(
+        get(&f, "/api/v1/thresholds").await.1["values"]["synflood.syn_rate_pps"],
+        500.5
+    );
+
+    let res = request()
+        .method("DELETE")
+        .path("/api/v1/thresholds?key=portscan.vertical_ports")
+        .header("authorization", bearer())
+        .reply(&routes(f.app.clone()))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let t: ThresholdSettings = wire::decode(&f.publisher.sent()[2].payload).unwrap();
+    assert_eq!(
+        t.values.keys().collect::<Vec<_>>(),
+        ["synflood.syn_rate_pps"]
+    );
+    // Removing a key that is not set: 404, nothing sent.
+    let res = request()
+        .method("DELETE")
+        .path("/api/v1/thresholds?key=portscan.vertical_ports")
+        .header("authorization", bearer())
+        .reply(&routes(f.app.clone()))
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(f.publisher.sent().len(), 3);
+    assert_eq!(audit_lines(&f), 3);
+}
+
+#[tokio::test]
+async fn reads_return_what_was_ingested() {
+    let f = fixture();
+    let app = &f.app;
+    let now = now_ms();
+    known_gateway(app);
+    app.ingest(
+        &topic::counters(GW),
+        &wire::encode(&counters(GW, now - 2000, 100.0, 10.0, 4)),
+    )
+    .unwrap();
+    app.ingest(
+        &topic::alerts(DET),
+        &wire::encode(&alert("a-1", now - 1500, "192.0.2.66")),
+    )
+    .unwrap();
+    // The next sample counts the alert of the last minute.
+    app.ingest(
+        &topic::counters(GW),
+        &wire::encode(&counters(GW, now - 1000, 200.0, 20.0, 6)),
+    )
+    .unwrap();
+    app.ingest(
+        &topic::alerts(DET),
+        &wire::encode(&alert("a-2", now - 500, "192.0.2.67")),
+    )
+    .unwrap();
+    app.ingest(
+        &topic::verdicts(GW),
+        &wire::encode(&verdict("v-1", now, "192.0.2.10/32")),
+    )
+    .unwrap();
+    app.ingest(
+        &topic::trust(DET),
+        &wire::encode(&trust("192.0.2.10", now, 15.0)),
+    )
+    .unwrap();
+    app.ingest(
+        &topic::trust(DET),
+        &wire::encode(&trust("192.0.2.11", now, 80.0)),
+    )
+    .unwrap();
+
+    // Alerts newest first, each with its audit hash.
+    let (s, alerts) = get(&f, "/api/v1/alerts").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(alerts[0]["id"], "a-2");
+    assert_eq!(alerts[1]["id"], "a-1");
+    assert_eq!(alerts[0]["audit_hash"].as_str().unwrap().len(), 64);
+    assert!(
+        alerts[0]["explanation"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("22 ports")
+    );
+    assert_eq!(
+        get(&f, "/api/v1/alerts?limit=1")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        get(&f, "/api/v1/alerts?limit=0").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        get(&f, "/api/v1/alerts?bogus=1").await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Devices: the named, scored, blocked one sorts first (lowest score).
+    let (_, devices) = get(&f, "/api/v1/devices").await;
+    assert_eq!(devices[0]["address"], "192.0.2.10");
+    assert_eq!(devices[0]["name"], "thermostat");
+    assert_eq!(devices[0]["level"], "critical");
+    assert_eq!(devices[0]["blocked"], true);
+    assert_eq!(devices[1]["blocked"], false);
+
+    // Blocks: the detector's quarantine.
+    let (_, blocks) = get(&f, "/api/v1/blocks").await;
+    assert_eq!(blocks[0]["origin"], "detector");
+    assert_eq!(blocks[0]["origin_id"], DET);
+    assert_eq!(blocks[0]["reason"], "port_scan");
+    assert_eq!(blocks[0]["action"], "quarantine");
+
+    // History: the two samples, with derived rates.
+    let (_, h) = get(
+        &f,
+        &format!(
+            "/api/v1/history?from_ms={}&to_ms={}&step_s=1",
+            now - 10_000,
+            now + 1
+        ),
+    )
+    .await;
+    let points = h["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2, "{h}");
+    assert_eq!(points[1]["pass_pps"], 200.0);
+    assert_eq!(points[1]["drop_syn_rate_pps"], 20.0);
+    assert_eq!(points[1]["drop_blocklist_pps"], 10.0);
+    assert_eq!(points[1]["flows_per_s"], 6.0);
+    assert_eq!(points[1]["alerts_per_min"], 1.0);
+    assert_eq!(
+        get(&f, "/api/v1/history?from_ms=10&to_ms=5").await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Gateways: online, mode, map fill from the latest counters.
+    let (_, nodes) = get(&f, "/api/v1/gateways").await;
+    assert_eq!(nodes[0]["node_id"], GW);
+    assert_eq!(nodes[0]["online"], true);
+    assert_eq!(nodes[0]["mode"], "enforce");
+    assert_eq!(nodes[0]["maps"][0]["name"], "FLOWS");
+    // Its Last Will turns it offline.
+    app.ingest(
+        &topic::gateway_status(GW),
+        &wire::encode(&status(GW, false, now)),
+    )
+    .unwrap();
+    assert_eq!(get(&f, "/api/v1/gateways").await.1[0]["online"], false);
+
+    // Verdicts, audit head, health, metrics.
+    assert_eq!(get(&f, "/api/v1/verdicts").await.1[0]["id"], "v-1");
+    let (_, head) = get(&f, "/api/v1/audit/head").await;
+    assert_eq!(head["records"], 3);
+    let (s, health) = get(&f, "/health").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(health["database"], "wal");
+    let res = request()
+        .path("/metrics")
+        .reply(&routes(f.app.clone()))
+        .await;
+    let text = String::from_utf8(res.body().to_vec()).unwrap();
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert!(
+        text.contains("tad_dashboard_messages_total{kind=\"alert\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tad_dashboard_rows{table=\"samples\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn bad_bus_messages_are_refused_and_counted() {
+    let f = fixture();
+    let app = &f.app;
+    // Payload claims another gateway than its topic.
+    let err = app
+        .ingest(
+            &topic::counters("gateway-2"),
+            &wire::encode(&counters(GW, 1, 1.0, 0.0, 0)),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("gateway-2"), "{err}");
+    assert!(app.ingest(&topic::alerts(DET), b"{not json").is_err());
+    assert!(app.ingest("tad/v1/nonsense", b"{}").is_err());
+    assert_eq!(get(&f, "/api/v1/gateways").await.1, json!([]));
+    let res = request()
+        .path("/metrics")
+        .reply(&routes(f.app.clone()))
+        .await;
+    let text = String::from_utf8(res.body().to_vec()).unwrap();
+    assert!(text.contains("tad_dashboard_topic_mismatch_total 1"));
+    assert!(text.contains("tad_dashboard_decode_errors_total 1"));
+    // A redelivered alert is stored and audited once.
+    let a = wire::encode(&alert("a-1", 5, "192.0.2.66"));
+    app.ingest(&topic::alerts(DET), &a).unwrap();
+    app.ingest(&topic::alerts(DET), &a).unwrap();
+    assert_eq!(audit_lines(&f), 1);
+}
+
+#[tokio::test]
+async fn pages_and_assets_are_served() {
+    let f = fixture();
+    for path in [
+        "/",
+        "/devices",
+        "/alerts",
+        "/blocks",
+        "/history",
+        "/gateways",
+    ] {
+        let res = request().path(path).reply(&routes(f.app.clone())).await;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert!(String::from_utf8_lossy(res.body()).contains("/assets/app.js"));
+    }
+    for (path, ct) in [
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/uPlot.iife.min.js", "text/javascript"),
+        ("/assets/uPlot.min.css", "text/css"),
+        ("/assets/uPlot-LICENSE", "text/plain"),
+        ("/openapi.yaml", "application/yaml"),
+    ] {
+        let res = request().path(path).reply(&routes(f.app.clone())).await;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(ct),
+            "{path}"
+        );
+        assert!(!res.body().is_empty());
+    }
+    let res = request().path("/nope").reply(&routes(f.app.clone())).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn every_read_is_documented_in_the_openapi_file() {
+    let f = fixture();
+    let spec = include_str!("../openapi.yaml");
+    let reads = [
+        "/api/v1/overview",
+        "/api/v1/history",
+        "/api/v1/devices",
+        "/api/v1/alerts",
+        "/api/v1/verdicts",
+        "/api/v1/commands",
+        "/api/v1/acks",
+        "/api/v1/flows",
+        "/api/v1/gateways",
+        "/api/v1/audit/head",
+        "/api/v1/blocks",
+        "/api/v1/thresholds",
+        "/health",
+        "/metrics",
+        "/openapi.yaml",
+    ];
+    for path in reads {
+        assert!(
+            spec.contains(&format!("\n  {path}:\n")),
+            "{path} is not in openapi.yaml"
+        );
+        let res = request().path(path).reply(&routes(f.app.clone())).await;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+    }
+    assert!(spec.contains("\n  /api/v1/events:\n"));
+    for mutation in [
+        "    post:\n      summary: Block",
+        "    delete:\n      summary: Unblock",
+        "    post:\n      summary: Set thresholds",
+        "    delete:\n      summary: Remove one threshold",
+    ] {
+        assert!(spec.contains(mutation), "{mutation}");
+    }
+}
