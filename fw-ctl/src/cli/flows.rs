@@ -1,0 +1,106 @@
+//! `fw-ctl flows`: the flow table, merged per-CPU, oriented from the initiator.
+
+use clap::{Args, ValueEnum};
+use fw_common::{export::to_record, wire::EndReason};
+use serde::Serialize;
+
+use super::Ctx;
+use crate::{clock, error::Result};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SortBy {
+    Bytes,
+    Packets,
+    Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    /// Show at most N flows.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Order, largest first.
+    #[arg(long, value_enum, default_value = "bytes")]
+    pub sort: SortBy,
+}
+
+/// One flow as shown.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowView {
+    pub src: std::net::IpAddr,
+    pub sport: u16,
+    pub dst: std::net::IpAddr,
+    pub dport: u16,
+    pub proto: u8,
+    pub vlan: u16,
+    /// Both directions.
+    pub packets: u64,
+    /// Both directions, IP bytes.
+    pub bytes: u64,
+    pub fwd_packets: u64,
+    pub bwd_packets: u64,
+    pub fwd_bytes: u64,
+    pub bwd_bytes: u64,
+    /// First to last packet, s.
+    pub duration_s: f64,
+    /// Since the last packet, s.
+    pub idle_s: f64,
+    /// First packet, Unix ms.
+    pub start_ms: u64,
+}
+
+pub fn run(ctx: &Ctx, a: FlowsArgs) -> Result<()> {
+    let maps = ctx.maps("fw-ctl flows")?;
+    let now = clock::mono_ns();
+    let off = clock::unix_offset_ns();
+    let mut v: Vec<FlowView> = maps
+        .flows()?
+        .into_iter()
+        .map(|f| {
+            let r = to_record(&f.key, &f.stats, f.cpus_seen, off, EndReason::ForcedEnd);
+            FlowView {
+                src: r.src,
+                sport: r.sport,
+                dst: r.dst,
+                dport: r.dport,
+                proto: r.proto,
+                vlan: r.vlan,
+                packets: r.packets(),
+                bytes: r.fwd.bytes + r.bwd.bytes,
+                fwd_packets: r.fwd.packets,
+                bwd_packets: r.bwd.packets,
+                fwd_bytes: r.fwd.bytes,
+                bwd_bytes: r.bwd.bytes,
+                duration_s: r.duration_us as f64 / 1e6,
+                idle_s: now.saturating_sub(f.stats.last_seen_ns) as f64 / 1e9,
+                start_ms: r.start_ms,
+            }
+        })
+        .collect();
+    match a.sort {
+        SortBy::Bytes => v.sort_by_key(|f| std::cmp::Reverse(f.bytes)),
+        SortBy::Packets => v.sort_by_key(|f| std::cmp::Reverse(f.packets)),
+        SortBy::Duration => v.sort_by(|x, y| y.duration_s.total_cmp(&x.duration_s)),
+    }
+    v.truncate(a.top);
+    ctx.print(&v, || {
+        let mut s = format!(
+            "{:<5} {:<46} {:<46} {:>9} {:>12} {:>9} {:>7}\n",
+            "PROTO", "SRC", "DST", "PACKETS", "BYTES", "DUR(s)", "IDLE(s)"
+        );
+        for f in &v {
+            s.push_str(&format!(
+                "{:<5} {:<46} {:<46} {:>9} {:>12} {:>9.2} {:>7.1}\n",
+                f.proto,
+                std::net::SocketAddr::new(f.src, f.sport).to_string(),
+                std::net::SocketAddr::new(f.dst, f.dport).to_string(),
+                f.packets,
+                f.bytes,
+                f.duration_s,
+                f.idle_s
+            ));
+        }
+        s
+    });
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! `fw-ctl status`: attached interfaces and modes, observe/enforce, rate limits,
+//! map fill levels, counters by verdict and reason with packets/s over the last
+//! second, and the daemon's runtime status when one has written it.
+
+use std::time::Duration;
+
+use clap::Args;
+use fw_common::wire::{InterfaceStatus, MapFill};
+use serde::Serialize;
+
+use super::{Ctx, stats};
+use crate::{config::Limits, daemon::DaemonStatus, error::Result};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {}
+
+#[derive(Serialize)]
+pub struct Status {
+    pub instance: String,
+    pub pin_dir: String,
+    pub interfaces: Vec<InterfaceStatus>,
+    /// `observe` or `enforce`.
+    pub mode: String,
+    pub limits: Limits,
+    pub maps: Vec<MapFill>,
+    pub counters: stats::Sample,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonStatus>,
+}
+
+pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<()> {
+    let maps = ctx.maps("fw-ctl status")?;
+    let cfg = maps.config()?;
+    let counters = stats::sample(&maps, Duration::from_secs(1))?;
+    let status_path = ctx
+        .cfg
+        .as_ref()
+        .map(|c| c.status_path())
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from("/run/fw-ctl").join(format!("{}.json", ctx.dir.instance))
+        });
+    let daemon = DaemonStatus::load(&status_path)
+        .ok()
+        .filter(|d| std::path::Path::new(&format!("/proc/{}", d.pid)).exists());
+    let st = Status {
+        instance: ctx.dir.instance.clone(),
+        pin_dir: ctx.dir.root.display().to_string(),
+        interfaces: ctx
+            .dir
+            .links()
+            .into_iter()
+            .map(|(name, m, _)| InterfaceStatus {
+                name,
+                xdp_mode: m.as_str().into(),
+            })
+            .collect(),
+        mode: if cfg.observe() { "observe" } else { "enforce" }.into(),
+        limits: Limits {
+            syn_pps: cfg.syn_rate_pps,
+            syn_burst: cfg.syn_burst,
+            pps: cfg.pkt_rate_pps,
+            burst: cfg.pkt_burst,
+        },
+        maps: maps.fill()?,
+        counters,
+        daemon,
+    };
+    ctx.print(&st, || {
+        let mut s = format!("instance {} ({}), mode {}\n", st.instance, st.pin_dir, st.mode);
+        for i in &st.interfaces {
+            s.push_str(&format!("  attached to {} ({})\n", i.name, i.xdp_mode));
+        }
+        let l = &st.limits;
+        s.push_str(&format!(
+            "rate limits: syn {} pps burst {}, all {} pps burst {} (0 = off)\n\nMAP            ENTRIES / MAX\n",
+            l.syn_pps, l.syn_burst, l.pps, l.burst
+        ));
+        for m in &st.maps {
+            s.push_str(&format!("{:<14} {:>8} / {}\n", m.name, m.entries, m.max_entries));
+        }
+        s.push('\n');
+        s.push_str(&stats::table(&st.counters));
+        match &st.daemon {
+            Some(d) => s.push_str(&format!(
+                "\ndaemon pid {}: bus {}, flow queue {}/{}, records exported {} dropped {}, verdicts applied {} rejected {}\n",
+                d.pid,
+                d.bus,
+                d.flow_queue_len,
+                d.flow_queue_capacity,
+                d.records_exported_total,
+                d.records_dropped_total,
+                d.verdicts.verdicts_applied,
+                d.verdicts.verdicts_rejected
+            )),
+            None => s.push_str("\nno daemon running\n"),
+        }
+        s
+    });
+    Ok(())
+}

@@ -1,0 +1,445 @@
+//! The gateway's configuration file (`gateway.toml`; commented example in
+//! `fw-ctl/gateway.toml.example`). Every section and key has a default
+//! (`#[serde(default)]`) and an unknown key is an error (`deny_unknown_fields`).
+//! [`GatewayFile::check`] validates what serde cannot (prefixes, ranges) and names
+//! every problem it finds; `fw-ctl config check FILE` prints them.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use fw_common::{export::Timeouts, wire::MAX_TTL_S};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tad_bus::BusConfig;
+
+use crate::{
+    cidr::parse_prefix,
+    error::{CtlError, Result},
+    pin::{AttachMode, DEFAULT_INSTANCE, PinDir},
+};
+
+/// Observe (IDS) or enforce (IPS), as written in the file and on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeName {
+    /// Count would-drops and pass everything (IDS).
+    Observe,
+    /// Drop what matches (IPS).
+    Enforce,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayFile {
+    /// This gateway's id: its MQTT client certificate's CN and its topic segment.
+    pub gateway_id: String,
+    /// Pin directory name under /sys/fs/bpf.
+    pub instance: String,
+    /// Interfaces the daemon attaches to when the program is not loaded yet.
+    pub interfaces: Vec<String>,
+    /// XDP attach mode.
+    pub xdp_mode: AttachMode,
+    /// Filtering mode set at load.
+    pub mode: ModeName,
+    /// Block state file; default `/var/lib/fw-ctl/<instance>/state.json`.
+    pub state_file: Option<PathBuf>,
+    /// Management networks: always allowlisted, so no verdict or command can lock
+    /// the operator out. Addresses or CIDR prefixes.
+    pub management: Vec<String>,
+    /// Further static allowlist entries (same protection as `management`).
+    pub allow: Vec<String>,
+    /// Also allowlist every address configured on this host (default true).
+    pub allow_own_addresses: bool,
+    pub limits: Limits,
+    pub maps: MapSizes,
+    pub export: Export,
+    /// Connect to the MQTT bus at all (false: enforce and export locally only,
+    /// e.g. during bring-up).
+    pub bus_enabled: bool,
+    /// The MQTT/TLS connection (`tad_bus::BusConfig`; see bus-api). `node_id`
+    /// defaults to `gateway_id`, and must start with `gateway-`.
+    pub bus: BusConfig,
+    /// Runtime status of the daemon (counters of verdicts, queue, bus), rewritten
+    /// every second; `fw-ctl status` shows it. Default `/run/fw-ctl/<instance>.json`.
+    pub status_file: Option<PathBuf>,
+    pub trust: Trust,
+    pub verdicts: Verdicts,
+}
+
+impl Default for GatewayFile {
+    fn default() -> Self {
+        GatewayFile {
+            gateway_id: "gateway-1".into(),
+            instance: DEFAULT_INSTANCE.into(),
+            interfaces: Vec::new(),
+            xdp_mode: AttachMode::Native,
+            mode: ModeName::Enforce,
+            state_file: None,
+            management: Vec::new(),
+            allow: Vec::new(),
+            allow_own_addresses: true,
+            limits: Limits::default(),
+            maps: MapSizes::default(),
+            export: Export::default(),
+            bus_enabled: true,
+            bus: BusConfig::default(),
+            status_file: None,
+            trust: Trust::default(),
+            verdicts: Verdicts::default(),
+        }
+    }
+}
+
+/// Per-source rate limits (GCRA token buckets in the XDP program); 0 = off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// TCP SYN-without-ACK per source, packets/s.
+    pub syn_pps: u32,
+    /// SYN burst, packets.
+    pub syn_burst: u32,
+    /// All packets per source, packets/s.
+    pub pps: u32,
+    /// Packet burst, packets.
+    pub burst: u32,
+}
+
+/// Map capacities set at load (0 = the default from `fw_common::maps`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapSizes {
+    pub allow_max_entries: u32,
+    pub block_max_entries: u32,
+    pub flows_max_entries: u32,
+    pub rate_max_entries: u32,
+}
+
+/// Flow export (IPFIX timeouts, RFC 7011 terms) and publishing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Export {
+    /// How often the flow map is walked, ms.
+    pub poll_interval_ms: u64,
+    /// A flow with no packet for this long is over, s (fractions allowed).
+    pub idle_timeout_s: f64,
+    /// A running flow is reported this often, s.
+    pub active_timeout_s: f64,
+    /// Quiet time after FIN+FIN or RST before a TCP flow counts as ended, ms.
+    pub end_grace_ms: u64,
+    /// Number of flow partitions (detector instances); records go to
+    /// `partition_of(initiator, partitions)`.
+    pub partitions: u16,
+    /// Most records in one published batch.
+    pub batch_max_records: usize,
+    /// Records held while the broker is unreachable; the oldest are dropped when full.
+    pub queue_capacity: usize,
+    /// Counters snapshot interval, ms.
+    pub counters_interval_ms: u64,
+    /// Expired-block sweep interval, ms.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for Export {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        Export {
+            poll_interval_ms: 1_000,
+            idle_timeout_s: t.idle.as_secs_f64(),
+            active_timeout_s: t.active.as_secs_f64(),
+            end_grace_ms: t.end_grace.as_millis() as u64,
+            partitions: 1,
+            batch_max_records: 500,
+            queue_capacity: 100_000,
+            counters_interval_ms: 1_000,
+            sweep_interval_ms: 1_000,
+        }
+    }
+}
+
+impl Export {
+    /// The IPFIX timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            idle: Duration::from_secs_f64(self.idle_timeout_s.max(0.0)),
+            active: Duration::from_secs_f64(self.active_timeout_s.max(0.0)),
+            end_grace: Duration::from_millis(self.end_grace_ms),
+        }
+    }
+}
+
+/// Whose verdicts and commands are obeyed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Trust {
+    /// Detector ids (certificate CNs) whose verdicts are applied.
+    pub detectors: Vec<String>,
+    /// Dashboard ids whose commands are applied.
+    pub dashboards: Vec<String>,
+}
+
+/// Limits on what a verdict may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Verdicts {
+    /// Longest TTL accepted, s (at most 30 days).
+    pub max_ttl_s: u64,
+    /// TTL given to a detector's `block` without one, s; 0 = permanent.
+    pub default_block_ttl_s: u64,
+    /// Narrowest IPv4 prefix a verdict may block (refuse e.g. 0.0.0.0/0).
+    pub min_prefix_v4: u8,
+    /// Narrowest IPv6 prefix a verdict may block.
+    pub min_prefix_v6: u8,
+}
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Verdicts {
+            max_ttl_s: 24 * 3600,
+            default_block_ttl_s: 3600,
+            min_prefix_v4: 16,
+            min_prefix_v6: 48,
+        }
+    }
+}
+
+impl GatewayFile {
+    /// Reads and parses a file (TOML syntax, types, unknown keys), then [`Self::check`].
+    pub fn load(path: &Path) -> Result<GatewayFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| CtlError::file(path, e))?;
+        let cfg = Self::parse(&text).map_err(|why| CtlError::Config {
+            path: path.to_path_buf(),
+            why,
+        })?;
+        let problems = cfg.check();
+        if !problems.is_empty() {
+            return Err(CtlError::Config {
+                path: path.to_path_buf(),
+                why: problems.join("; "),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no semantic checks).
+    pub fn parse(text: &str) -> std::result::Result<GatewayFile, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Every semantic problem, each naming the key; empty when valid.
+    pub fn check(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = PinDir::new(&self.instance) {
+            p.push(format!("instance: {e}"));
+        }
+        if self.gateway_id.is_empty()
+            || self.gateway_id.len() > 64
+            || !self
+                .gateway_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            p.push(format!(
+                "gateway_id {:?}: must be 1-64 characters of A-Z a-z 0-9 - _ (it is a topic segment)",
+                self.gateway_id
+            ));
+        }
+        for (key, list) in [("management", &self.management), ("allow", &self.allow)] {
+            for s in list {
+                if let Err(e) = parse_prefix(s) {
+                    p.push(format!("{key}: {e}"));
+                }
+            }
+        }
+        let l = &self.limits;
+        if l.syn_pps > 0 && l.syn_burst == 0 {
+            p.push("limits.syn_burst must be at least 1 when limits.syn_pps is set".into());
+        }
+        if l.pps > 0 && l.burst == 0 {
+            p.push("limits.burst must be at least 1 when limits.pps is set".into());
+        }
+        let e = &self.export;
+        if e.poll_interval_ms == 0 {
+            p.push("export.poll_interval_ms must be > 0".into());
+        }
+        if e.idle_timeout_s.is_nan() || e.idle_timeout_s <= 0.0 {
+            p.push("export.idle_timeout_s must be > 0".into());
+        }
+        if e.active_timeout_s.is_nan() || e.active_timeout_s <= 0.0 {
+            p.push("export.active_timeout_s must be > 0".into());
+        }
+        if e.partitions == 0 {
+            p.push("export.partitions must be at least 1".into());
+        }
+        if e.batch_max_records == 0 {
+            p.push("export.batch_max_records must be at least 1".into());
+        }
+        if e.queue_capacity == 0 {
+            p.push("export.queue_capacity must be at least 1".into());
+        }
+        if e.counters_interval_ms == 0 || e.sweep_interval_ms == 0 {
+            p.push("export.counters_interval_ms and export.sweep_interval_ms must be > 0".into());
+        }
+        let v = &self.verdicts;
+        if v.max_ttl_s == 0 || v.max_ttl_s > MAX_TTL_S {
+            p.push(format!("verdicts.max_ttl_s must be in 1..={MAX_TTL_S}"));
+        }
+        if v.default_block_ttl_s > v.max_ttl_s {
+            p.push("verdicts.default_block_ttl_s exceeds verdicts.max_ttl_s".into());
+        }
+        if v.min_prefix_v4 > 32 || v.min_prefix_v6 > 128 {
+            p.push("verdicts.min_prefix_v4 <= 32 and verdicts.min_prefix_v6 <= 128".into());
+        }
+        if self.bus_enabled {
+            let b = self.bus_config();
+            if !b.node_id.starts_with("gateway-") {
+                p.push(format!(
+                    "bus.node_id {:?}: a gateway's id must start with \"gateway-\" (the broker ACL gives the role by prefix)",
+                    b.node_id
+                ));
+            }
+            if b.node_id != self.gateway_id {
+                p.push(format!(
+                    "bus.node_id {:?} differs from gateway_id {:?}; leave bus.node_id empty",
+                    b.node_id, self.gateway_id
+                ));
+            }
+            if b.host.is_empty() {
+                p.push("bus.host is empty".into());
+            }
+            if b.cert_file.as_os_str().is_empty() || b.key_file.as_os_str().is_empty() {
+                p.push("bus.cert_file and bus.key_file must be set (this gateway's client certificate)".into());
+            }
+            if self.trust.detectors.is_empty() && self.trust.dashboards.is_empty() {
+                p.push(
+                    "trust: no detector or dashboard is trusted; every verdict and command would be rejected"
+                        .into(),
+                );
+            }
+        }
+        p
+    }
+
+    /// The bus settings with `node_id` filled in from `gateway_id` when empty.
+    pub fn bus_config(&self) -> BusConfig {
+        let mut b = self.bus.clone();
+        if b.node_id.is_empty() {
+            b.node_id = self.gateway_id.clone();
+        }
+        b
+    }
+
+    /// The daemon's runtime status file.
+    pub fn status_path(&self) -> PathBuf {
+        self.status_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/run/fw-ctl").join(format!("{}.json", self.instance)))
+    }
+
+    /// The state file path.
+    pub fn state_path(&self) -> PathBuf {
+        self.state_file
+            .clone()
+            .unwrap_or_else(|| default_state_path(&self.instance))
+    }
+
+    /// Management and static allowlist prefixes (invalid ones were refused by
+    /// [`Self::check`] and are skipped here).
+    pub fn allow_prefixes(&self) -> Vec<IpNet> {
+        self.management
+            .iter()
+            .chain(self.allow.iter())
+            .filter_map(|s| parse_prefix(s).ok())
+            .collect()
+    }
+}
+
+/// `/var/lib/fw-ctl/<instance>/state.json`.
+pub fn default_state_path(instance: &str) -> PathBuf {
+    PathBuf::from("/var/lib/fw-ctl")
+        .join(instance)
+        .join("state.json")
+}
+
+/// Every address configured on this host (in this network namespace), loopback
+/// included, from `getifaddrs(3)`.
+pub fn own_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr of the family it names.
+            let fam = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+            if fam == libc::AF_INET {
+                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
+            } else if fam == libc::AF_INET6 {
+                let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(IpAddr::from(sa.sin6_addr.s6_addr));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = GatewayFile::parse("").unwrap();
+        assert_eq!(c, GatewayFile::default());
+        assert_eq!(
+            c.state_path(),
+            PathBuf::from("/var/lib/fw-ctl/tad/state.json")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = GatewayFile::parse("gateway_id = \"gw\"\nmanagment = []\n").unwrap_err();
+        assert!(e.contains("managment"), "{e}");
+        let e = GatewayFile::parse("[export]\nidle_timeout = 3\n").unwrap_err();
+        assert!(e.contains("idle_timeout"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../gateway.toml.example");
+        let c = GatewayFile::parse(text).unwrap();
+        assert_eq!(c.check(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn check_names_each_problem() {
+        let c = GatewayFile::parse(
+            "gateway_id = \"gw 1\"\nbus_enabled = false\nmanagement = [\"192.0.2.300/24\"]\n[limits]\nsyn_pps = 100\n",
+        )
+        .unwrap();
+        let p = c.check().join("\n");
+        assert!(p.contains("gateway_id"), "{p}");
+        assert!(p.contains("192.0.2.300/24"), "{p}");
+        assert!(p.contains("syn_burst"), "{p}");
+    }
+
+    #[test]
+    fn own_addresses_include_loopback() {
+        assert!(own_addresses().contains(&"127.0.0.1".parse().unwrap()));
+    }
+}

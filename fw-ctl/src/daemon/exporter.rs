@@ -1,0 +1,226 @@
+//! Flow export: each poll walks the kernel flow table, decides with
+//! [`fw_common::export::expiry`] which flows are due (IPFIX idle / active timeout,
+//! end of flow; defaults and rationale in `fw_common::export`), turns them into
+//! [`FlowRecord`]s with [`fw_common::export::to_record`], removes finished entries
+//! from the map and remembers, for flows that go on, the statistics at their last
+//! active-timeout export so the next record carries delta counts
+//! ([`fw_common::export::delta_since`]).
+//!
+//! The detector turns each record into its feature vector with
+//! `fw_common::features::extract` (one code path, documented there), so the gateway
+//! ships records, not features.
+
+use std::collections::HashMap;
+
+use fw_common::{
+    export::{Timeouts, delta_since, expiry, to_record},
+    flow::{FlowKey, FlowStats},
+    wire::{EndReason, FlowRecord},
+};
+
+use crate::{error::Result, kernel::FlowEntry};
+
+/// A flow table the exporter can walk and prune (the kernel map, or a fake).
+pub trait FlowTable {
+    /// Every flow with its merged per-CPU statistics.
+    fn flows(&self) -> Result<Vec<FlowEntry>>;
+    /// Removes a flow; false when it was already gone.
+    fn remove_flow(&mut self, key: &FlowKey) -> Result<bool>;
+}
+
+impl FlowTable for crate::kernel::Pinned {
+    fn flows(&self) -> Result<Vec<FlowEntry>> {
+        crate::kernel::Pinned::flows(self)
+    }
+    fn remove_flow(&mut self, key: &FlowKey) -> Result<bool> {
+        crate::kernel::Pinned::remove_flow(self, key)
+    }
+}
+
+/// Export state across polls.
+#[derive(Debug)]
+pub struct Exporter {
+    pub timeouts: Timeouts,
+    /// Per running flow: when it was last exported by active timeout and the
+    /// statistics at that moment.
+    baselines: HashMap<FlowKey, (u64, FlowStats)>,
+    /// Records produced since start.
+    pub exported_total: u64,
+}
+
+impl Exporter {
+    pub fn new(timeouts: Timeouts) -> Self {
+        Exporter {
+            timeouts,
+            baselines: HashMap::new(),
+            exported_total: 0,
+        }
+    }
+
+    /// One export pass at `now_ns` (kernel clock). `unix_offset_ns` converts kernel
+    /// timestamps to Unix time ([`crate::clock::unix_offset_ns`]).
+    pub fn poll<T: FlowTable + ?Sized>(
+        &mut self,
+        table: &mut T,
+        now_ns: u64,
+        unix_offset_ns: i128,
+    ) -> Result<Vec<FlowRecord>> {
+        let flows = table.flows()?;
+        let mut out = Vec::new();
+        let mut live = std::collections::HashSet::with_capacity(flows.len());
+        for f in flows {
+            live.insert(f.key);
+            let base = self.baselines.get(&f.key).copied();
+            // An entry evicted and recreated under the same key is a new flow: a
+            // baseline taken from a flow with another start does not apply.
+            let base = base.filter(|(_, b)| b.first_seen_ns == f.stats.first_seen_ns);
+            let Some(reason) = expiry(&f.stats, now_ns, base.map(|(t, _)| t), &self.timeouts)
+            else {
+                continue;
+            };
+            let stats = match base {
+                Some((_, b)) => delta_since(&f.stats, &b),
+                None => f.stats,
+            };
+            let has_packets = stats.packets() > 0;
+            if reason == EndReason::ActiveTimeout {
+                self.baselines.insert(f.key, (now_ns, f.stats));
+            } else {
+                self.baselines.remove(&f.key);
+                table.remove_flow(&f.key)?;
+            }
+            if has_packets {
+                out.push(to_record(
+                    &f.key,
+                    &stats,
+                    f.cpus_seen,
+                    unix_offset_ns,
+                    reason,
+                ));
+            }
+        }
+        // Flows the kernel evicted (LRU) take their baselines with them.
+        self.baselines.retain(|k, _| live.contains(k));
+        self.exported_total += out.len() as u64;
+        Ok(out)
+    }
+
+    /// Running flows being tracked for delta export.
+    pub fn tracked(&self) -> usize {
+        self.baselines.len()
+    }
+}
+
+/// A flow table in memory (tests).
+#[derive(Clone, Debug, Default)]
+pub struct MemFlows {
+    pub flows: HashMap<FlowKey, FlowStats>,
+}
+
+impl FlowTable for MemFlows {
+    fn flows(&self) -> Result<Vec<FlowEntry>> {
+        Ok(self
+            .flows
+            .iter()
+            .map(|(k, s)| FlowEntry {
+                key: *k,
+                stats: *s,
+                cpus_seen: 1,
+            })
+            .collect())
+    }
+    fn remove_flow(&mut self, key: &FlowKey) -> Result<bool> {
+        Ok(self.flows.remove(key).is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fw_common::flow::{PacketMeta, SIDE_A, SIDE_B, tcp_flags, v4_mapped};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn tcp(flags: u8) -> PacketMeta {
+        PacketMeta {
+            ip_len: 60,
+            tcp_flags: flags,
+            is_tcp: true,
+            icmp: None,
+        }
+    }
+
+    fn key() -> FlowKey {
+        FlowKey::new(
+            v4_mapped([192, 0, 2, 10]),
+            40000,
+            v4_mapped([198, 51, 100, 5]),
+            443,
+            6,
+            4,
+            0,
+        )
+        .0
+    }
+
+    fn t() -> Timeouts {
+        Timeouts {
+            idle: Duration::from_secs(5),
+            active: Duration::from_secs(10),
+            end_grace: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn ended_flow_is_exported_once_and_removed() {
+        let mut table = MemFlows::default();
+        let mut f = FlowStats::default();
+        f.account(SIDE_A, &tcp(tcp_flags::SYN), S);
+        f.account(SIDE_B, &tcp(tcp_flags::RST | tcp_flags::ACK), S + 1_000);
+        table.flows.insert(key(), f);
+        let mut ex = Exporter::new(t());
+        assert!(
+            ex.poll(&mut table, S + 100, 0).unwrap().is_empty(),
+            "inside the end grace"
+        );
+        let r = ex.poll(&mut table, 2 * S, 0).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].end_reason, EndReason::EndOfFlow);
+        assert_eq!((r[0].fwd.packets, r[0].bwd.packets), (1, 1));
+        assert!(table.flows.is_empty());
+        assert!(ex.poll(&mut table, 3 * S, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn long_flow_reports_deltas_then_idles_out() {
+        let mut table = MemFlows::default();
+        let mut f = FlowStats::default();
+        for i in 0..12 {
+            f.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
+        }
+        table.flows.insert(key(), f);
+        let mut ex = Exporter::new(t());
+        let r = ex.poll(&mut table, 12 * S, 0).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].end_reason, EndReason::ActiveTimeout);
+        assert_eq!(r[0].packets(), 12);
+        assert_eq!(table.flows.len(), 1, "a running flow stays in the map");
+        // Three more packets, then silence past the idle timeout.
+        let mut f = table.flows[&key()];
+        for i in 12..15 {
+            f.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
+        }
+        table.flows.insert(key(), f);
+        assert!(ex.poll(&mut table, 16 * S, 0).unwrap().is_empty());
+        let r = ex.poll(&mut table, 21 * S, 0).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].end_reason, EndReason::IdleTimeout);
+        assert_eq!(r[0].packets(), 3, "delta since the active-timeout export");
+        assert!(table.flows.is_empty());
+        assert_eq!(ex.tracked(), 0);
+        assert_eq!(ex.exported_total, 2);
+    }
+}

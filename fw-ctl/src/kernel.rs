@@ -1,0 +1,418 @@
+//! Access to a loaded instance's pinned maps (`/sys/fs/bpf/<instance>/maps/*`):
+//! the allow/block LPM tries (as [`Lists`]), the runtime configuration, the verdict
+//! counters, the flow table and the fill level of each map. Every verb other than
+//! `load` works through this, with or without the daemon running.
+//!
+//! # Exact lookups in an LPM trie
+//! A lookup in `BPF_MAP_TYPE_LPM_TRIE` is a longest-prefix match: asking for
+//! `198.51.100.0/24` returns the entry of `198.51.100.0/16` if only that exists.
+//! [`Pinned::get_block`] therefore also looks up the same address one bit shorter:
+//! when both answers are the same entry (ignoring the hit count, which the program
+//! changes concurrently) the match came from a shorter prefix and the exact prefix
+//! is reported absent. Deletion is exact in the kernel.
+
+use std::{collections::BTreeMap, io};
+
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+    lpm_trie::{Key, LpmTrie},
+};
+use fw_common::{
+    config::GatewayConfig,
+    counters::{COUNTER_SLOTS, CounterSlot, CounterValue},
+    filter::{AllowEntry, BlockEntry},
+    flow::{FlowKey, FlowStats},
+    maps as names,
+    rate::{RateKey, RateState},
+    wire::MapFill,
+};
+use ipnet::IpNet;
+
+use crate::{
+    cidr::{key_v4, key_v6, net_of_v4, net_of_v6},
+    error::{CtlError, Result},
+    lists::Lists,
+    pin::PinDir,
+};
+
+/// The io::Error inside a map error (syscall failures keep their errno).
+fn io_of(e: MapError) -> io::Error {
+    match e {
+        MapError::SyscallError(s) => s.io_error,
+        MapError::KeyNotFound => io::Error::from_raw_os_error(libc::ENOENT),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn err(map: &str, what: &str, e: MapError) -> CtlError {
+    CtlError::map(map, what, io_of(e))
+}
+
+fn not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn open(dir: &PinDir, name: &str) -> Result<Map> {
+    let path = dir.map(name);
+    let data = MapData::from_pin(&path).map_err(|e| {
+        if not_found(&e) {
+            CtlError::NotLoaded {
+                instance: dir.instance.clone(),
+                path: path.clone(),
+            }
+        } else {
+            err(name, "open pinned map", e)
+        }
+    })?;
+    Map::from_map_data(data).map_err(|e| err(name, "open pinned map", e))
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(dir: &PinDir, name: &str) -> Result<T> {
+    T::try_from(open(dir, name)?).map_err(|e| err(name, "unexpected map type", e))
+}
+
+/// The maps of a loaded instance, opened from their pins.
+pub struct Pinned {
+    pub dir: PinDir,
+    allow4: LpmTrie<MapData, [u8; 4], AllowEntry>,
+    allow6: LpmTrie<MapData, [u8; 16], AllowEntry>,
+    block4: LpmTrie<MapData, [u8; 4], BlockEntry>,
+    block6: LpmTrie<MapData, [u8; 16], BlockEntry>,
+    rate: HashMap<MapData, RateKey, RateState>,
+    flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    counters: PerCpuArray<MapData, CounterValue>,
+    config: Array<MapData, GatewayConfig>,
+}
+
+/// One flow as read from the map: its key, the merged per-CPU statistics, the
+/// per-CPU copies that saw packets.
+#[derive(Clone, Debug)]
+pub struct FlowEntry {
+    pub key: FlowKey,
+    pub stats: FlowStats,
+    pub cpus_seen: u32,
+}
+
+impl Pinned {
+    /// Opens every map of `dir`; [`CtlError::NotLoaded`] when they are not pinned.
+    pub fn open(dir: &PinDir) -> Result<Pinned> {
+        Ok(Pinned {
+            dir: dir.clone(),
+            allow4: typed(dir, names::ALLOW_V4)?,
+            allow6: typed(dir, names::ALLOW_V6)?,
+            block4: typed(dir, names::BLOCK_V4)?,
+            block6: typed(dir, names::BLOCK_V6)?,
+            rate: typed(dir, names::RATE)?,
+            flows: typed(dir, names::FLOWS)?,
+            counters: typed(dir, names::COUNTERS)?,
+            config: typed(dir, names::CONFIG)?,
+        })
+    }
+
+    /// The runtime configuration (index 0 of CONFIG).
+    pub fn config(&self) -> Result<GatewayConfig> {
+        self.config
+            .get(&0, 0)
+            .map_err(|e| err(names::CONFIG, "read", e))
+    }
+
+    /// Replaces the runtime configuration; the program sees it on its next packet.
+    pub fn set_config(&mut self, cfg: &GatewayConfig) -> Result<()> {
+        self.config
+            .set(0, cfg, 0)
+            .map_err(|e| err(names::CONFIG, "write", e))
+    }
+
+    /// Packets and bytes per counter slot, summed over CPUs, in slot order.
+    pub fn counters(&self) -> Result<Vec<(CounterSlot, CounterValue)>> {
+        let mut out = Vec::with_capacity(COUNTER_SLOTS as usize);
+        for slot in CounterSlot::ALL {
+            let per_cpu = self
+                .counters
+                .get(&(slot as u32), 0)
+                .map_err(|e| err(names::COUNTERS, "read", e))?;
+            let mut sum = CounterValue::default();
+            for v in per_cpu.iter() {
+                sum.packets += v.packets;
+                sum.bytes += v.bytes;
+            }
+            out.push((slot, sum));
+        }
+        Ok(out)
+    }
+
+    /// Every flow in the table, per-CPU copies merged with [`FlowStats::merge`].
+    /// Entries that vanish while walking (LRU eviction) are skipped.
+    pub fn flows(&self) -> Result<Vec<FlowEntry>> {
+        let mut out = Vec::new();
+        for item in self.flows.iter() {
+            match item {
+                Ok((key, values)) => {
+                    let (stats, cpus_seen) = FlowStats::merge(values.iter());
+                    out.push(FlowEntry {
+                        key,
+                        stats,
+                        cpus_seen,
+                    });
+                }
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(err(names::FLOWS, "iterate", e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a flow; false when it was already gone.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool> {
+        match self.flows.remove(key) {
+            Ok(()) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(err(names::FLOWS, "delete", e)),
+        }
+    }
+
+    /// Entries and capacity of every map, in [`names::ALL`] order. Counting walks the
+    /// keys (aya 0.14 has no batch lookup), so it costs one syscall per entry.
+    pub fn fill(&self) -> Result<Vec<MapFill>> {
+        fn count<I: Iterator<Item = std::result::Result<T, MapError>>, T>(it: I) -> u64 {
+            it.filter(|r| r.is_ok()).count() as u64
+        }
+        let counts: BTreeMap<&str, (u64, u32)> = [
+            (
+                names::ALLOW_V4,
+                count(self.allow4.keys()),
+                max(&self.allow4),
+            ),
+            (
+                names::ALLOW_V6,
+                count(self.allow6.keys()),
+                max(&self.allow6),
+            ),
+            (
+                names::BLOCK_V4,
+                count(self.block4.keys()),
+                max(&self.block4),
+            ),
+            (
+                names::BLOCK_V6,
+                count(self.block6.keys()),
+                max(&self.block6),
+            ),
+            (names::RATE, count(self.rate.keys()), max(&self.rate)),
+            (names::FLOWS, count(self.flows.keys()), max(&self.flows)),
+            (names::COUNTERS, COUNTER_SLOTS as u64, COUNTER_SLOTS),
+            (names::CONFIG, 1, 1),
+        ]
+        .into_iter()
+        .map(|(n, c, m)| (n, (c, m)))
+        .collect();
+        Ok(names::ALL
+            .iter()
+            .map(|n| {
+                let (entries, max_entries) = counts[n];
+                MapFill {
+                    name: n.to_string(),
+                    entries,
+                    max_entries: max_entries as u64,
+                }
+            })
+            .collect())
+    }
+
+    /// Inserts many blocks; stops at the first failure and reports how many went in.
+    pub fn put_blocks<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'a IpNet, &'a BlockEntry)>,
+    ) -> (usize, Result<()>) {
+        let mut n = 0;
+        for (net, e) in entries {
+            if let Err(e) = self.put_block(net, e) {
+                return (n, Err(e));
+            }
+            n += 1;
+        }
+        (n, Ok(()))
+    }
+}
+
+fn max<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(m: &M) -> u32 {
+    m.map().info().map(|i| i.max_entries()).unwrap_or(0)
+}
+
+fn same_but_hits_block(a: &BlockEntry, b: &BlockEntry) -> bool {
+    (a.expires_ns, a.rule_id, a.reason, a.origin) == (b.expires_ns, b.rule_id, b.reason, b.origin)
+}
+
+fn same_but_hits_allow(a: &AllowEntry, b: &AllowEntry) -> bool {
+    (a.rule_id, a.origin) == (b.rule_id, b.origin)
+}
+
+/// Exact-prefix lookup in an LPM trie (see the module docs).
+fn exact<K: aya::Pod, V: aya::Pod>(
+    trie: &LpmTrie<MapData, K, V>,
+    key: Key<K>,
+    same: fn(&V, &V) -> bool,
+    map: &str,
+) -> Result<Option<V>> {
+    let v = match trie.get(&key, 0) {
+        Ok(v) => v,
+        Err(e) if not_found(&e) => return Ok(None),
+        Err(e) => return Err(err(map, "lookup", e)),
+    };
+    if key.prefix_len() == 0 {
+        return Ok(Some(v));
+    }
+    let shorter = Key::new(key.prefix_len() - 1, key.data());
+    match trie.get(&shorter, 0) {
+        Ok(s) if same(&s, &v) => Ok(None),
+        Ok(_) => Ok(Some(v)),
+        Err(e) if not_found(&e) => Ok(Some(v)),
+        Err(e) => Err(err(map, "lookup", e)),
+    }
+}
+
+fn insert_err(map: &str, e: MapError, max_entries: u32) -> CtlError {
+    let io = io_of(e);
+    if io.raw_os_error() == Some(libc::ENOSPC) || io.raw_os_error() == Some(libc::E2BIG) {
+        CtlError::MapFull {
+            map: map.to_string(),
+            max_entries,
+        }
+    } else {
+        CtlError::map(map, "insert", io)
+    }
+}
+
+fn removed(r: std::result::Result<(), MapError>, map: &str) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(err(map, "delete", e)),
+    }
+}
+
+impl Lists for Pinned {
+    fn blocks(&self) -> Result<Vec<(IpNet, BlockEntry)>> {
+        let mut out = Vec::new();
+        for r in self.block4.iter() {
+            match r {
+                Ok((k, v)) => out.push((net_of_v4(&k), v)),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(err(names::BLOCK_V4, "iterate", e)),
+            }
+        }
+        for r in self.block6.iter() {
+            match r {
+                Ok((k, v)) => out.push((net_of_v6(&k), v)),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(err(names::BLOCK_V6, "iterate", e)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn allows(&self) -> Result<Vec<(IpNet, AllowEntry)>> {
+        let mut out = Vec::new();
+        for r in self.allow4.iter() {
+            match r {
+                Ok((k, v)) => out.push((net_of_v4(&k), v)),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(err(names::ALLOW_V4, "iterate", e)),
+            }
+        }
+        for r in self.allow6.iter() {
+            match r {
+                Ok((k, v)) => out.push((net_of_v6(&k), v)),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(err(names::ALLOW_V6, "iterate", e)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_block(&self, net: &IpNet) -> Result<Option<BlockEntry>> {
+        match net {
+            IpNet::V4(n) => exact(
+                &self.block4,
+                key_v4(n),
+                same_but_hits_block,
+                names::BLOCK_V4,
+            ),
+            IpNet::V6(n) => exact(
+                &self.block6,
+                key_v6(n),
+                same_but_hits_block,
+                names::BLOCK_V6,
+            ),
+        }
+    }
+
+    fn put_block(&mut self, net: &IpNet, entry: &BlockEntry) -> Result<()> {
+        match net {
+            IpNet::V4(n) => {
+                let m = max(&self.block4);
+                self.block4
+                    .insert(&key_v4(n), entry, 0)
+                    .map_err(|e| insert_err(names::BLOCK_V4, e, m))
+            }
+            IpNet::V6(n) => {
+                let m = max(&self.block6);
+                self.block6
+                    .insert(&key_v6(n), entry, 0)
+                    .map_err(|e| insert_err(names::BLOCK_V6, e, m))
+            }
+        }
+    }
+
+    fn del_block(&mut self, net: &IpNet) -> Result<bool> {
+        match net {
+            IpNet::V4(n) => removed(self.block4.remove(&key_v4(n)), names::BLOCK_V4),
+            IpNet::V6(n) => removed(self.block6.remove(&key_v6(n)), names::BLOCK_V6),
+        }
+    }
+
+    fn get_allow(&self, net: &IpNet) -> Result<Option<AllowEntry>> {
+        match net {
+            IpNet::V4(n) => exact(
+                &self.allow4,
+                key_v4(n),
+                same_but_hits_allow,
+                names::ALLOW_V4,
+            ),
+            IpNet::V6(n) => exact(
+                &self.allow6,
+                key_v6(n),
+                same_but_hits_allow,
+                names::ALLOW_V6,
+            ),
+        }
+    }
+
+    fn put_allow(&mut self, net: &IpNet, entry: &AllowEntry) -> Result<()> {
+        match net {
+            IpNet::V4(n) => {
+                let m = max(&self.allow4);
+                self.allow4
+                    .insert(&key_v4(n), entry, 0)
+                    .map_err(|e| insert_err(names::ALLOW_V4, e, m))
+            }
+            IpNet::V6(n) => {
+                let m = max(&self.allow6);
+                self.allow6
+                    .insert(&key_v6(n), entry, 0)
+                    .map_err(|e| insert_err(names::ALLOW_V6, e, m))
+            }
+        }
+    }
+
+    fn del_allow(&mut self, net: &IpNet) -> Result<bool> {
+        match net {
+            IpNet::V4(n) => removed(self.allow4.remove(&key_v4(n)), names::ALLOW_V4),
+            IpNet::V6(n) => removed(self.allow6.remove(&key_v6(n)), names::ALLOW_V6),
+        }
+    }
+}
