@@ -51,9 +51,14 @@ fn fill_blocklist(h: &mut Harness, n: u32) {
         x ^= x >> 17;
         x ^= x << 5;
         let len = [32, 32, 24, 28, 20, 16][(i % 6) as usize];
-        let base: u32 = if i % 2 == 0 { 0x0a00_0000 | (x & 0x00ff_ffff) } else { 0xac10_0000 | (x & 0x000f_ffff) };
+        let base: u32 = if i % 2 == 0 {
+            0x0a00_0000 | (x & 0x00ff_ffff)
+        } else {
+            0xac10_0000 | (x & 0x000f_ffff)
+        };
         let addr = Ipv4Addr::from(base & (u32::MAX << (32 - len)));
-        t.insert(&Key::new(len, addr.octets()), BlockEntry::default(), 0).unwrap();
+        t.insert(&Key::new(len, addr.octets()), BlockEntry::default(), 0)
+            .unwrap();
     }
 }
 
@@ -70,7 +75,14 @@ fn main() {
     {
         let mut total = 0.0;
         for i in 0..NEW_FLOWS {
-            let f = v4_tcp("192.0.2.30", "198.51.100.5", 1024 + (i % 60000) as u16, 443 + (i / 60000) as u16, tf::SYN, 0);
+            let f = v4_tcp(
+                "192.0.2.30",
+                "198.51.100.5",
+                1024 + (i % 60000) as u16,
+                443 + (i / 60000) as u16,
+                tf::SYN,
+                0,
+            );
             let (a, ns) = h.run_repeat(&f, 1);
             assert_eq!(a, XDP_PASS);
             total += ns;
@@ -79,7 +91,10 @@ fn main() {
     }
     r.insert("pass_existing_flow", measure(&h, &existing, XDP_PASS));
     // The same packet with flow accounting off: what the flow update costs.
-    h.set_config(GatewayConfig { flags: FLAG_NO_FLOW_ACCOUNTING, ..Default::default() });
+    h.set_config(GatewayConfig {
+        flags: FLAG_NO_FLOW_ACCOUNTING,
+        ..Default::default()
+    });
     r.insert("pass_no_flow_accounting", measure(&h, &existing, XDP_PASS));
     h.set_config(GatewayConfig::default());
     h.block("198.51.100.66/32", BlockEntry::default());
@@ -87,17 +102,26 @@ fn main() {
     {
         let mut t: LpmTrie<_, [u8; 4], AllowEntry> =
             LpmTrie::try_from(h.ebpf.map_mut(m::ALLOW_V4).unwrap()).unwrap();
-        t.insert(&Key::new(24, [203, 0, 113, 0]), AllowEntry::default(), 0).unwrap();
+        t.insert(&Key::new(24, [203, 0, 113, 0]), AllowEntry::default(), 0)
+            .unwrap();
     }
     r.insert("pass_allowlist", measure(&h, &allowed, XDP_PASS));
-    h.set_config(GatewayConfig { syn_rate_pps: 1, syn_burst: 1, ..Default::default() });
+    h.set_config(GatewayConfig {
+        syn_rate_pps: 1,
+        syn_burst: 1,
+        ..Default::default()
+    });
     let syn = v4_tcp("192.0.2.99", "198.51.100.5", 40000, 80, tf::SYN, 0);
     h.run(&syn); // uses the one-packet burst
     r.insert("drop_ratelimit", measure(&h, &syn, XDP_DROP));
 
     for (n, drop_key, pass_key) in [
         (10_000, "drop_blocklist_10k_prefixes", None),
-        (1_000_000, "drop_blocklist_1m_prefixes", Some("pass_existing_flow_1m_prefixes")),
+        (
+            1_000_000,
+            "drop_blocklist_1m_prefixes",
+            Some("pass_existing_flow_1m_prefixes"),
+        ),
     ] {
         let mut h = Harness::load();
         eprintln!("filling the blocklist with {n} prefixes");
@@ -129,7 +153,8 @@ fn main() {
         "machine": machine(),
     });
     if let Some(path) = json_out {
-        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).expect("write the JSON result");
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap())
+            .expect("write the JSON result");
         println!("wrote {path}");
     }
 }
@@ -137,7 +162,11 @@ fn main() {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpu}; {} CPUs; Linux {}", cpus(), kernel.trim())

@@ -29,11 +29,17 @@ struct Pair {
 impl Pair {
     fn new(tag: &str) -> Pair {
         let id = std::process::id();
-        let pair = Pair { a: format!("tad-at-{tag}-{id}-a"), b: format!("tad-at-{tag}-{id}-b") };
+        let pair = Pair {
+            a: format!("tad-at-{tag}-{id}-a"),
+            b: format!("tad-at-{tag}-{id}-b"),
+        };
         for ns in [&pair.a, &pair.b] {
             sh(&["ip", "netns", "add", ns]);
         }
-        sh(&["ip", "link", "add", "veth-at", "netns", &pair.a, "type", "veth", "peer", "name", "veth-at", "netns", &pair.b]);
+        sh(&[
+            "ip", "link", "add", "veth-at", "netns", &pair.a, "type", "veth", "peer", "name",
+            "veth-at", "netns", &pair.b,
+        ]);
         for (ns, addr) in [(&pair.a, "192.0.2.1/24"), (&pair.b, "192.0.2.2/24")] {
             sh(&["ip", "-n", ns, "addr", "add", addr, "dev", "veth-at"]);
             sh(&["ip", "-n", ns, "link", "set", "veth-at", "up"]);
@@ -45,7 +51,18 @@ impl Pair {
     /// One ping from A to B; whether a reply came back.
     fn ping(&self) -> bool {
         Command::new("ip")
-            .args(["netns", "exec", &self.a, "ping", "-c", "1", "-W", "1", "-q", "192.0.2.2"])
+            .args([
+                "netns",
+                "exec",
+                &self.a,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-q",
+                "192.0.2.2",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -63,7 +80,10 @@ impl Drop for Pair {
 }
 
 fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().expect(args[0]);
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect(args[0]);
     assert!(st.success(), "{args:?} failed");
 }
 
@@ -93,15 +113,25 @@ fn block_unblock_cycle(mode: XdpMode, tag: &str) {
     let mut h = load_in(&pair.b, mode);
     assert!(pair.ping(), "the program passes unlisted sources");
 
-    h.block("192.0.2.1/32", BlockEntry { reason: 1, ..Default::default() });
+    h.block(
+        "192.0.2.1/32",
+        BlockEntry {
+            reason: 1,
+            ..Default::default()
+        },
+    );
     let dropped_before = h.counter(CounterSlot::DropBlocklist).packets;
     assert!(!pair.ping(), "a blocked source gets no reply");
-    assert!(h.counter(CounterSlot::DropBlocklist).packets > dropped_before, "drops counted");
+    assert!(
+        h.counter(CounterSlot::DropBlocklist).packets > dropped_before,
+        "drops counted"
+    );
 
     {
         let mut t: aya::maps::LpmTrie<_, [u8; 4], BlockEntry> =
             aya::maps::LpmTrie::try_from(h.ebpf.map_mut(m::BLOCK_V4).unwrap()).unwrap();
-        t.remove(&aya::maps::lpm_trie::Key::new(32, [192, 0, 2, 1])).unwrap();
+        t.remove(&aya::maps::lpm_trie::Key::new(32, [192, 0, 2, 1]))
+            .unwrap();
     }
     assert!(pair.ping(), "unblocked, the source passes again");
 

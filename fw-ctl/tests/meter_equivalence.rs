@@ -71,7 +71,11 @@ fn as_ethernet(link: LinkType, frame: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn ethertype_of(first_ip_byte: u8) -> Vec<u8> {
-    if first_ip_byte >> 4 == 6 { vec![0x86, 0xdd] } else { vec![0x08, 0x00] }
+    if first_ip_byte >> 4 == 6 {
+        vec![0x86, 0xdd]
+    } else {
+        vec![0x08, 0x00]
+    }
 }
 
 /// Counters compared between kernel and meter (all but the timestamps).
@@ -80,9 +84,21 @@ fn counts(s: &FlowStats) -> Vec<u64> {
         .iter()
         .flat_map(|d| {
             [
-                d.packets, d.bytes, d.syn as u64, d.syn_ack as u64, d.fin as u64, d.rst as u64,
-                d.psh as u64, d.ack_only as u64, d.urg as u64, d.no_flags as u64, d.min_len as u64,
-                d.max_len as u64, d.tcp_flags_or as u64, d.icmp_type_plus1 as u64, d.icmp_code as u64,
+                d.packets,
+                d.bytes,
+                d.syn as u64,
+                d.syn_ack as u64,
+                d.fin as u64,
+                d.rst as u64,
+                d.psh as u64,
+                d.ack_only as u64,
+                d.urg as u64,
+                d.no_flags as u64,
+                d.min_len as u64,
+                d.max_len as u64,
+                d.tcp_flags_or as u64,
+                d.icmp_type_plus1 as u64,
+                d.icmp_code as u64,
             ]
         })
         .chain([s.opener as u64])
@@ -108,21 +124,31 @@ fn kernel_and_meter_account_every_capture_identically() {
         let mut meter: HashMap<FlowKey, FlowStats> = HashMap::new();
         let mut t = 1u64;
         for (link, frame) in frames(&path) {
-            let Some(eth) = as_ethernet(link, &frame) else { continue };
+            let Some(eth) = as_ethernet(link, &frame) else {
+                continue;
+            };
             if eth.len() < 14 {
                 continue;
             }
-            assert_eq!(h.run(&eth), XDP_PASS, "{name}: nothing is listed, everything passes");
+            assert_eq!(
+                h.run(&eth),
+                XDP_PASS,
+                "{name}: nothing is listed, everything passes"
+            );
             if let Some(p) = parse_frame(link, &frame) {
-                let (key, side) = FlowKey::new(p.src, p.sport, p.dst, p.dport, p.proto, p.family, p.vlan_id);
+                let (key, side) =
+                    FlowKey::new(p.src, p.sport, p.dst, p.dport, p.proto, p.family, p.vlan_id);
                 t += 1;
                 meter.entry(key).or_default().account(side, &p.meta, t);
             }
         }
-        let kernel: HashMap<FlowKey, FlowStats> = h.flows().into_iter().map(|(k, s, _)| (k, s)).collect();
+        let kernel: HashMap<FlowKey, FlowStats> =
+            h.flows().into_iter().map(|(k, s, _)| (k, s)).collect();
         assert_eq!(kernel.len(), meter.len(), "{name}: number of flows");
         for (k, ms) in &meter {
-            let ks = kernel.get(k).unwrap_or_else(|| panic!("{name}: kernel lacks flow {k:?}"));
+            let ks = kernel
+                .get(k)
+                .unwrap_or_else(|| panic!("{name}: kernel lacks flow {k:?}"));
             assert_eq!(counts(ks), counts(ms), "{name}: flow {k:?}");
         }
     }

@@ -20,18 +20,40 @@ const ATTACKER6: &str = "2001:db8:66::1";
 const VICTIM6: &str = "2001:db8:10::1";
 
 fn permanent() -> BlockEntry {
-    BlockEntry { reason: 1, origin: ORIGIN_MANUAL, ..Default::default() }
+    BlockEntry {
+        reason: 1,
+        origin: ORIGIN_MANUAL,
+        ..Default::default()
+    }
 }
 
 /// Every way of wrapping one TCP SYN from `src`: VLAN tags and IP versions.
 fn variants(src4: &str, src6: &str) -> Vec<(&'static str, Vec<u8>)> {
     let seg = tcp(40000, 80, tf::SYN, 0);
-    let v4 = ipv4(src4.parse().unwrap(), VICTIM4.parse().unwrap(), 6, 0, 0, &seg);
-    let v6 = ipv6(src6.parse().unwrap(), VICTIM6.parse().unwrap(), 6, &[], &seg);
-    let tags: [(&str, &str, Vec<(u16, u16)>); 3] = [
+    let v4 = ipv4(
+        src4.parse().unwrap(),
+        VICTIM4.parse().unwrap(),
+        6,
+        0,
+        0,
+        &seg,
+    );
+    let v6 = ipv6(
+        src6.parse().unwrap(),
+        VICTIM6.parse().unwrap(),
+        6,
+        &[],
+        &seg,
+    );
+    type Tags = Vec<(u16, u16)>;
+    let tags: [(&str, &str, Tags); 3] = [
         ("v4 untagged", "v6 untagged", vec![]),
         ("v4 802.1Q", "v6 802.1Q", vec![(TPID_8021Q, 10)]),
-        ("v4 802.1ad+802.1Q", "v6 802.1ad+802.1Q", vec![(TPID_8021AD, 100), (TPID_8021Q, 10)]),
+        (
+            "v4 802.1ad+802.1Q",
+            "v6 802.1ad+802.1Q",
+            vec![(TPID_8021AD, 100), (TPID_8021Q, 10)],
+        ),
     ];
     let mut out = Vec::new();
     for (n4, n6, t) in tags {
@@ -53,7 +75,10 @@ fn unmatched_sources_pass_and_are_counted() {
     }
     let c = h.counter(CounterSlot::PassNoMatch);
     assert_eq!(c.packets, 6);
-    let total_bytes: usize = variants(ATTACKER4, ATTACKER6).iter().map(|(_, f)| f.len()).sum();
+    let total_bytes: usize = variants(ATTACKER4, ATTACKER6)
+        .iter()
+        .map(|(_, f)| f.len())
+        .sum();
     assert_eq!(c.bytes, total_bytes as u64, "bytes are frame lengths");
 }
 
@@ -70,10 +95,19 @@ fn blocked_sources_are_dropped_in_every_encapsulation() {
         assert_eq!(h.run(&frame), XDP_PASS, "{name} outside the prefix");
     }
     assert_eq!(h.counter(CounterSlot::DropBlocklist).packets, 6);
-    assert_eq!(h.block_entry("198.51.100.0/24").hits, 3, "hits counted per entry");
+    assert_eq!(
+        h.block_entry("198.51.100.0/24").hits,
+        3,
+        "hits counted per entry"
+    );
     assert_eq!(h.block_entry("2001:db8:66::/48").hits, 3);
-    assert!(h.flows().iter().all(|(k, ..)| k.addr_a != v4_mapped([198, 51, 100, 66])
-        && k.addr_b != v4_mapped([198, 51, 100, 66])), "dropped packets open no flow");
+    assert!(
+        h.flows()
+            .iter()
+            .all(|(k, ..)| k.addr_a != v4_mapped([198, 51, 100, 66])
+                && k.addr_b != v4_mapped([198, 51, 100, 66])),
+        "dropped packets open no flow"
+    );
 }
 
 #[test]
@@ -94,7 +128,10 @@ fn longest_prefix_decides_nothing_allowlist_always_wins() {
 #[test]
 fn observe_mode_counts_would_drop_and_passes() {
     let mut h = Harness::load();
-    h.set_config(GatewayConfig { mode: MODE_OBSERVE, ..Default::default() });
+    h.set_config(GatewayConfig {
+        mode: MODE_OBSERVE,
+        ..Default::default()
+    });
     h.block("198.51.100.0/24", permanent());
     let f = v4_tcp(ATTACKER4, VICTIM4, 40000, 80, tf::SYN, 0);
     assert_eq!(h.run(&f), XDP_PASS);
@@ -110,12 +147,36 @@ fn observe_mode_counts_would_drop_and_passes() {
 fn expired_entries_count_as_absent() {
     let mut h = Harness::load();
     let now = monotonic_ns();
-    h.block("198.51.100.66/32", BlockEntry { expires_ns: now - 1, ..permanent() });
-    h.block("198.51.100.67/32", BlockEntry { expires_ns: now + 3_600_000_000_000, ..permanent() });
+    h.block(
+        "198.51.100.66/32",
+        BlockEntry {
+            expires_ns: now - 1,
+            ..permanent()
+        },
+    );
+    h.block(
+        "198.51.100.67/32",
+        BlockEntry {
+            expires_ns: now + 3_600_000_000_000,
+            ..permanent()
+        },
+    );
     h.block("198.51.100.68/32", permanent());
-    assert_eq!(h.run(&v4_tcp("198.51.100.66", VICTIM4, 1, 80, tf::SYN, 0)), XDP_PASS, "expired");
-    assert_eq!(h.run(&v4_tcp("198.51.100.67", VICTIM4, 1, 80, tf::SYN, 0)), XDP_DROP, "expires in 1 h");
-    assert_eq!(h.run(&v4_tcp("198.51.100.68", VICTIM4, 1, 80, tf::SYN, 0)), XDP_DROP, "permanent");
+    assert_eq!(
+        h.run(&v4_tcp("198.51.100.66", VICTIM4, 1, 80, tf::SYN, 0)),
+        XDP_PASS,
+        "expired"
+    );
+    assert_eq!(
+        h.run(&v4_tcp("198.51.100.67", VICTIM4, 1, 80, tf::SYN, 0)),
+        XDP_DROP,
+        "expires in 1 h"
+    );
+    assert_eq!(
+        h.run(&v4_tcp("198.51.100.68", VICTIM4, 1, 80, tf::SYN, 0)),
+        XDP_DROP,
+        "permanent"
+    );
     assert_eq!(h.counter(CounterSlot::PassNoMatch).packets, 1);
 }
 
@@ -136,8 +197,11 @@ fn ipv4_options_and_fragments() {
     let mut f = eth(&[], 0x0800);
     f.extend(ipv4(src, dst, 17, 0, 185, &udp(1111, 2222, 40)));
     assert_eq!(h.run(&f), XDP_PASS);
-    let mut ports: Vec<(u8, u16, u16)> =
-        h.flows().iter().map(|(k, ..)| (k.proto, k.port_a.min(k.port_b), k.port_a.max(k.port_b))).collect();
+    let mut ports: Vec<(u8, u16, u16)> = h
+        .flows()
+        .iter()
+        .map(|(k, ..)| (k.proto, k.port_a.min(k.port_b), k.port_a.max(k.port_b)))
+        .collect();
     ports.sort();
     assert_eq!(ports, vec![(6, 8080, 40001), (17, 0, 0), (17, 53, 5353)]);
     // Fragments of a blocked source are dropped too.
@@ -152,26 +216,44 @@ fn ipv6_extension_headers() {
     let dst = VICTIM6.parse().unwrap();
     let opts = vec![1, 4, 0, 0, 0, 0]; // PadN
     // Hop-by-hop, routing, destination options and a first fragment, then TCP.
-    let ext = vec![(0u8, opts.clone()), (43, vec![0, 0, 0, 0, 0, 0]), (60, opts.clone()), (44, frag6(0, true))];
+    let ext = vec![
+        (0u8, opts.clone()),
+        (43, vec![0, 0, 0, 0, 0, 0]),
+        (60, opts.clone()),
+        (44, frag6(0, true)),
+    ];
     let mut f = eth(&[], 0x86dd);
     f.extend(ipv6(src, dst, 6, &ext, &tcp(40002, 443, tf::SYN, 0)));
     assert_eq!(h.run(&f), XDP_PASS);
     // Non-first fragment: no ports.
     let mut f = eth(&[], 0x86dd);
-    f.extend(ipv6(src, dst, 17, &[(44, frag6(10, false))], &udp(7, 9, 16)));
+    f.extend(ipv6(
+        src,
+        dst,
+        17,
+        &[(44, frag6(10, false))],
+        &udp(7, 9, 16),
+    ));
     assert_eq!(h.run(&f), XDP_PASS);
     // More extension headers than the bound: no ports, but still filtered.
     let many: Vec<(u8, Vec<u8>)> = (0..7).map(|_| (60u8, opts.clone())).collect();
     let mut deep = eth(&[], 0x86dd);
     deep.extend(ipv6(src, dst, 6, &many, &tcp(40003, 22, tf::SYN, 0)));
     assert_eq!(h.run(&deep), XDP_PASS);
-    let mut seen: Vec<(u8, u16, u16)> =
-        h.flows().iter().map(|(k, ..)| (k.proto, k.port_a.min(k.port_b), k.port_a.max(k.port_b))).collect();
+    let mut seen: Vec<(u8, u16, u16)> = h
+        .flows()
+        .iter()
+        .map(|(k, ..)| (k.proto, k.port_a.min(k.port_b), k.port_a.max(k.port_b)))
+        .collect();
     seen.sort();
     assert_eq!(seen, vec![(6, 443, 40002), (17, 0, 0), (60, 0, 0)]);
     assert!(h.flows().iter().all(|(k, ..)| k.family == FAMILY_V6));
     h.block("2001:db8:66::/64", permanent());
-    assert_eq!(h.run(&deep), XDP_DROP, "header chains cannot smuggle a blocked source");
+    assert_eq!(
+        h.run(&deep),
+        XDP_DROP,
+        "header chains cannot smuggle a blocked source"
+    );
 }
 
 /// Truncates a frame at every offset from the Ethernet header's end: while the
@@ -181,10 +263,23 @@ fn ipv6_extension_headers() {
 fn truncation_at_every_offset() {
     let v4_ip_end = 14 + 8 + 24; // two tags, IPv4 with one option word
     let mut v4 = eth(&[(TPID_8021AD, 100), (TPID_8021Q, 10)], 0x0800);
-    v4.extend(ipv4(ATTACKER4.parse().unwrap(), VICTIM4.parse().unwrap(), 6, 1, 0, &tcp(1, 2, tf::SYN, 0)));
+    v4.extend(ipv4(
+        ATTACKER4.parse().unwrap(),
+        VICTIM4.parse().unwrap(),
+        6,
+        1,
+        0,
+        &tcp(1, 2, tf::SYN, 0),
+    ));
     let v6_ip_end = 14 + 4 + 40 + 8; // one tag, IPv6, hop-by-hop (8)
     let mut v6 = eth(&[(TPID_8021Q, 10)], 0x86dd);
-    v6.extend(ipv6(ATTACKER6.parse().unwrap(), VICTIM6.parse().unwrap(), 6, &[(0, vec![1, 4, 0, 0, 0, 0])], &tcp(1, 2, tf::SYN, 0)));
+    v6.extend(ipv6(
+        ATTACKER6.parse().unwrap(),
+        VICTIM6.parse().unwrap(),
+        6,
+        &[(0, vec![1, 4, 0, 0, 0, 0])],
+        &tcp(1, 2, tf::SYN, 0),
+    ));
 
     for (name, frame, ip_end) in [("v4", &v4, v4_ip_end), ("v6", &v6, v6_ip_end - 8)] {
         let mut h = Harness::load();
@@ -196,13 +291,24 @@ fn truncation_at_every_offset() {
             let action = h.run(&frame[..cut]);
             if cut < ip_end {
                 assert_eq!(action, XDP_PASS, "{name} cut at {cut}");
-                assert_eq!(h.counter(CounterSlot::PassMalformed).packets, before + 1, "{name} cut at {cut} counted malformed");
+                assert_eq!(
+                    h.counter(CounterSlot::PassMalformed).packets,
+                    before + 1,
+                    "{name} cut at {cut} counted malformed"
+                );
             } else {
-                assert_eq!(action, XDP_DROP, "{name} cut at {cut}: source is known, so it is filtered");
+                assert_eq!(
+                    action, XDP_DROP,
+                    "{name} cut at {cut}: source is known, so it is filtered"
+                );
             }
         }
         let total: u64 = h.all_counters().iter().sum();
-        assert_eq!(total, (frame.len() - 13) as u64, "{name}: every run counted exactly once");
+        assert_eq!(
+            total,
+            (frame.len() - 13) as u64,
+            "{name}: every run counted exactly once"
+        );
     }
 }
 
@@ -225,7 +331,11 @@ fn syn_rate_limit_exactly_at_and_one_past_burst() {
     pin_to_cpu(0);
     let mut h = Harness::load();
     // 1 SYN/s with a burst of 5: the first 5 back-to-back SYNs conform.
-    h.set_config(GatewayConfig { syn_rate_pps: 1, syn_burst: 5, ..Default::default() });
+    h.set_config(GatewayConfig {
+        syn_rate_pps: 1,
+        syn_burst: 5,
+        ..Default::default()
+    });
     let syn = v4_tcp(ATTACKER4, VICTIM4, 40000, 80, tf::SYN, 0);
     for i in 1..=5 {
         assert_eq!(h.run(&syn), XDP_PASS, "SYN {i} is within the burst");
@@ -237,9 +347,17 @@ fn syn_rate_limit_exactly_at_and_one_past_burst() {
     assert_eq!(h.run(&ack), XDP_PASS);
     let synack = v4_tcp(ATTACKER4, VICTIM4, 40000, 80, tf::SYN | tf::ACK, 0);
     assert_eq!(h.run(&synack), XDP_PASS, "SYN-ACK is not a SYN without ACK");
-    assert_eq!(h.run(&v4_tcp("198.51.100.67", VICTIM4, 40000, 80, tf::SYN, 0)), XDP_PASS);
+    assert_eq!(
+        h.run(&v4_tcp("198.51.100.67", VICTIM4, 40000, 80, tf::SYN, 0)),
+        XDP_PASS
+    );
     // Observe mode: would-drop, passed.
-    h.set_config(GatewayConfig { mode: MODE_OBSERVE, syn_rate_pps: 1, syn_burst: 5, ..Default::default() });
+    h.set_config(GatewayConfig {
+        mode: MODE_OBSERVE,
+        syn_rate_pps: 1,
+        syn_burst: 5,
+        ..Default::default()
+    });
     assert_eq!(h.run(&syn), XDP_PASS);
     assert_eq!(h.counter(CounterSlot::WouldDropSynRate).packets, 1);
 }
@@ -248,13 +366,27 @@ fn syn_rate_limit_exactly_at_and_one_past_burst() {
 fn packet_rate_limit_exactly_at_and_one_past_burst() {
     pin_to_cpu(0);
     let mut h = Harness::load();
-    h.set_config(GatewayConfig { pkt_rate_pps: 1, pkt_burst: 3, ..Default::default() });
+    h.set_config(GatewayConfig {
+        pkt_rate_pps: 1,
+        pkt_burst: 3,
+        ..Default::default()
+    });
     let mut udp_frame = eth(&[], 0x86dd);
-    udp_frame.extend(ipv6(ATTACKER6.parse().unwrap(), VICTIM6.parse().unwrap(), 17, &[], &udp(5000, 5683, 20)));
+    udp_frame.extend(ipv6(
+        ATTACKER6.parse().unwrap(),
+        VICTIM6.parse().unwrap(),
+        17,
+        &[],
+        &udp(5000, 5683, 20),
+    ));
     for i in 1..=3 {
         assert_eq!(h.run(&udp_frame), XDP_PASS, "packet {i} within the burst");
     }
-    assert_eq!(h.run(&udp_frame), XDP_DROP, "packet 4 is one past the burst");
+    assert_eq!(
+        h.run(&udp_frame),
+        XDP_DROP,
+        "packet 4 is one past the burst"
+    );
     assert_eq!(h.counter(CounterSlot::DropPktRate).packets, 1);
     // Rates of 0 switch the limits off.
     h.set_config(GatewayConfig::default());
@@ -292,7 +424,13 @@ fn flow_entry_after_a_scripted_tcp_conversation() {
     assert_eq!(flows.len(), 1, "both directions share one entry");
     let (key, st, cpus_seen) = &flows[0];
     let (expect_key, client_side) = FlowKey::new(
-        v4_mapped([192, 0, 2, 20]), 51000, v4_mapped([198, 51, 100, 5]), 1883, 6, FAMILY_V4, 0,
+        v4_mapped([192, 0, 2, 20]),
+        51000,
+        v4_mapped([198, 51, 100, 5]),
+        1883,
+        6,
+        FAMILY_V4,
+        0,
     );
     assert_eq!(*key, expect_key);
     assert_eq!(client_side, SIDE_A, "192.0.2.20 sorts below 198.51.100.5");
@@ -301,21 +439,55 @@ fn flow_entry_after_a_scripted_tcp_conversation() {
     let sv = &st.dir[SIDE_B as usize];
     assert_eq!((cl.packets, cl.bytes), (5, 4 * 40 + 140));
     assert_eq!((sv.packets, sv.bytes), (4, 3 * 40 + 240));
-    assert_eq!((cl.syn, cl.syn_ack, cl.fin, cl.rst, cl.psh, cl.ack_only, cl.urg, cl.no_flags), (1, 0, 1, 0, 1, 2, 0, 0));
-    assert_eq!((sv.syn, sv.syn_ack, sv.fin, sv.rst, sv.psh, sv.ack_only, sv.urg, sv.no_flags), (0, 1, 1, 0, 1, 1, 0, 0));
+    assert_eq!(
+        (
+            cl.syn,
+            cl.syn_ack,
+            cl.fin,
+            cl.rst,
+            cl.psh,
+            cl.ack_only,
+            cl.urg,
+            cl.no_flags
+        ),
+        (1, 0, 1, 0, 1, 2, 0, 0)
+    );
+    assert_eq!(
+        (
+            sv.syn,
+            sv.syn_ack,
+            sv.fin,
+            sv.rst,
+            sv.psh,
+            sv.ack_only,
+            sv.urg,
+            sv.no_flags
+        ),
+        (0, 1, 1, 0, 1, 1, 0, 0)
+    );
     assert_eq!((cl.min_len, cl.max_len), (40, 140));
     assert_eq!((sv.min_len, sv.max_len), (40, 240));
     assert_eq!(cl.tcp_flags_or, tf::SYN | tf::ACK | tf::PSH | tf::FIN);
     assert!(t0 <= st.first_seen_ns && st.first_seen_ns < st.last_seen_ns && st.last_seen_ns <= t1);
     assert_eq!(*cpus_seen, 1, "the test thread is pinned to one CPU");
-    assert_eq!(st.iat_sum_ns, st.last_seen_ns - st.first_seen_ns, "gaps add up to the duration");
+    assert_eq!(
+        st.iat_sum_ns,
+        st.last_seen_ns - st.first_seen_ns,
+        "gaps add up to the duration"
+    );
 }
 
 #[test]
 fn flow_accounting_can_be_switched_off() {
     let mut h = Harness::load();
-    h.set_config(GatewayConfig { flags: FLAG_NO_FLOW_ACCOUNTING, ..Default::default() });
-    assert_eq!(h.run(&v4_tcp(ATTACKER4, VICTIM4, 1, 2, tf::SYN, 0)), XDP_PASS);
+    h.set_config(GatewayConfig {
+        flags: FLAG_NO_FLOW_ACCOUNTING,
+        ..Default::default()
+    });
+    assert_eq!(
+        h.run(&v4_tcp(ATTACKER4, VICTIM4, 1, 2, tf::SYN, 0)),
+        XDP_PASS
+    );
     assert!(h.flows().is_empty());
 }
 
@@ -323,14 +495,31 @@ fn flow_accounting_can_be_switched_off() {
 fn icmp_type_is_recorded_per_direction() {
     let h = Harness::load();
     let mut req = eth(&[], 0x0800);
-    req.extend(ipv4("192.0.2.20".parse().unwrap(), "198.51.100.5".parse().unwrap(), 1, 0, 0, &icmp(8, 0)));
+    req.extend(ipv4(
+        "192.0.2.20".parse().unwrap(),
+        "198.51.100.5".parse().unwrap(),
+        1,
+        0,
+        0,
+        &icmp(8, 0),
+    ));
     let mut rep = eth(&[], 0x0800);
-    rep.extend(ipv4("198.51.100.5".parse().unwrap(), "192.0.2.20".parse().unwrap(), 1, 0, 0, &icmp(0, 0)));
+    rep.extend(ipv4(
+        "198.51.100.5".parse().unwrap(),
+        "192.0.2.20".parse().unwrap(),
+        1,
+        0,
+        0,
+        &icmp(0, 0),
+    ));
     h.run(&req);
     h.run(&rep);
     let flows = h.flows();
     assert_eq!(flows.len(), 1);
     let st = &flows[0].1;
-    assert_eq!(st.dir[SIDE_A as usize].icmp_type_plus1, 9, "echo request from 192.0.2.20");
+    assert_eq!(
+        st.dir[SIDE_A as usize].icmp_type_plus1, 9,
+        "echo request from 192.0.2.20"
+    );
     assert_eq!(st.dir[SIDE_B as usize].icmp_type_plus1, 1, "echo reply");
 }

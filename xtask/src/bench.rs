@@ -43,11 +43,25 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         match name {
             "xdp" => {
                 setup::ensure_ebpf_toolchain()?;
-                anyhow::ensure!(util::is_root(), "the xdp benchmark loads an XDP program: run as root");
-                util::cargo(&["bench", "-p", "fw-ctl", "--bench", "xdp", "--", "--json", &out_s])?;
+                anyhow::ensure!(
+                    util::is_root(),
+                    "the xdp benchmark loads an XDP program: run as root"
+                );
+                util::cargo(&[
+                    "bench", "-p", "fw-ctl", "--bench", "xdp", "--", "--json", &out_s,
+                ])?;
             }
             "detector" => {
-                util::cargo(&["run", "--release", "-p", "detector", "--", "bench", "--json", &out_s])?;
+                util::cargo(&[
+                    "run",
+                    "--release",
+                    "-p",
+                    "detector",
+                    "--",
+                    "bench",
+                    "--json",
+                    &out_s,
+                ])?;
             }
             _ => unreachable!("checked above"),
         }

@@ -103,11 +103,23 @@ fn main() -> ExitCode {
 
 fn build() -> anyhow::Result<()> {
     setup::ensure_ebpf_toolchain()?;
-    util::cargo(&["build", "--release", "-p", "fw-ctl", "-p", "detector", "-p", "dashboard"])
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "fw-ctl",
+        "-p",
+        "detector",
+        "-p",
+        "dashboard",
+    ])
 }
 
 fn run(a: &RunArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(!a.iface.is_empty(), "give the LAN interface with --iface IF");
+    anyhow::ensure!(
+        !a.iface.is_empty(),
+        "give the LAN interface with --iface IF"
+    );
     build()?;
     setup::ensure_bpffs()?;
     let fw_ctl = util::workspace_root().join("target/release/fw-ctl");
@@ -128,7 +140,13 @@ fn test(a: &TestArgs) -> anyhow::Result<()> {
         util::is_root(),
         "the tests load XDP programs and create network namespaces: run them as root"
     );
-    let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "fw-ebpf", "--no-fail-fast"];
+    let mut args: Vec<&str> = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "fw-ebpf",
+        "--no-fail-fast",
+    ];
     args.extend(a.cargo_args.iter().map(String::as_str));
     util::cargo(&args)
 }

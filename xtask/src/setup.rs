@@ -85,7 +85,10 @@ pub fn ensure_apt_packages(pkgs: &[&str]) -> anyhow::Result<()> {
         step("Debian packages present");
         return Ok(());
     }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     ensure!(
         is_root(),
         "installing {} needs root: run `sudo cargo xtask setup`",
@@ -117,11 +120,19 @@ fn nightly() -> anyhow::Result<Nightly> {
         .is_some_and(|l| l.lines().any(|t| t.starts_with("nightly")));
     if !has_nightly {
         step("installing the nightly toolchain (minimal profile)");
-        run_cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("rustup could not install the nightly toolchain")?;
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("rustup could not install the nightly toolchain")?;
     }
     let sysroot = stdout_of(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("`rustc +nightly --print sysroot` failed: is rustup's nightly toolchain installed?")?;
+        .context(
+            "`rustc +nightly --print sysroot` failed: is rustup's nightly toolchain installed?",
+        )?;
     let lib = PathBuf::from(sysroot).join("lib");
     let llvm_soname = fs::read_dir(&lib)
         .with_context(|| format!("cannot read {}", lib.display()))?
@@ -134,27 +145,44 @@ fn nightly() -> anyhow::Result<Nightly> {
                 lib.display()
             )
         })?;
-    let vv = stdout_of(Command::new("rustc").args(["+nightly", "-vV"])).context("rustc +nightly -vV")?;
+    let vv =
+        stdout_of(Command::new("rustc").args(["+nightly", "-vV"])).context("rustc +nightly -vV")?;
     let llvm_major = vv
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .and_then(|v| v.split('.').next())
         .and_then(|m| m.parse().ok())
         .context("`rustc +nightly -vV` names no LLVM version")?;
-    Ok(Nightly { lib, llvm_soname, llvm_major })
+    Ok(Nightly {
+        lib,
+        llvm_soname,
+        llvm_major,
+    })
 }
 
 /// rust-src for the nightly and a bpf-linker that links the nightly's LLVM.
 pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
     let n = nightly()?;
-    let has_src = stdout_of(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .is_some_and(|l| l.lines().any(|c| c.starts_with("rust-src")));
+    let has_src = stdout_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .is_some_and(|l| l.lines().any(|c| c.starts_with("rust-src")));
     if has_src {
         step("nightly rust-src present");
     } else {
         step("adding rust-src to the nightly toolchain");
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-            .context("rustup could not add rust-src to nightly")?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
+        .context("rustup could not add rust-src to nightly")?;
     }
     if bpf_linker_matches(&n) {
         step(&format!("bpf-linker present, linked to {}", n.llvm_soname));
@@ -166,7 +194,9 @@ pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
+        })
 }
 
 /// Whether the installed bpf-linker has the right version and loads the nightly's
@@ -208,7 +238,11 @@ fn build_bpf_linker(n: &Nightly) -> anyhow::Result<()> {
             prefix.display()
         )
     })?;
-    ensure!(bpf_linker_matches(n), "bpf-linker was built but does not load {}", n.llvm_soname);
+    ensure!(
+        bpf_linker_matches(n),
+        "bpf-linker was built but does not load {}",
+        n.llvm_soname
+    );
     Ok(())
 }
 
@@ -226,13 +260,19 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
     if mounts.lines().any(|l| {
         let mut f = l.split_whitespace();
-        matches!((f.next(), f.next(), f.next()), (_, Some("/sys/fs/bpf"), Some("bpf")))
+        matches!(
+            (f.next(), f.next(), f.next()),
+            (_, Some("/sys/fs/bpf"), Some("bpf"))
+        )
     }) {
         step("bpffs mounted at /sys/fs/bpf");
         return Ok(());
     }
     step("mounting bpffs at /sys/fs/bpf");
-    ensure!(is_root(), "mounting bpffs needs root: run `sudo mount -t bpf bpf /sys/fs/bpf`");
+    ensure!(
+        is_root(),
+        "mounting bpffs needs root: run `sudo mount -t bpf bpf /sys/fs/bpf`"
+    );
     fs::create_dir_all("/sys/fs/bpf").ok();
     run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
         .context("could not mount bpffs: the kernel needs CONFIG_BPF_SYSCALL")
@@ -252,6 +292,10 @@ fn ensure_e2e_packages() -> anyhow::Result<()> {
     if Command::new("npm").arg("--version").output().is_err() {
         bail!("npm is missing: install Debian's npm package");
     }
-    run_cmd(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
-        .context("npm ci failed in dashboard/e2e")
+    run_cmd(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
+    .context("npm ci failed in dashboard/e2e")
 }

@@ -1,9 +1,6 @@
 //! Small helpers shared by the xtask verbs: running commands with their command
 //! line printed, locating the workspace.
-use std::{
-    path::PathBuf,
-    process::Command,
-};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 

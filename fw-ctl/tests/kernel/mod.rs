@@ -7,9 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, LpmTrie, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
-    },
+    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     programs::{TestRun, TestRunOptions, Xdp},
     util::nr_cpus,
 };
@@ -26,7 +24,10 @@ pub const XDP_PASS: u32 = 2;
 
 /// Nanoseconds on CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime");
@@ -103,15 +104,19 @@ impl Harness {
         let a: PerCpuArray<_, CounterValue> =
             PerCpuArray::try_from(self.ebpf.map(m::COUNTERS).unwrap()).unwrap();
         let v = a.get(&(slot as u32), 0).unwrap();
-        v.iter().fold(CounterValue::default(), |acc, c| CounterValue {
-            packets: acc.packets + c.packets,
-            bytes: acc.bytes + c.bytes,
-        })
+        v.iter()
+            .fold(CounterValue::default(), |acc, c| CounterValue {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            })
     }
 
     /// Every slot's packet count, in slot order.
     pub fn all_counters(&self) -> Vec<u64> {
-        CounterSlot::ALL.iter().map(|s| self.counter(*s).packets).collect()
+        CounterSlot::ALL
+            .iter()
+            .map(|s| self.counter(*s).packets)
+            .collect()
     }
 
     pub fn block(&mut self, net: &str, entry: BlockEntry) {
@@ -211,7 +216,14 @@ pub fn eth(vlans: &[(u16, u16)], ethertype: u16) -> Vec<u8> {
 
 /// IPv4 header with `opt_words` 32-bit words of options (NOPs), `frag` = flags +
 /// fragment offset field, followed by `payload`. Total length covers the payload.
-pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, opt_words: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
+pub fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    opt_words: u8,
+    frag: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let ihl = 5 + opt_words;
     let tot = ihl as u16 * 4 + payload.len() as u16;
     let mut h = vec![0x40 | ihl, 0];
@@ -228,7 +240,13 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, opt_words: u8, frag: u16, p
 
 /// IPv6 extension header: (type, body) where the body excludes the 2 bytes of
 /// next-header and length; it is padded to a multiple of 8 octets.
-pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, ext: &[(u8, Vec<u8>)], payload: &[u8]) -> Vec<u8> {
+pub fn ipv6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    proto: u8,
+    ext: &[(u8, Vec<u8>)],
+    payload: &[u8],
+) -> Vec<u8> {
     let mut exts = Vec::new();
     let mut types: Vec<u8> = ext.iter().map(|(t, _)| *t).collect();
     types.push(proto);
@@ -299,13 +317,26 @@ pub fn icmp(typ: u8, code: u8) -> Vec<u8> {
 /// A whole Ethernet/IPv4/TCP frame.
 pub fn v4_tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
     let mut f = eth(&[], 0x0800);
-    f.extend(ipv4(src.parse().unwrap(), dst.parse().unwrap(), 6, 0, 0, &tcp(sport, dport, flags, payload)));
+    f.extend(ipv4(
+        src.parse().unwrap(),
+        dst.parse().unwrap(),
+        6,
+        0,
+        0,
+        &tcp(sport, dport, flags, payload),
+    ));
     f
 }
 
 /// A whole Ethernet/IPv6/TCP frame.
 pub fn v6_tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
     let mut f = eth(&[], 0x86dd);
-    f.extend(ipv6(src.parse().unwrap(), dst.parse().unwrap(), 6, &[], &tcp(sport, dport, flags, payload)));
+    f.extend(ipv6(
+        src.parse().unwrap(),
+        dst.parse().unwrap(),
+        6,
+        &[],
+        &tcp(sport, dport, flags, payload),
+    ));
     f
 }
