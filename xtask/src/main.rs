@@ -116,20 +116,19 @@ fn build() -> anyhow::Result<()> {
 }
 
 fn run(a: &RunArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !a.iface.is_empty(),
-        "give the LAN interface with --iface IF"
-    );
+    anyhow::ensure!(!a.iface.is_empty(), "give the LAN interface with --iface IF");
     build()?;
     setup::ensure_bpffs()?;
     let fw_ctl = util::workspace_root().join("target/release/fw-ctl");
+    // Reload the freshly built program; `--keep-maps` keeps blocks and flows in force.
+    let _ = std::process::Command::new(&fw_ctl).args(["unload", "--keep-maps"]).status();
     let mut load = vec!["load".to_string(), "--mode".into(), a.mode.clone()];
     for i in &a.iface {
         load.push("--iface".into());
         load.push(i.clone());
     }
     util::run_cmd(std::process::Command::new(&fw_ctl).args(&load))?;
-    util::run_cmd(std::process::Command::new(&fw_ctl).args(["run", "--config", &a.config]))
+    util::run_cmd(std::process::Command::new(&fw_ctl).args(["--config", &a.config, "run"]))
 }
 
 fn test(a: &TestArgs) -> anyhow::Result<()> {
