@@ -1,0 +1,632 @@
+//! Detector configuration: one TOML file (`detector.toml`; commented example in
+//! `detector/detector.toml.example`). Every section and field has a default, and an
+//! unknown key anywhere is an error.
+//!
+//! Thresholds can also be changed at runtime from a
+//! [`fw_common::wire::ThresholdSettings`] message: its keys are the dotted config
+//! paths of numeric fields (`portscan.vertical_ports`, `synflood.window_s`...), see
+//! [`Config::apply_thresholds`]. Unknown keys, non-numeric fields and values that
+//! fail validation reject the whole message and change nothing.
+
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+
+use fw_common::wire::Mode;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Errors loading or changing the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid value: {0}")]
+    Invalid(String),
+    #[error(
+        "unknown threshold key `{0}` (keys are dotted numeric config paths such as portscan.vertical_ports)"
+    )]
+    UnknownKey(String),
+}
+
+/// The whole detector configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub detector: DetectorSection,
+    pub partitions: Partitions,
+    /// Bus connection (`tad_bus::BusConfig`); `node_id` defaults to `detector.id`.
+    pub bus: tad_bus::BusConfig,
+    pub service: ServiceSection,
+    pub portscan: PortScan,
+    pub synflood: SynFlood,
+    pub spike: Spike,
+    pub bruteforce: BruteForce,
+    pub access: Access,
+    pub ml: Ml,
+    pub trust: Trust,
+    pub policy: Policy,
+}
+
+/// Identity and mode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorSection {
+    /// Detector id (the CN of its client certificate, `detector-*`); appears in
+    /// every message and the topics it publishes on.
+    pub id: String,
+    /// `enforce` publishes verdicts the gateways apply; `observe` publishes them with
+    /// `observe_only: true` (the gateways record but do not block) and counts them.
+    pub mode: Mode,
+}
+
+impl Default for DetectorSection {
+    fn default() -> Self {
+        DetectorSection {
+            id: "detector-1".into(),
+            mode: Mode::Enforce,
+        }
+    }
+}
+
+/// Which flow partitions this instance handles (see `crate::partition`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Partitions {
+    /// Number of partitions the gateways publish to (`partition_of(src, count)`).
+    pub count: u16,
+    /// Partitions this instance subscribes to; empty = all of them.
+    pub take: Vec<u16>,
+}
+
+impl Default for Partitions {
+    fn default() -> Self {
+        Partitions {
+            count: 1,
+            take: Vec::new(),
+        }
+    }
+}
+
+/// The MQTT service (`detector run`, [`crate::service`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Bounded queue between the flow subscriptions and the engine, batches. When
+    /// full the subscriptions wait, and the bus client's per-subscription queue
+    /// (`bus.subscription_capacity`) drops and counts.
+    pub queue: usize,
+    /// MQTT v5 expiry of a published verdict, seconds: a gateway that was offline
+    /// longer does not apply a stale decision.
+    pub verdict_expiry_s: u32,
+    /// Interval of trust recovery and status logging, ms.
+    pub tick_ms: u64,
+}
+
+impl Default for ServiceSection {
+    fn default() -> Self {
+        ServiceSection {
+            queue: 256,
+            verdict_expiry_s: 60,
+            tick_ms: 1000,
+        }
+    }
+}
+
+/// Port scans and sweeps (`rules::portscan`).
+///
+/// Defaults follow Zeek's scan policy (15 distinct ports on one host, 25 distinct
+/// hosts on one port) and are of the order of Snort 3 `port_scan`'s medium
+/// sensitivity, but counted in a 60 s sliding window and checked on every record, so
+/// a scan is reported as soon as the threshold is crossed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortScan {
+    /// Sliding window, seconds.
+    pub window_s: f64,
+    /// Distinct ports probed on one host: vertical scan (blocks).
+    pub vertical_ports: u32,
+    /// Distinct hosts probed on one port: horizontal scan (blocks).
+    pub horizontal_hosts: u32,
+    /// Distinct hosts sent ICMP echo / timestamp / address-mask requests (blocks).
+    pub sweep_hosts: u32,
+    /// Distinct ports probed on one host that raise a low-volume scan alert
+    /// (medium severity, no block).
+    pub low_ports: u32,
+    /// A flow with more initiator packets than this is a connection, not a probe.
+    pub max_probe_packets: u32,
+}
+
+impl Default for PortScan {
+    fn default() -> Self {
+        PortScan {
+            window_s: 60.0,
+            vertical_ports: 15,
+            horizontal_hosts: 25,
+            sweep_hosts: 25,
+            low_ports: 5,
+            max_probe_packets: 4,
+        }
+    }
+}
+
+/// SYN floods (`rules::synflood`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SynFlood {
+    /// Sliding window, seconds.
+    pub window_s: f64,
+    /// Half-open attempts from one source to one host in the window (blocks).
+    pub per_source_half_open: u32,
+    /// Half-open attempts to one host from any source in the window (alert on the
+    /// victim; never blocks). With several partitions each instance sees its share,
+    /// see `crate::partition`.
+    pub per_victim_half_open: u32,
+    /// Distinct sources at which a victim-side flood counts as distributed or
+    /// spoofed (reported without a source).
+    pub spoofed_min_sources: u32,
+}
+
+impl Default for SynFlood {
+    fn default() -> Self {
+        SynFlood {
+            window_s: 10.0,
+            per_source_half_open: 20,
+            per_victim_half_open: 200,
+            spoofed_min_sources: 50,
+        }
+    }
+}
+
+/// Traffic spikes per device (`rules::spike`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Spike {
+    /// Rate interval, seconds.
+    pub interval_s: f64,
+    /// EWMA weight of the newest interval (0, 1].
+    pub alpha: f64,
+    /// z-score above the baseline that counts as a spike.
+    pub z: f64,
+    /// Minimum absolute rate for a spike, packets/s.
+    pub min_pps: f64,
+    /// Minimum absolute rate for a spike, bytes/s.
+    pub min_bps: f64,
+    /// Intervals of baseline needed before spikes are reported.
+    pub warmup_intervals: u32,
+}
+
+impl Default for Spike {
+    fn default() -> Self {
+        Spike {
+            interval_s: 1.0,
+            alpha: 0.05,
+            z: 6.0,
+            min_pps: 5_000.0,
+            min_bps: 5_000_000.0,
+            warmup_intervals: 60,
+        }
+    }
+}
+
+/// Brute force on authentication services (`rules::bruteforce`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BruteForce {
+    /// Sliding window, seconds.
+    pub window_s: f64,
+    /// Short or failed connections from one source to one service (blocks).
+    pub attempts: u32,
+    /// Authentication services: FTP 21, SSH 22, Telnet 23/2323, MQTT 1883/8883.
+    pub ports: Vec<u16>,
+    /// HTTP ports whose logins are watched (many short connections are normal for
+    /// HTTP, so these use `http_attempts` and alert without blocking).
+    pub http_ports: Vec<u16>,
+    pub http_attempts: u32,
+    /// A connection longer than this is a session, not a guess, seconds.
+    pub max_duration_s: f64,
+    /// A connection carrying more than this (both directions) is a session, bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for BruteForce {
+    fn default() -> Self {
+        BruteForce {
+            window_s: 120.0,
+            attempts: 10,
+            ports: vec![21, 22, 23, 2323, 1883, 8883],
+            http_ports: vec![80, 8080, 8000, 8081],
+            http_attempts: 60,
+            max_duration_s: 30.0,
+            max_bytes: 20_000,
+        }
+    }
+}
+
+/// Device access policy (`rules::access`): which services of a device may be used.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Access {
+    pub devices: Vec<DevicePolicy>,
+}
+
+/// Services one device (or network of devices) offers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePolicy {
+    /// The device(s).
+    pub prefix: IpNet,
+    /// Ports (TCP and UDP) that may be connected to; anything else is unauthorized.
+    #[serde(default)]
+    pub allowed_ports: Vec<u16>,
+    /// Sources that may reach any port (management hosts).
+    #[serde(default)]
+    pub allowed_sources: Vec<IpNet>,
+    /// Whether an answered connection to a disallowed port blocks its source.
+    #[serde(default)]
+    pub block: bool,
+}
+
+/// The autoencoder (`crate::model`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ml {
+    pub enabled: bool,
+    /// ONNX model; the parameters JSON sits beside it (`model.json`).
+    pub model: PathBuf,
+    /// Multiplier on the model's benign threshold (1.0 = as trained).
+    pub threshold_scale: f64,
+    /// Anomalous flows from one source in `window_s` before an alert.
+    pub min_flows: u32,
+    pub window_s: f64,
+    /// At most this many anomaly alerts per minute in total (extra ones counted).
+    pub max_alerts_per_min: u32,
+}
+
+impl Default for Ml {
+    fn default() -> Self {
+        Ml {
+            enabled: true,
+            model: PathBuf::from("detector/model/model.onnx"),
+            threshold_scale: 1.0,
+            min_flows: 3,
+            window_s: 60.0,
+            max_alerts_per_min: 60,
+        }
+    }
+}
+
+/// Device trust scores (`crate::trust`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Trust {
+    pub weight_behavioural: f64,
+    pub weight_vulnerability: f64,
+    pub weight_reputation: f64,
+    /// Behavioural points lost per alert of each severity.
+    pub penalty_low: f64,
+    pub penalty_medium: f64,
+    pub penalty_high: f64,
+    pub penalty_critical: f64,
+    /// Points regained per minute by each component while quiet.
+    pub recovery_per_min: f64,
+    /// Quiet time before recovery starts, seconds.
+    pub quiet_s: f64,
+    /// Devices whose open services are checked for the vulnerability component.
+    pub device_networks: Vec<IpNet>,
+    /// Whether the vulnerability check (open risky services) is on.
+    pub vulnerability_check: bool,
+    /// Vulnerability points lost per open risky service, by port.
+    pub risky_ports: BTreeMap<u16, f64>,
+    /// Threat-intelligence list (one IP or CIDR a line, `#`/`;` comments).
+    pub threat_feed: Option<PathBuf>,
+    /// Reputation points lost per distinct listed address contacted.
+    pub feed_penalty: f64,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Trust {
+            weight_behavioural: 0.5,
+            weight_vulnerability: 0.3,
+            weight_reputation: 0.2,
+            penalty_low: 5.0,
+            penalty_medium: 15.0,
+            penalty_high: 40.0,
+            penalty_critical: 70.0,
+            recovery_per_min: 5.0,
+            quiet_s: 60.0,
+            device_networks: Vec::new(),
+            vulnerability_check: false,
+            risky_ports: BTreeMap::from([
+                (21, 20.0),
+                (23, 40.0),
+                (2323, 40.0),
+                (1883, 15.0),
+                (5555, 30.0),
+            ]),
+            threat_feed: None,
+            feed_penalty: 25.0,
+        }
+    }
+}
+
+/// Verdict policy (`crate::policy`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Alerts at or above this confidence block their source (when the rule may
+    /// block).
+    pub block_confidence: f64,
+    /// First quarantine, seconds; doubled on every repeat offence.
+    pub base_ttl_s: u64,
+    /// Longest quarantine, seconds.
+    pub max_ttl_s: u64,
+    /// Never blocked.
+    pub allowlist: Vec<IpNet>,
+    /// Management networks: never blocked either.
+    pub management: Vec<IpNet>,
+    /// Same rule on the same source/target alerts again only after this, seconds.
+    pub alert_cooldown_s: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            block_confidence: 0.8,
+            base_ttl_s: 600,
+            max_ttl_s: 86_400,
+            allowlist: Vec::new(),
+            management: Vec::new(),
+            alert_cooldown_s: 60.0,
+        }
+    }
+}
+
+/// Sections whose numeric fields [`Config::apply_thresholds`] may change.
+pub const THRESHOLD_SECTIONS: [&str; 7] = [
+    "portscan",
+    "synflood",
+    "spike",
+    "bruteforce",
+    "ml",
+    "trust",
+    "policy",
+];
+
+impl Config {
+    /// The bus settings with `node_id` defaulted to `detector.id`.
+    pub fn bus_config(&self) -> tad_bus::BusConfig {
+        let mut b = self.bus.clone();
+        if b.node_id.is_empty() {
+            b.node_id = self.detector.id.clone();
+        }
+        b
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (tests, `config check`).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from("<string>"),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Range checks beyond the schema.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |s: String| Err(ConfigError::Invalid(s));
+        for (name, w) in [
+            ("portscan.window_s", self.portscan.window_s),
+            ("synflood.window_s", self.synflood.window_s),
+            ("bruteforce.window_s", self.bruteforce.window_s),
+            ("spike.interval_s", self.spike.interval_s),
+            ("ml.window_s", self.ml.window_s),
+        ] {
+            if !(w > 0.0 && w <= 86_400.0) {
+                return bad(format!("{name} = {w} must be in (0, 86400] s"));
+            }
+        }
+        for (name, n) in [
+            ("portscan.vertical_ports", self.portscan.vertical_ports),
+            ("portscan.horizontal_hosts", self.portscan.horizontal_hosts),
+            ("portscan.sweep_hosts", self.portscan.sweep_hosts),
+            ("portscan.low_ports", self.portscan.low_ports),
+            (
+                "synflood.per_source_half_open",
+                self.synflood.per_source_half_open,
+            ),
+            (
+                "synflood.per_victim_half_open",
+                self.synflood.per_victim_half_open,
+            ),
+            ("bruteforce.attempts", self.bruteforce.attempts),
+            ("bruteforce.http_attempts", self.bruteforce.http_attempts),
+            ("ml.min_flows", self.ml.min_flows),
+        ] {
+            if n == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if !(self.spike.alpha > 0.0 && self.spike.alpha <= 1.0) {
+            return bad(format!(
+                "spike.alpha = {} must be in (0, 1]",
+                self.spike.alpha
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.policy.block_confidence) {
+            return bad(format!(
+                "policy.block_confidence = {} must be in [0, 1]",
+                self.policy.block_confidence
+            ));
+        }
+        let t = &self.trust;
+        let wsum = t.weight_behavioural + t.weight_vulnerability + t.weight_reputation;
+        if [
+            t.weight_behavioural,
+            t.weight_vulnerability,
+            t.weight_reputation,
+        ]
+        .iter()
+        .any(|w| *w < 0.0)
+            || (wsum - 1.0).abs() > 1e-6
+        {
+            return bad(format!(
+                "trust weights must be >= 0 and sum to 1 (sum is {wsum})"
+            ));
+        }
+        if self.policy.base_ttl_s == 0 || self.policy.max_ttl_s > fw_common::wire::MAX_TTL_S {
+            return bad(format!(
+                "policy TTLs must be in [1, {}] s",
+                fw_common::wire::MAX_TTL_S
+            ));
+        }
+        if !self.bus.node_id.is_empty() && self.bus.node_id != self.detector.id {
+            return bad(format!(
+                "bus.node_id = {:?} differs from detector.id = {:?} (both are the certificate CN)",
+                self.bus.node_id, self.detector.id
+            ));
+        }
+        if self.service.queue == 0 || self.service.tick_ms == 0 {
+            return bad("service.queue and service.tick_ms must be at least 1".into());
+        }
+        if self.partitions.count == 0 {
+            return bad("partitions.count must be at least 1".into());
+        }
+        if let Some(p) = self
+            .partitions
+            .take
+            .iter()
+            .find(|p| **p >= self.partitions.count)
+        {
+            return bad(format!(
+                "partition {p} in partitions.take is not below partitions.count = {}",
+                self.partitions.count
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies runtime threshold changes (keys: dotted paths of numeric fields).
+    /// All or nothing: on any error the configuration is unchanged.
+    pub fn apply_thresholds(&mut self, values: &BTreeMap<String, f64>) -> Result<(), ConfigError> {
+        let mut tree = serde_json::to_value(&*self).expect("config serialises");
+        for (key, value) in values {
+            let section = key.split('.').next().unwrap_or("");
+            if !THRESHOLD_SECTIONS.contains(&section) {
+                return Err(ConfigError::UnknownKey(key.clone()));
+            }
+            if !value.is_finite() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = {value} is not a number"
+                )));
+            }
+            let mut node = &mut tree;
+            for part in key.split('.') {
+                node = node
+                    .get_mut(part)
+                    .ok_or_else(|| ConfigError::UnknownKey(key.clone()))?;
+            }
+            let new = match node {
+                serde_json::Value::Number(n) if n.is_f64() => serde_json::json!(value),
+                serde_json::Value::Number(_) => {
+                    if value.fract() != 0.0 || *value < 0.0 {
+                        return Err(ConfigError::Invalid(format!(
+                            "{key} = {value} must be a non-negative whole number"
+                        )));
+                    }
+                    serde_json::json!(*value as u64)
+                }
+                _ => return Err(ConfigError::UnknownKey(key.clone())),
+            };
+            *node = new;
+        }
+        let cfg: Config = serde_json::from_value(tree)
+            .map_err(|e| ConfigError::Invalid(format!("threshold values: {e}")))?;
+        cfg.validate()?;
+        *self = cfg;
+        Ok(())
+    }
+
+    /// Whether `addr` is allowlisted or in a management network.
+    pub fn never_block(&self, addr: IpAddr) -> bool {
+        self.policy
+            .allowlist
+            .iter()
+            .chain(&self.policy.management)
+            .any(|n| n.contains(&addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::from_toml("[portscan]\nvertical_port = 3\n").is_err());
+        assert!(Config::from_toml("[nosuch]\n").is_err());
+        let c = Config::from_toml("[portscan]\nvertical_ports = 30\n").unwrap();
+        assert_eq!(c.portscan.vertical_ports, 30);
+        assert_eq!(
+            c.portscan.horizontal_hosts, 25,
+            "others keep their defaults"
+        );
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("detector.toml.example");
+        Config::load(&path).unwrap();
+    }
+
+    #[test]
+    fn thresholds_apply_all_or_nothing() {
+        let mut c = Config::default();
+        let ok = BTreeMap::from([
+            ("portscan.vertical_ports".to_string(), 20.0),
+            ("synflood.window_s".to_string(), 5.0),
+        ]);
+        c.apply_thresholds(&ok).unwrap();
+        assert_eq!((c.portscan.vertical_ports, c.synflood.window_s), (20, 5.0));
+        let before = c.clone();
+        for bad in [
+            BTreeMap::from([
+                ("portscan.vertical_ports".to_string(), 25.0),
+                ("portscan.nope".to_string(), 1.0),
+            ]),
+            BTreeMap::from([("portscan.vertical_ports".to_string(), 2.5)]),
+            BTreeMap::from([("portscan.vertical_ports".to_string(), 0.0)]),
+            BTreeMap::from([("detector.id".to_string(), 1.0)]),
+            BTreeMap::from([("portscan".to_string(), 1.0)]),
+            BTreeMap::from([("bus.port".to_string(), 1.0)]),
+            BTreeMap::from([("partitions.count".to_string(), 4.0)]),
+        ] {
+            assert!(c.apply_thresholds(&bad).is_err(), "{bad:?}");
+            assert_eq!(c, before, "a rejected message changes nothing");
+        }
+    }
+}
