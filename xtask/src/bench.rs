@@ -3,6 +3,10 @@
 //! and prints its table. See BENCHMARKS.md for the method of each.
 //!
 //! - `xdp`: ns per packet by path through BPF_PROG_TEST_RUN (fw-ctl/benches/xdp.rs).
+//! - `filters`: the XDP program against iptables+ipset and nftables on veth with
+//!   trafgen (fw-ctl/benches/filters.rs; about 8 minutes).
+//! - `flowmap`: one export pass over the flow map at 64k, 256k and 1M entries
+//!   (fw-ctl/benches/flowmap.rs).
 //! - `detector`: flow records per second through partitioning, model and rules on
 //!   one core (`detector bench`).
 use std::path::PathBuf;
@@ -12,11 +16,11 @@ use anyhow::bail;
 use crate::{setup, util};
 
 /// Every benchmark this xtask knows, in the order `bench` runs them.
-const ALL: &[&str] = &["xdp", "detector"];
+const ALL: &[&str] = &["xdp", "filters", "flowmap", "detector"];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Benchmarks to run (default: all): xdp, detector.
+    /// Benchmarks to run (default: all): xdp, filters, flowmap, detector.
     names: Vec<String>,
     /// Also write the JSON result here (only with a single benchmark).
     #[arg(long)]
@@ -41,14 +45,14 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         let out = results.join(format!("{name}.json"));
         let out_s = out.to_string_lossy().into_owned();
         match name {
-            "xdp" => {
+            "xdp" | "filters" | "flowmap" => {
                 setup::ensure_ebpf_toolchain()?;
                 anyhow::ensure!(
                     util::is_root(),
-                    "the xdp benchmark loads an XDP program: run as root"
+                    "the {name} benchmark loads an XDP program: run as root"
                 );
                 util::cargo(&[
-                    "bench", "-p", "fw-ctl", "--bench", "xdp", "--", "--json", &out_s,
+                    "bench", "-p", "fw-ctl", "--bench", name, "--", "--json", &out_s,
                 ])?;
             }
             "detector" => {
