@@ -8,6 +8,9 @@
 //! Data flow: bus message → [`ingest::App::ingest`] → store + audit + live event
 //! (SSE) → pages. Operator action → [`api`] → [`publish::Publisher`] → bus, and
 //! store + audit.
+// warp composes every route into one nested type; release builds need more
+// recursion than the default 128 to prove it Unpin.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod audit;

@@ -1,5 +1,8 @@
 //! `dashboard`: the monitoring node's binary. Parses arguments and hands over to
 //! the library.
+// warp composes every route into one nested type; release builds need more
+// recursion than the default 128 to prove it Unpin.
+#![recursion_limit = "256"]
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
