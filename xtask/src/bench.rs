@@ -7,6 +7,9 @@
 //!   trafgen (fw-ctl/benches/filters.rs; about 8 minutes).
 //! - `flowmap`: one export pass over the flow map at 64k, 256k and 1M entries
 //!   (fw-ctl/benches/flowmap.rs).
+//! - `pipeline`: flow records per second end to end, gateway daemon to detector
+//!   over MQTT/TLS; `footprint`: RSS and CPU of the daemon, detector and dashboard
+//!   with 1k and 10k active flows (xtask/src/footprint.rs).
 //! - `detector`: flow records per second through partitioning, model and rules on
 //!   one core (`detector bench`).
 use std::path::PathBuf;
@@ -16,11 +19,12 @@ use anyhow::bail;
 use crate::{setup, util};
 
 /// Every benchmark this xtask knows, in the order `bench` runs them.
-const ALL: &[&str] = &["xdp", "filters", "flowmap", "detector"];
+const ALL: &[&str] = &["xdp", "filters", "flowmap", "detector", "pipeline", "footprint"];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Benchmarks to run (default: all): xdp, filters, flowmap, detector.
+    /// Benchmarks to run (default: all): xdp, filters, flowmap, detector, pipeline,
+    /// footprint.
     names: Vec<String>,
     /// Also write the JSON result here (only with a single benchmark).
     #[arg(long)]
@@ -66,6 +70,14 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                     "--json",
                     &out_s,
                 ])?;
+            }
+            "pipeline" => {
+                anyhow::ensure!(util::is_root(), "the pipeline benchmark creates namespaces: run as root");
+                crate::footprint::run_pipeline(&out)?;
+            }
+            "footprint" => {
+                anyhow::ensure!(util::is_root(), "the footprint benchmark loads XDP and creates namespaces: run as root");
+                crate::footprint::run(&out)?;
             }
             _ => unreachable!("checked above"),
         }

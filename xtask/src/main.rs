@@ -18,6 +18,7 @@ mod bench;
 mod certs;
 mod demo;
 mod eval;
+mod footprint;
 mod replay;
 mod setup;
 mod testbed;
@@ -39,7 +40,8 @@ enum Cmd {
     Build,
     /// Build, load the XDP program on IFACE and run the gateway daemon.
     Run(RunArgs),
-    /// Run every test (as root): unit, kernel (BPF_PROG_TEST_RUN), namespaces, broker.
+    /// Run every test (as root): unit, kernel (BPF_PROG_TEST_RUN), namespaces, broker,
+    /// then `demo --ci` and `eval --check-manifest` on the testbed.
     Test(TestArgs),
     /// Benchmarks: xdp, detector, ... (writes bench/results/<name>.json).
     Bench(bench::BenchArgs),
@@ -73,6 +75,9 @@ struct TestArgs {
     /// Skip `setup` (the machine is known to be ready).
     #[arg(long)]
     no_setup: bool,
+    /// Skip the end-to-end runs on the testbed (`demo --ci`, `eval --check-manifest`).
+    #[arg(long)]
+    no_e2e: bool,
     /// Extra arguments for `cargo test` (after `--`).
     #[arg(last = true)]
     cargo_args: Vec<String>,
@@ -139,13 +144,17 @@ fn test(a: &TestArgs) -> anyhow::Result<()> {
         util::is_root(),
         "the tests load XDP programs and create network namespaces: run them as root"
     );
-    let mut args: Vec<&str> = vec![
-        "test",
-        "--workspace",
-        "--exclude",
-        "fw-ebpf",
-        "--no-fail-fast",
-    ];
+    let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "fw-ebpf", "--no-fail-fast"];
     args.extend(a.cargo_args.iter().map(String::as_str));
-    util::cargo(&args)
+    util::cargo(&args)?;
+    if a.no_e2e {
+        return Ok(());
+    }
+    // End to end on the testbed (issue 7): the demo's short unattended scenario, then
+    // every shared capture through the whole pipeline against its MANIFEST.
+    build()?;
+    let me = std::env::current_exe()?;
+    util::run_cmd(std::process::Command::new(&me).args(["demo", "--ci", "--no-build"]))?;
+    let out = util::workspace_root().join("target/tad/eval.json");
+    util::run_cmd(std::process::Command::new(&me).args(["eval", "--check-manifest", "--no-build", "--json"]).arg(&out))
 }
