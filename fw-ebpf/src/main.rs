@@ -13,7 +13,10 @@
 //!    would-drop and pass in observe mode;
 //! 4. per-source token buckets (GCRA) for TCP SYN-without-ACK and for all packets:
 //!    over the limit, drop (would-drop in observe mode);
-//! 5. bidirectional flow accounting (per-CPU LRU hash, see `fw_common::flow`).
+//! 5. bidirectional flow accounting (per-CPU LRU hash, see `fw_common::flow`) of
+//!    every packet that passes (would-drops in observe mode included); dropped
+//!    packets open no flow, they are counted in the verdict counters and in the
+//!    matching blocklist entry's `hits`.
 //!
 //! Fail-open: anything the program cannot parse is passed (and counted), because
 //! a gateway that drops what it does not understand cuts off the devices behind
