@@ -478,17 +478,28 @@ impl Meter {
     }
 }
 
-/// Streams the records of a capture to `emit`, in export order (non-decreasing
-/// `at_ns`), ending with the forced flush. Returns what the meter saw.
-///
-/// Errors: the file cannot be opened, is neither pcap nor pcapng, is malformed
-/// (a truncated last record ends the capture without error), or uses a link type
-/// the meter does not decode.
-pub fn for_each_record(
+/// One frame as stored in a capture.
+#[derive(Clone, Copy, Debug)]
+pub struct CapturedFrame<'a> {
+    /// Capture time, Unix ns (pcapng timestamps scaled by the interface's
+    /// `if_tsresol`; a Simple Packet Block, which has none, gets the previous time).
+    pub ts_ns: u64,
+    /// The interface's link type.
+    pub linktype: DataLink,
+    /// Length of the frame on the wire, bytes (`data` may be shorter: snap length).
+    pub orig_len: u32,
+    /// The captured bytes.
+    pub data: &'a [u8],
+}
+
+/// Calls `f` with every frame of a pcap or pcapng file (told apart by the magic
+/// number), in file order: the one capture reader of the project (the meter, the
+/// replay tool and the kernel-equivalence test use it). A record cut short at the
+/// end of the file ends the capture; an error from `f` stops the walk.
+pub fn for_each_frame(
     path: &Path,
-    opts: &MeterOptions,
-    mut emit: impl FnMut(TimedRecord),
-) -> Result<MeterStats, MeterError> {
+    mut f: impl FnMut(CapturedFrame<'_>) -> Result<(), MeterError>,
+) -> Result<(), MeterError> {
     let open_err = |source| MeterError::Open {
         path: path.to_owned(),
         source,
@@ -500,14 +511,13 @@ pub fn for_each_record(
     let mut file = File::open(path).map_err(open_err)?;
     let mut magic = [0u8; 4];
     file.read_exact(&mut magic).map_err(open_err)?;
-    let file = File::open(path).map_err(open_err)?;
-    let reader = BufReader::new(file);
-    let mut meter = Meter::new(*opts);
+    let reader = BufReader::new(File::open(path).map_err(open_err)?);
+    let mut last_ts_ns = 0u64;
     match magic {
         [0x0a, 0x0d, 0x0d, 0x0a] => {
             let mut r = PcapNgReader::new(reader).map_err(fmt_err)?;
-            // Per interface: decoder and timestamp units per second.
-            let mut ifaces: Vec<(Option<LinkType>, u32, u64)> = Vec::new();
+            // Per interface: link type and timestamp units per second.
+            let mut ifaces: Vec<(DataLink, u64)> = Vec::new();
             while let Some(block) = r.next_block() {
                 let block = match block {
                     Ok(b) => b,
@@ -528,34 +538,43 @@ pub fn for_each_record(
                                 };
                             }
                         }
-                        ifaces.push((LinkType::of(idb.linktype), u32::from(idb.linktype), units));
+                        ifaces.push((idb.linktype, units));
                     }
                     Block::EnhancedPacket(epb) => {
-                        let Some(&(link, lt, units)) = ifaces.get(epb.interface_id as usize) else {
+                        let Some(&(linktype, units)) = ifaces.get(epb.interface_id as usize) else {
                             return Err(fmt_err(PcapError::InvalidInterfaceId(epb.interface_id)));
                         };
-                        let link = link.ok_or_else(|| MeterError::Linktype {
-                            path: path.to_owned(),
-                            linktype: lt,
-                        })?;
                         // pcap-file stores the raw tick count in a Duration's ns.
                         let ticks = epb.timestamp.as_nanos();
-                        let ts_ns = (ticks * 1_000_000_000 / units.max(1) as u128) as u64;
-                        meter.frame(ts_ns, link, &epb.data, &mut emit);
+                        last_ts_ns = (ticks * 1_000_000_000 / units.max(1) as u128) as u64;
+                        f(CapturedFrame {
+                            ts_ns: last_ts_ns,
+                            linktype,
+                            orig_len: epb.original_len,
+                            data: &epb.data,
+                        })?;
                     }
                     Block::SimplePacket(spb) => {
-                        // No timestamp: account at the latest time seen.
-                        if let Some(&(Some(link), _, _)) = ifaces.first() {
-                            meter.frame(meter.last_ts_ns, link, &spb.data, &mut emit);
+                        if let Some(&(linktype, _)) = ifaces.first() {
+                            f(CapturedFrame {
+                                ts_ns: last_ts_ns,
+                                linktype,
+                                orig_len: spb.original_len,
+                                data: &spb.data,
+                            })?;
                         }
                     }
                     Block::Packet(pb) => {
-                        if let Some(&(Some(link), _, units)) = ifaces.get(pb.interface_id as usize)
-                        {
-                            let ts_ns = (pb.timestamp as u128 * 1_000_000_000
+                        if let Some(&(linktype, units)) = ifaces.get(pb.interface_id as usize) {
+                            last_ts_ns = (pb.timestamp as u128 * 1_000_000_000
                                 / units.max(1) as u128)
                                 as u64;
-                            meter.frame(ts_ns, link, &pb.data, &mut emit);
+                            f(CapturedFrame {
+                                ts_ns: last_ts_ns,
+                                linktype,
+                                orig_len: pb.original_len,
+                                data: &pb.data,
+                            })?;
                         }
                     }
                     _ => {}
@@ -567,18 +586,19 @@ pub fn for_each_record(
         | [0x4d, 0x3c, 0xb2, 0xa1]
         | [0xa1, 0xb2, 0x3c, 0x4d] => {
             let mut r = PcapReader::new(reader).map_err(fmt_err)?;
-            let dl = r.header().datalink;
-            let link = LinkType::of(dl).ok_or_else(|| MeterError::Linktype {
-                path: path.to_owned(),
-                linktype: u32::from(dl),
-            })?;
+            let linktype = r.header().datalink;
             while let Some(pkt) = r.next_packet() {
                 let pkt = match pkt {
                     Ok(p) => p,
                     Err(PcapError::IncompleteBuffer) => break,
                     Err(e) => return Err(fmt_err(e)),
                 };
-                meter.frame(pkt.timestamp.as_nanos() as u64, link, &pkt.data, &mut emit);
+                f(CapturedFrame {
+                    ts_ns: pkt.timestamp.as_nanos() as u64,
+                    linktype,
+                    orig_len: pkt.orig_len,
+                    data: &pkt.data,
+                })?;
             }
         }
         other => {
@@ -588,6 +608,29 @@ pub fn for_each_record(
             });
         }
     }
+    Ok(())
+}
+
+/// Streams the records of a capture to `emit`, in export order (non-decreasing
+/// `at_ns`), ending with the forced flush. Returns what the meter saw.
+///
+/// Errors: the file cannot be opened, is neither pcap nor pcapng, is malformed
+/// (a truncated last record ends the capture without error), or uses a link type
+/// the meter does not decode.
+pub fn for_each_record(
+    path: &Path,
+    opts: &MeterOptions,
+    mut emit: impl FnMut(TimedRecord),
+) -> Result<MeterStats, MeterError> {
+    let mut meter = Meter::new(*opts);
+    for_each_frame(path, |fr| {
+        let link = LinkType::of(fr.linktype).ok_or_else(|| MeterError::Linktype {
+            path: path.to_owned(),
+            linktype: u32::from(fr.linktype),
+        })?;
+        meter.frame(fr.ts_ns, link, fr.data, &mut emit);
+        Ok(())
+    })?;
     meter.finish(None, &mut emit);
     Ok(meter.stats())
 }

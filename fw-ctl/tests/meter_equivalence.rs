@@ -8,49 +8,34 @@
 
 mod kernel;
 
-use std::{collections::HashMap, fs::File, io::BufReader, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use aya::EbpfLoader;
 use fw_common::{
     flow::{FlowKey, FlowStats},
     maps as m,
-    meter::{LinkType, parse_frame},
+    meter::{LinkType, for_each_frame, parse_frame},
 };
 use kernel::*;
-use pcap_file::{
-    pcap::PcapReader,
-    pcapng::{Block, PcapNgReader},
-};
 
 fn pcaps_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps")
 }
 
-/// Every frame of a pcap or pcapng file with its link type.
-fn frames(path: &PathBuf) -> Vec<(LinkType, Vec<u8>)> {
+/// Every frame of a capture with its link type (frames of link types the meter
+/// does not decode are left out).
+fn frames(path: &Path) -> Vec<(LinkType, Vec<u8>)> {
     let mut out = Vec::new();
-    let bytes = std::fs::read(path).unwrap();
-    if bytes.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
-        let mut r = PcapNgReader::new(BufReader::new(File::open(path).unwrap())).unwrap();
-        let mut links = Vec::new();
-        while let Some(b) = r.next_block() {
-            match b.unwrap() {
-                Block::InterfaceDescription(i) => links.push(LinkType::of(i.linktype)),
-                Block::EnhancedPacket(p) => {
-                    if let Some(Some(l)) = links.get(p.interface_id as usize) {
-                        out.push((*l, p.data.to_vec()));
-                    }
-                }
-                _ => {}
-            }
+    for_each_frame(path, |fr| {
+        if let Some(l) = LinkType::of(fr.linktype) {
+            out.push((l, fr.data.to_vec()));
         }
-    } else {
-        let mut r = PcapReader::new(BufReader::new(File::open(path).unwrap())).unwrap();
-        let link = LinkType::of(r.header().datalink).expect("supported link type");
-        while let Some(p) = r.next_packet() {
-            out.push((link, p.unwrap().data.to_vec()));
-        }
-    }
+        Ok(())
+    })
+    .unwrap();
     out
 }
 

@@ -19,7 +19,14 @@ use anyhow::bail;
 use crate::{setup, util};
 
 /// Every benchmark this xtask knows, in the order `bench` runs them.
-const ALL: &[&str] = &["xdp", "filters", "flowmap", "detector", "pipeline", "footprint"];
+const ALL: &[&str] = &[
+    "xdp",
+    "filters",
+    "flowmap",
+    "detector",
+    "pipeline",
+    "footprint",
+];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -72,11 +79,17 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                 ])?;
             }
             "pipeline" => {
-                anyhow::ensure!(util::is_root(), "the pipeline benchmark creates namespaces: run as root");
+                anyhow::ensure!(
+                    util::is_root(),
+                    "the pipeline benchmark creates namespaces: run as root"
+                );
                 crate::footprint::run_pipeline(&out)?;
             }
             "footprint" => {
-                anyhow::ensure!(util::is_root(), "the footprint benchmark loads XDP and creates namespaces: run as root");
+                anyhow::ensure!(
+                    util::is_root(),
+                    "the footprint benchmark loads XDP and creates namespaces: run as root"
+                );
                 crate::footprint::run(&out)?;
             }
             _ => unreachable!("checked above"),

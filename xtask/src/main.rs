@@ -121,12 +121,17 @@ fn build() -> anyhow::Result<()> {
 }
 
 fn run(a: &RunArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(!a.iface.is_empty(), "give the LAN interface with --iface IF");
+    anyhow::ensure!(
+        !a.iface.is_empty(),
+        "give the LAN interface with --iface IF"
+    );
     build()?;
     setup::ensure_bpffs()?;
     let fw_ctl = util::workspace_root().join("target/release/fw-ctl");
     // Reload the freshly built program; `--keep-maps` keeps blocks and flows in force.
-    let _ = std::process::Command::new(&fw_ctl).args(["unload", "--keep-maps"]).status();
+    let _ = std::process::Command::new(&fw_ctl)
+        .args(["unload", "--keep-maps"])
+        .status();
     let mut load = vec!["load".to_string(), "--mode".into(), a.mode.clone()];
     for i in &a.iface {
         load.push("--iface".into());
@@ -144,7 +149,13 @@ fn test(a: &TestArgs) -> anyhow::Result<()> {
         util::is_root(),
         "the tests load XDP programs and create network namespaces: run them as root"
     );
-    let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "fw-ebpf", "--no-fail-fast"];
+    let mut args: Vec<&str> = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "fw-ebpf",
+        "--no-fail-fast",
+    ];
     args.extend(a.cargo_args.iter().map(String::as_str));
     util::cargo(&args)?;
     if a.no_e2e {
@@ -156,5 +167,9 @@ fn test(a: &TestArgs) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     util::run_cmd(std::process::Command::new(&me).args(["demo", "--ci", "--no-build"]))?;
     let out = util::workspace_root().join("target/tad/eval.json");
-    util::run_cmd(std::process::Command::new(&me).args(["eval", "--check-manifest", "--no-build", "--json"]).arg(&out))
+    util::run_cmd(
+        std::process::Command::new(&me)
+            .args(["eval", "--check-manifest", "--no-build", "--json"])
+            .arg(&out),
+    )
 }

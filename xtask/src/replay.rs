@@ -29,7 +29,6 @@
 use std::{
     collections::HashMap,
     fs::File,
-    io::{BufReader, Read as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
@@ -38,11 +37,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use etherparse::checksum::Sum16BitWords;
-use pcap_file::{
-    DataLink,
-    pcap::PcapReader,
-    pcapng::{Block, PcapNgReader, blocks::interface_description::InterfaceDescriptionOption},
-};
+use pcap_file::DataLink;
 use serde::{Deserialize, Serialize};
 
 use crate::testbed::{self, netns};
@@ -372,107 +367,19 @@ struct RawPacket {
     data: Vec<u8>,
 }
 
-/// Reads every packet of a pcap or pcapng file (told apart by the magic number).
+/// Reads every packet of a pcap or pcapng file with the project's capture reader
+/// ([`fw_common::meter::for_each_frame`]).
 fn read_capture(path: &Path) -> anyhow::Result<Vec<RawPacket>> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut magic = [0u8; 4];
-    f.read_exact(&mut magic)
-        .with_context(|| format!("{} is too short to be a capture", path.display()))?;
-    let f = BufReader::new(File::open(path)?);
     let mut out = Vec::new();
-    match magic {
-        [0x0a, 0x0d, 0x0d, 0x0a] => {
-            let mut r = PcapNgReader::new(f)
-                .with_context(|| format!("{}: bad pcapng section header", path.display()))?;
-            // Units per second of each interface's timestamps (if_tsresol, default 10^6).
-            let mut units: Vec<(DataLink, u64)> = Vec::new();
-            while let Some(block) = r.next_block() {
-                let block = block.with_context(|| {
-                    format!(
-                        "{}: bad pcapng block after {} packets",
-                        path.display(),
-                        out.len()
-                    )
-                })?;
-                match block {
-                    Block::SectionHeader(_) => units.clear(),
-                    Block::InterfaceDescription(idb) => {
-                        let mut per_s = 1_000_000u64;
-                        for o in &idb.options {
-                            if let InterfaceDescriptionOption::IfTsResol(v) = o {
-                                per_s = if v & 0x80 != 0 {
-                                    1u64 << (v & 0x7f).min(63)
-                                } else {
-                                    10u64.pow(u32::from(*v).min(19))
-                                };
-                            }
-                        }
-                        units.push((idb.linktype, per_s));
-                    }
-                    Block::EnhancedPacket(epb) => {
-                        let (linktype, per_s) =
-                            *units.get(epb.interface_id as usize).with_context(|| {
-                                format!(
-                                    "{}: packet names interface {} that was never described",
-                                    path.display(),
-                                    epb.interface_id
-                                )
-                            })?;
-                        // pcap-file 2.0 hands the raw timestamp over as if it were ns.
-                        let raw = epb.timestamp.as_nanos();
-                        let ts_ns = (raw * 1_000_000_000 / u128::from(per_s)) as u64;
-                        out.push(RawPacket {
-                            ts_ns,
-                            linktype,
-                            orig_len: epb.original_len,
-                            data: epb.data.into_owned(),
-                        });
-                    }
-                    Block::SimplePacket(spb) => {
-                        let (linktype, _) = *units
-                            .first()
-                            .context("simple packet before any interface")?;
-                        let ts_ns = out.last().map_or(0, |p: &RawPacket| p.ts_ns);
-                        out.push(RawPacket {
-                            ts_ns,
-                            linktype,
-                            orig_len: spb.original_len,
-                            data: spb.data.into_owned(),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-        }
-        [0xa1, 0xb2, 0xc3, 0xd4]
-        | [0xd4, 0xc3, 0xb2, 0xa1]
-        | [0xa1, 0xb2, 0x3c, 0x4d]
-        | [0x4d, 0x3c, 0xb2, 0xa1] => {
-            let mut r = PcapReader::new(f)
-                .with_context(|| format!("{}: bad pcap header", path.display()))?;
-            let linktype = r.header().datalink;
-            while let Some(p) = r.next_packet() {
-                let p = p.with_context(|| {
-                    format!(
-                        "{}: bad pcap record after {} packets",
-                        path.display(),
-                        out.len()
-                    )
-                })?;
-                out.push(RawPacket {
-                    ts_ns: p.timestamp.as_nanos() as u64,
-                    linktype,
-                    orig_len: p.orig_len,
-                    data: p.data.into_owned(),
-                });
-            }
-        }
-        m => bail!(
-            "{} is neither pcap nor pcapng (magic {:02x?})",
-            path.display(),
-            m
-        ),
-    }
+    fw_common::meter::for_each_frame(path, |fr| {
+        out.push(RawPacket {
+            ts_ns: fr.ts_ns,
+            linktype: fr.linktype,
+            orig_len: fr.orig_len,
+            data: fr.data.to_vec(),
+        });
+        Ok(())
+    })?;
     Ok(out)
 }
 
