@@ -72,7 +72,14 @@ impl BlockEntry {
     /// Whether the entry is in force at `now_ns` (same clock as `expires_ns`).
     #[inline(always)]
     pub fn active(&self, now_ns: u64) -> bool {
-        self.expires_ns == 0 || self.expires_ns > now_ns
+        self.active_at(|| now_ns)
+    }
+
+    /// [`Self::active`] with the clock read only when the entry can expire, so a
+    /// permanent entry costs no clock read on the XDP drop path.
+    #[inline(always)]
+    pub fn active_at(&self, now_ns: impl FnOnce() -> u64) -> bool {
+        self.expires_ns == 0 || self.expires_ns > now_ns()
     }
 }
 

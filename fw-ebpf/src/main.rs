@@ -218,7 +218,7 @@ fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> CounterSlot {
         BLOCK_V6.get(Key::new(128, p.src))
     };
     if let Some(b) = blocked {
-        if b.expires_ns == 0 || b.active(clock.now()) {
+        if b.active_at(|| clock.now()) {
             bump(&b.hits);
             return CounterSlot::dropping(Reason::Blocklist, observe);
         }
