@@ -80,10 +80,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use aya::{
-    maps::{LpmTrie, lpm_trie::Key},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
-};
+use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
 use fw_common::{counters::CounterSlot, filter::BlockEntry, maps as m};
 use kernel::{Harness, XDP_DROP, XDP_PASS};
 use serde_json::{Value, json};
@@ -533,17 +530,9 @@ impl<'a> Filters<'a> {
         shape: Shape,
     ) -> anyhow::Result<Filters<'a>> {
         let mut xdp = Harness::load();
-        {
-            let mut t: LpmTrie<_, [u8; 4], BlockEntry> =
-                LpmTrie::try_from(xdp.ebpf.map_mut(m::BLOCK_V4).context("BLOCK_V4 map")?)?;
-            for (a, len) in list {
-                t.insert(
-                    &Key::new(u32::from(*len), a.octets()),
-                    BlockEntry::default(),
-                    0,
-                )
-                .with_context(|| format!("insert {a}/{len} into the XDP blocklist"))?;
-            }
+        // As the gateway stores them: /32s in the host map, prefixes in the trie.
+        for (a, len) in list {
+            xdp.block_prefix((*a).into(), u32::from(*len), BlockEntry::default());
         }
         let _ = in_ns(&tb.dut_ns, "ipset")
             .args(["destroy", IPSET])

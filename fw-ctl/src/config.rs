@@ -112,8 +112,12 @@ pub struct Limits {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MapSizes {
+    /// Allowlist tries (prefixes per family).
     pub allow_max_entries: u32,
+    /// Blocklist tries (prefixes shorter than /32 or /128, per family).
     pub block_max_entries: u32,
+    /// Blocklist host maps (single addresses, /32 or /128, per family).
+    pub block_host_max_entries: u32,
     pub flows_max_entries: u32,
     pub rate_max_entries: u32,
 }

@@ -10,8 +10,15 @@
 //! when both answers are the same entry (ignoring the hit count, which the program
 //! changes concurrently) the match came from a shorter prefix and the exact prefix
 //! is reported absent. Deletion is exact in the kernel.
+//!
+//! # Single addresses
+//! Blocklist /32 and /128 entries live in the exact-match hash maps
+//! `BLOCK_HOST_V4` / `BLOCK_HOST_V6`, every other prefix in the tries
+//! (`fw_common::maps::is_host_prefix`). [`Lists`] hides the split: callers give a
+//! prefix and this module picks the map. A /32 left in a trie by an older version
+//! (maps reused across an upgrade) is still found, listed and removed.
 
-use std::{collections::BTreeMap, io};
+use std::{collections::BTreeMap, io, net::IpAddr};
 
 use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
@@ -82,6 +89,8 @@ pub struct Pinned {
     allow6: LpmTrie<MapData, [u8; 16], AllowEntry>,
     block4: LpmTrie<MapData, [u8; 4], BlockEntry>,
     block6: LpmTrie<MapData, [u8; 16], BlockEntry>,
+    host4: HashMap<MapData, [u8; 4], BlockEntry>,
+    host6: HashMap<MapData, [u8; 16], BlockEntry>,
     rate: HashMap<MapData, RateKey, RateState>,
     flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
     counters: PerCpuArray<MapData, CounterValue>,
@@ -106,6 +115,8 @@ impl Pinned {
             allow6: typed(dir, names::ALLOW_V6)?,
             block4: typed(dir, names::BLOCK_V4)?,
             block6: typed(dir, names::BLOCK_V6)?,
+            host4: typed(dir, names::BLOCK_HOST_V4)?,
+            host6: typed(dir, names::BLOCK_HOST_V6)?,
             rate: typed(dir, names::RATE)?,
             flows: typed(dir, names::FLOWS)?,
             counters: typed(dir, names::COUNTERS)?,
@@ -202,6 +213,16 @@ impl Pinned {
                 count(self.block6.keys()),
                 max(&self.block6),
             ),
+            (
+                names::BLOCK_HOST_V4,
+                count(self.host4.keys()),
+                max(&self.host4),
+            ),
+            (
+                names::BLOCK_HOST_V6,
+                count(self.host6.keys()),
+                max(&self.host6),
+            ),
             (names::RATE, count(self.rate.keys()), max(&self.rate)),
             (names::FLOWS, count(self.flows.keys()), max(&self.flows)),
             (names::COUNTERS, COUNTER_SLOTS as u64, COUNTER_SLOTS),
@@ -249,6 +270,31 @@ fn same_but_hits_block(a: &BlockEntry, b: &BlockEntry) -> bool {
 
 fn same_but_hits_allow(a: &AllowEntry, b: &AllowEntry) -> bool {
     (a.rule_id, a.origin) == (b.rule_id, b.origin)
+}
+
+/// Whether `net` is a single address (kept in the host maps).
+fn is_host(net: &IpNet) -> bool {
+    names::is_host_prefix(net.prefix_len(), matches!(net, IpNet::V6(_)))
+}
+
+/// Lookup in a host map; `None` when absent.
+fn host_get<const N: usize>(
+    map: &HashMap<MapData, [u8; N], BlockEntry>,
+    addr: [u8; N],
+    family: u8,
+) -> Result<Option<BlockEntry>> {
+    match map.get(&addr, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => {
+            let name = if family == 4 {
+                names::BLOCK_HOST_V4
+            } else {
+                names::BLOCK_HOST_V6
+            };
+            Err(err(name, "lookup", e))
+        }
+    }
 }
 
 /// Exact-prefix lookup in an LPM trie (see the module docs).
@@ -312,6 +358,20 @@ impl Lists for Pinned {
                 Err(e) => return Err(err(names::BLOCK_V6, "iterate", e)),
             }
         }
+        for r in self.host4.iter() {
+            match r {
+                Ok((a, v)) => out.push((IpNet::from(IpAddr::from(a)), v)),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(err(names::BLOCK_HOST_V4, "iterate", e)),
+            }
+        }
+        for r in self.host6.iter() {
+            match r {
+                Ok((a, v)) => out.push((IpNet::from(IpAddr::from(a)), v)),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(err(names::BLOCK_HOST_V6, "iterate", e)),
+            }
+        }
         Ok(out)
     }
 
@@ -335,6 +395,14 @@ impl Lists for Pinned {
     }
 
     fn get_block(&self, net: &IpNet) -> Result<Option<BlockEntry>> {
+        let in_host_map = match net {
+            IpNet::V4(n) if is_host(net) => host_get(&self.host4, n.addr().octets(), 4)?,
+            IpNet::V6(n) if is_host(net) => host_get(&self.host6, n.addr().octets(), 6)?,
+            _ => None,
+        };
+        if in_host_map.is_some() {
+            return Ok(in_host_map);
+        }
         match net {
             IpNet::V4(n) => exact(
                 &self.block4,
@@ -353,6 +421,18 @@ impl Lists for Pinned {
 
     fn put_block(&mut self, net: &IpNet, entry: &BlockEntry) -> Result<()> {
         match net {
+            IpNet::V4(n) if is_host(net) => {
+                let m = max(&self.host4);
+                self.host4
+                    .insert(n.addr().octets(), entry, 0)
+                    .map_err(|e| insert_err(names::BLOCK_HOST_V4, e, m))
+            }
+            IpNet::V6(n) if is_host(net) => {
+                let m = max(&self.host6);
+                self.host6
+                    .insert(n.addr().octets(), entry, 0)
+                    .map_err(|e| insert_err(names::BLOCK_HOST_V6, e, m))
+            }
             IpNet::V4(n) => {
                 let m = max(&self.block4);
                 self.block4
@@ -369,10 +449,21 @@ impl Lists for Pinned {
     }
 
     fn del_block(&mut self, net: &IpNet) -> Result<bool> {
-        match net {
-            IpNet::V4(n) => removed(self.block4.remove(&key_v4(n)), names::BLOCK_V4),
-            IpNet::V6(n) => removed(self.block6.remove(&key_v6(n)), names::BLOCK_V6),
-        }
+        // A host entry may also sit in the trie (maps of an older version reused).
+        let from_host = match net {
+            IpNet::V4(n) if is_host(net) => {
+                removed(self.host4.remove(&n.addr().octets()), names::BLOCK_HOST_V4)?
+            }
+            IpNet::V6(n) if is_host(net) => {
+                removed(self.host6.remove(&n.addr().octets()), names::BLOCK_HOST_V6)?
+            }
+            _ => false,
+        };
+        let from_trie = match net {
+            IpNet::V4(n) => removed(self.block4.remove(&key_v4(n)), names::BLOCK_V4)?,
+            IpNet::V6(n) => removed(self.block6.remove(&key_v6(n)), names::BLOCK_V6)?,
+        };
+        Ok(from_host || from_trie)
     }
 
     fn get_allow(&self, net: &IpNet) -> Result<Option<AllowEntry>> {

@@ -192,6 +192,8 @@ pub fn load_in(dir: &PinDir, opts: &LoadOptions) -> Result<LoadReport> {
         (names::ALLOW_V6, s.allow_max_entries),
         (names::BLOCK_V4, s.block_max_entries),
         (names::BLOCK_V6, s.block_max_entries),
+        (names::BLOCK_HOST_V4, s.block_host_max_entries),
+        (names::BLOCK_HOST_V6, s.block_host_max_entries),
         (names::FLOWS, s.flows_max_entries),
         (names::RATE, s.rate_max_entries),
     ] {

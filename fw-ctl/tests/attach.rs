@@ -127,12 +127,7 @@ fn block_unblock_cycle(mode: XdpMode, tag: &str) {
         "drops counted"
     );
 
-    {
-        let mut t: aya::maps::LpmTrie<_, [u8; 4], BlockEntry> =
-            aya::maps::LpmTrie::try_from(h.ebpf.map_mut(m::BLOCK_V4).unwrap()).unwrap();
-        t.remove(&aya::maps::lpm_trie::Key::new(32, [192, 0, 2, 1]))
-            .unwrap();
-    }
+    h.unblock("192.0.2.1/32");
     assert!(pair.ping(), "unblocked, the source passes again");
 
     // The ICMP flow between the two hosts, seen on B's ingress (requests from A).

@@ -51,6 +51,7 @@ fn every_verb_with_json_output() {
     assert_eq!(load["observe"], false);
     assert!(ctl.pin_dir().join("fw").exists());
     assert!(ctl.pin_dir().join("maps/BLOCK_V4").exists());
+    assert!(ctl.pin_dir().join("maps/BLOCK_HOST_V4").exists());
     assert!(net.ping(a2, 1), "traffic passes before any block");
 
     // block: the source stops getting through; others still do.
@@ -81,7 +82,14 @@ fn every_verb_with_json_output() {
         serde_json::json!([{"name": "gw0", "xdp_mode": "skb"}])
     );
     assert_eq!(st["mode"], "enforce");
-    assert_eq!(map_entries(&st, "BLOCK_V4"), 1);
+    assert_eq!(
+        (
+            map_entries(&st, "BLOCK_HOST_V4"),
+            map_entries(&st, "BLOCK_V4")
+        ),
+        (1, 0),
+        "a single address is kept in the host map"
+    );
     assert!(
         map_entries(&st, "ALLOW_V4") >= 1,
         "the management network is allowlisted"
@@ -128,6 +136,29 @@ fn every_verb_with_json_output() {
     // unblock.
     assert_eq!(ctl.json(&["unblock", a2])[0]["changed"], true);
     assert!(net.ping(a2, 1), "unblocked source passes again");
+    assert!(ctl.blocks().is_empty());
+
+    // A single address (host map) inside a blocked prefix (trie): both listed,
+    // each removable on its own.
+    ctl.json(&["block", a2, "198.51.100.2/31"]);
+    let mut listed: Vec<String> = ctl
+        .blocks()
+        .iter()
+        .map(|b| b["prefix"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["198.51.100.2/31", "198.51.100.2/32"]);
+    assert!(!net.ping(a3, 1), "the /31 covers {a3}");
+    assert_eq!(ctl.json(&["unblock", a2])[0]["changed"], true);
+    assert!(!net.ping(a2, 1), "still covered by the /31");
+    assert_eq!(
+        ctl.json(&["unblock", "198.51.100.2/31"])[0]["changed"],
+        true
+    );
+    assert!(
+        net.ping(a2, 1) && net.ping(a3, 1),
+        "nothing blocks them now"
+    );
     assert!(ctl.blocks().is_empty());
 
     // allow wins; config entries are protected; manual ones can go.
@@ -354,5 +385,6 @@ fn feed_of_100k_prefixes_loads_completely() {
     );
     assert!(r["bad_lines"].as_array().unwrap().is_empty());
     let st = ctl.json(&["status"]);
-    assert_eq!(map_entries(&st, "BLOCK_V4"), 100_000);
+    assert_eq!(map_entries(&st, "BLOCK_HOST_V4"), 100_000);
+    assert_eq!(ctl.blocks().len(), 100_000, "listed from the host map");
 }

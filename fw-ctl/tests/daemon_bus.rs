@@ -180,7 +180,10 @@ async fn flows_verdicts_and_acks_through_a_real_broker() {
         "{ack:?}"
     );
     assert!(ack.error.is_none());
-    eprintln!("verdict v-1: receipt to map update (state file written) {} µs", ack.apply_us);
+    eprintln!(
+        "verdict v-1: receipt to map update (state file written) {} µs",
+        ack.apply_us
+    );
     let b = ctl
         .block_of(&format!("{a3}/32"))
         .expect("verdict in the block map");

@@ -1,6 +1,6 @@
 //! Verdict table of the XDP program, executed by the kernel through
 //! BPF_PROG_TEST_RUN with crafted frames (needs root). Every path of the program:
-//! parsing variants, allowlist, blocklist with expiry, observe vs enforce, rate
+//! parsing variants, allowlist, blocklist (host maps and tries) with expiry, observe vs enforce, rate
 //! limits at and one past their burst, truncation at every offset, and the exact
 //! flow entry of a scripted TCP conversation.
 
@@ -108,6 +108,49 @@ fn blocked_sources_are_dropped_in_every_encapsulation() {
                 && k.addr_b != v4_mapped([198, 51, 100, 66])),
         "dropped packets open no flow"
     );
+}
+
+#[test]
+fn single_addresses_match_before_covering_prefixes() {
+    let mut h = Harness::load();
+    // Host entries (exact-match maps) and prefixes covering them (LPM tries).
+    h.block("198.51.100.66/32", permanent());
+    h.block("2001:db8:66::1/128", permanent());
+    h.block("198.51.100.0/24", permanent());
+    h.block("2001:db8:66::/48", permanent());
+    for (name, frame) in variants(ATTACKER4, ATTACKER6) {
+        assert_eq!(h.run(&frame), XDP_DROP, "{name}");
+    }
+    assert_eq!(
+        h.block_entry("198.51.100.66/32").hits,
+        3,
+        "the host entry is the longest match"
+    );
+    assert_eq!(h.block_entry("2001:db8:66::1/128").hits, 3);
+    assert_eq!(h.block_entry("198.51.100.0/24").hits, 0);
+    assert_eq!(h.block_entry("2001:db8:66::/48").hits, 0);
+
+    // An expired host entry counts as absent: the covering prefix decides.
+    let expired = BlockEntry {
+        expires_ns: monotonic_ns() - 1,
+        ..permanent()
+    };
+    h.block("198.51.100.66/32", expired);
+    h.block("2001:db8:66::1/128", expired);
+    for (name, frame) in variants(ATTACKER4, ATTACKER6) {
+        assert_eq!(h.run(&frame), XDP_DROP, "{name}, host entry expired");
+    }
+    assert_eq!(h.block_entry("198.51.100.0/24").hits, 3);
+    assert_eq!(h.block_entry("2001:db8:66::/48").hits, 3);
+    assert_eq!(h.block_entry("198.51.100.66/32").hits, 0);
+
+    // An expired host entry with nothing covering it passes.
+    h.block("203.0.113.9/32", expired);
+    h.block("2001:db8:99::9/128", expired);
+    for (name, frame) in variants("203.0.113.9", "2001:db8:99::9") {
+        assert_eq!(h.run(&frame), XDP_PASS, "{name}, only an expired entry");
+    }
+    assert_eq!(h.counter(CounterSlot::DropBlocklist).packets, 12);
 }
 
 #[test]

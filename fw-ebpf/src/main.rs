@@ -9,7 +9,9 @@
 //!    exempt the packet from source filtering, it only leaves the flow without
 //!    ports;
 //! 2. allowlist (LPM on the source): pass;
-//! 3. blocklist (LPM on the source, entries with an expiry): `XDP_DROP`, or
+//! 3. blocklist, entries with an expiry: first the exact-match host map (single
+//!    addresses, /32 or /128), then the LPM trie of shorter prefixes (see
+//!    `fw_common::maps::is_host_prefix` for why two structures): `XDP_DROP`, or
 //!    would-drop and pass in observe mode;
 //! 4. per-source token buckets (GCRA) for TCP SYN-without-ACK and for all packets:
 //!    over the limit, drop (would-drop in observe mode);
@@ -32,10 +34,10 @@
 use core::{intrinsics::AtomicOrdering, mem};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, xdp_action},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use fw_common::{
@@ -59,6 +61,14 @@ static BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::with_max_entries(m::BLO
 /// Blocklist, IPv6 source prefixes.
 #[map(name = "BLOCK_V6")]
 static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::with_max_entries(m::BLOCK_MAX_ENTRIES, 0);
+/// Blocklist, single IPv4 addresses (exact match). Key: address (network order).
+#[map(name = "BLOCK_HOST_V4")]
+static BLOCK_HOST_V4: HashMap<[u8; 4], BlockEntry> =
+    HashMap::with_max_entries(m::BLOCK_HOST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+/// Blocklist, single IPv6 addresses (exact match).
+#[map(name = "BLOCK_HOST_V6")]
+static BLOCK_HOST_V6: HashMap<[u8; 16], BlockEntry> =
+    HashMap::with_max_entries(m::BLOCK_HOST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 /// Token-bucket state per source address (IPv4-mapped for IPv4).
 #[map(name = "RATE")]
 static RATE: LruHashMap<RateKey, RateState> = LruHashMap::with_max_entries(m::RATE_MAX_ENTRIES, 0);
@@ -211,17 +221,25 @@ fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> CounterSlot {
         bump(&a.hits);
         return CounterSlot::PassAllowlist;
     }
-    // 2. Blocklist: an expired entry counts as absent.
+    // 2. Blocklist: the host entry (the longest possible prefix) first, then the
+    // trie; an expired entry counts as absent.
+    let host = if p.family == FAMILY_V4 {
+        BLOCK_HOST_V4.get_ptr(&p.src4)
+    } else {
+        BLOCK_HOST_V6.get_ptr(&p.src)
+    };
+    // Safety: map values stay valid for the program run (RCU); `hits` is only
+    // changed with atomic adds.
+    if active(host.map(|b| unsafe { &*b }), clock) {
+        return CounterSlot::dropping(Reason::Blocklist, observe);
+    }
     let blocked = if p.family == FAMILY_V4 {
         BLOCK_V4.get(Key::new(32, p.src4))
     } else {
         BLOCK_V6.get(Key::new(128, p.src))
     };
-    if let Some(b) = blocked {
-        if b.active_at(|| clock.now()) {
-            bump(&b.hits);
-            return CounterSlot::dropping(Reason::Blocklist, observe);
-        }
+    if active(blocked, clock) {
+        return CounterSlot::dropping(Reason::Blocklist, observe);
     }
     // 3. Per-source rate limits.
     if cfg.syn_rate_pps != 0 || cfg.pkt_rate_pps != 0 {
@@ -230,6 +248,18 @@ fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> CounterSlot {
         }
     }
     CounterSlot::PassNoMatch
+}
+
+/// Whether a blocklist entry was found and is in force; counts the hit if so.
+#[inline(always)]
+fn active(entry: Option<&BlockEntry>, clock: &mut Clock) -> bool {
+    match entry {
+        Some(b) if b.active_at(|| clock.now()) => {
+            bump(&b.hits);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Runs the source's token buckets; returns the reason when over a limit.

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     programs::{TestRun, TestRunOptions, Xdp},
     util::nr_cpus,
 };
@@ -119,15 +119,34 @@ impl Harness {
             .collect()
     }
 
+    /// Blocks `net` ("a.b.c.d/len", no length = single address) in the map the
+    /// gateway uses for it: single addresses in the host hash maps, shorter
+    /// prefixes in the LPM tries.
     pub fn block(&mut self, net: &str, entry: BlockEntry) {
         let (addr, len) = parse_net(net);
-        match addr {
-            IpAddr::V4(a) => {
+        self.block_prefix(addr, len, entry);
+    }
+
+    /// [`Harness::block`] without the parsing (for filling large lists).
+    pub fn block_prefix(&mut self, addr: IpAddr, len: u32, entry: BlockEntry) {
+        let host = m::is_host_prefix(len as u8, addr.is_ipv6());
+        match (addr, host) {
+            (IpAddr::V4(a), true) => {
+                let mut h: HashMap<_, [u8; 4], BlockEntry> =
+                    HashMap::try_from(self.ebpf.map_mut(m::BLOCK_HOST_V4).unwrap()).unwrap();
+                h.insert(a.octets(), entry, 0).unwrap();
+            }
+            (IpAddr::V6(a), true) => {
+                let mut h: HashMap<_, [u8; 16], BlockEntry> =
+                    HashMap::try_from(self.ebpf.map_mut(m::BLOCK_HOST_V6).unwrap()).unwrap();
+                h.insert(a.octets(), entry, 0).unwrap();
+            }
+            (IpAddr::V4(a), false) => {
                 let mut t: LpmTrie<_, [u8; 4], BlockEntry> =
                     LpmTrie::try_from(self.ebpf.map_mut(m::BLOCK_V4).unwrap()).unwrap();
                 t.insert(&Key::new(len, a.octets()), entry, 0).unwrap();
             }
-            IpAddr::V6(a) => {
+            (IpAddr::V6(a), false) => {
                 let mut t: LpmTrie<_, [u8; 16], BlockEntry> =
                     LpmTrie::try_from(self.ebpf.map_mut(m::BLOCK_V6).unwrap()).unwrap();
                 t.insert(&Key::new(len, a.octets()), entry, 0).unwrap();
@@ -135,15 +154,56 @@ impl Harness {
         }
     }
 
+    /// Removes exactly `net` from the map [`Harness::block`] put it in (panics when
+    /// absent).
+    pub fn unblock(&mut self, net: &str) {
+        let (addr, len) = parse_net(net);
+        let host = m::is_host_prefix(len as u8, addr.is_ipv6());
+        match (addr, host) {
+            (IpAddr::V4(a), true) => {
+                let mut h: HashMap<_, [u8; 4], BlockEntry> =
+                    HashMap::try_from(self.ebpf.map_mut(m::BLOCK_HOST_V4).unwrap()).unwrap();
+                h.remove(&a.octets()).unwrap();
+            }
+            (IpAddr::V6(a), true) => {
+                let mut h: HashMap<_, [u8; 16], BlockEntry> =
+                    HashMap::try_from(self.ebpf.map_mut(m::BLOCK_HOST_V6).unwrap()).unwrap();
+                h.remove(&a.octets()).unwrap();
+            }
+            (IpAddr::V4(a), false) => {
+                let mut t: LpmTrie<_, [u8; 4], BlockEntry> =
+                    LpmTrie::try_from(self.ebpf.map_mut(m::BLOCK_V4).unwrap()).unwrap();
+                t.remove(&Key::new(len, a.octets())).unwrap();
+            }
+            (IpAddr::V6(a), false) => {
+                let mut t: LpmTrie<_, [u8; 16], BlockEntry> =
+                    LpmTrie::try_from(self.ebpf.map_mut(m::BLOCK_V6).unwrap()).unwrap();
+                t.remove(&Key::new(len, a.octets())).unwrap();
+            }
+        }
+    }
+
+    /// The entry stored for exactly `net` (panics when absent).
     pub fn block_entry(&self, net: &str) -> BlockEntry {
         let (addr, len) = parse_net(net);
-        match addr {
-            IpAddr::V4(a) => {
+        let host = m::is_host_prefix(len as u8, addr.is_ipv6());
+        match (addr, host) {
+            (IpAddr::V4(a), true) => {
+                let h: HashMap<_, [u8; 4], BlockEntry> =
+                    HashMap::try_from(self.ebpf.map(m::BLOCK_HOST_V4).unwrap()).unwrap();
+                h.get(&a.octets(), 0).unwrap()
+            }
+            (IpAddr::V6(a), true) => {
+                let h: HashMap<_, [u8; 16], BlockEntry> =
+                    HashMap::try_from(self.ebpf.map(m::BLOCK_HOST_V6).unwrap()).unwrap();
+                h.get(&a.octets(), 0).unwrap()
+            }
+            (IpAddr::V4(a), false) => {
                 let t: LpmTrie<_, [u8; 4], BlockEntry> =
                     LpmTrie::try_from(self.ebpf.map(m::BLOCK_V4).unwrap()).unwrap();
                 t.get(&Key::new(len, a.octets()), 0).unwrap()
             }
-            IpAddr::V6(a) => {
+            (IpAddr::V6(a), false) => {
                 let t: LpmTrie<_, [u8; 16], BlockEntry> =
                     LpmTrie::try_from(self.ebpf.map(m::BLOCK_V6).unwrap()).unwrap();
                 t.get(&Key::new(len, a.octets()), 0).unwrap()
