@@ -13,8 +13,8 @@
 //! segments, accounted with the one rule [`FlowStats::account`]) held in one CPU's
 //! copy, the other copies empty, as on a gateway where RSS steers a flow to one queue.
 //!
-//! Then [`Exporter::poll`] (the daemon's export path: map walk with one lookup per
-//! key, merge of the per-CPU copies, expiry decision, record building, deletion of
+//! Then [`Exporter::poll`] (the daemon's export path: map walk in batches of
+//! `BPF_MAP_LOOKUP_BATCH`, merge of the per-CPU copies, expiry decision, record building, deletion of
 //! ended flows) is timed with the wall clock for
 //! - `quiet`: a pass at a time when no flow is due (1 s after the last packet, below
 //!   the idle and active timeouts): walk + merge + expiry only;
@@ -32,7 +32,7 @@
 #[path = "../tests/kernel/mod.rs"]
 mod kernel;
 
-use std::{collections::BTreeMap, path::PathBuf, time::Instant};
+use std::{collections::BTreeMap, time::Instant};
 
 use aya::maps::{PerCpuHashMap, PerCpuValues};
 use fw_common::{
@@ -40,7 +40,7 @@ use fw_common::{
     flow::{FAMILY_V4, FlowKey, FlowStats, PacketMeta, SIDE_A, SIDE_B, tcp_flags as tf, v4_mapped},
     maps as m,
 };
-use fw_ctl::{daemon::exporter::Exporter, kernel::Pinned, pin::PinDir};
+use fw_ctl::{daemon::exporter::Exporter, kernel::Pinned};
 use kernel::*;
 
 const ROUNDS: usize = 5;
@@ -50,20 +50,6 @@ const S: u64 = 1_000_000_000;
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// Removes the private pin directory on every exit path.
-struct PinGuard(PinDir);
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        for n in m::ALL {
-            let _ = std::fs::remove_file(self.0.map(n));
-        }
-        let _ = std::fs::remove_dir(self.0.maps_dir());
-        let _ = std::fs::remove_dir(self.0.links_dir());
-        let _ = std::fs::remove_dir(&self.0.root);
-    }
 }
 
 /// Key of flow `i`: client 198.18.0.0 + i/256 port 10000 + i%256, server
@@ -136,17 +122,9 @@ struct Row {
 }
 
 fn bench_size(label: &'static str, n: u32) -> Row {
-    let dir = PinDir::new(&format!("tadbench-flowmap-{}", std::process::id())).unwrap();
-    for d in [dir.root.clone(), dir.maps_dir(), dir.links_dir()] {
-        std::fs::create_dir_all(&d).expect("create the pin directory (bpffs, root)");
-    }
-    let guard = PinGuard(dir.clone());
-    let paths: Vec<(&'static str, PathBuf)> = m::ALL.iter().map(|n| (*n, dir.map(n))).collect();
-    let mut h = Harness::load_with(|l| {
+    let guard = PrivatePins::new(&format!("tadbench-flowmap-{}", std::process::id()));
+    let mut h = Harness::load_pinned(&guard, |l| {
         l.map_max_entries(m::FLOWS, n);
-        for (name, p) in &paths {
-            l.map_pin_path(name, p.clone());
-        }
     });
     let mut pinned = Pinned::open(&guard.0).expect("open the pinned maps");
     let timeouts = Timeouts::default();

@@ -18,6 +18,7 @@ use fw_common::{
     flow::{FlowKey, FlowStats},
     maps as m,
 };
+use fw_ctl::pin::PinDir;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -45,6 +46,32 @@ pub fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// A private pin directory `/sys/fs/bpf/<instance>/`, created on `new`; on drop
+/// every map pin in it and the directory go (also when a test fails).
+pub struct PrivatePins(pub PinDir);
+
+impl PrivatePins {
+    /// `instance` should carry the process id so parallel runs do not collide.
+    pub fn new(instance: &str) -> PrivatePins {
+        let dir = PinDir::new(instance).unwrap();
+        for d in [dir.root.clone(), dir.maps_dir(), dir.links_dir()] {
+            std::fs::create_dir_all(&d).expect("create the pin directory (bpffs, root)");
+        }
+        PrivatePins(dir)
+    }
+}
+
+impl Drop for PrivatePins {
+    fn drop(&mut self) {
+        for n in m::ALL {
+            let _ = std::fs::remove_file(self.0.map(n));
+        }
+        let _ = std::fs::remove_dir(self.0.maps_dir());
+        let _ = std::fs::remove_dir(self.0.links_dir());
+        let _ = std::fs::remove_dir(&self.0.root);
+    }
+}
+
 /// The XDP program loaded (not attached) with private, unpinned maps.
 pub struct Harness {
     pub ebpf: Ebpf,
@@ -53,6 +80,19 @@ pub struct Harness {
 impl Harness {
     pub fn load() -> Harness {
         Self::load_with(|_| {})
+    }
+
+    /// Loads with every map pinned in `pins`, so that `fw_ctl::kernel::Pinned`
+    /// (the daemon's and the CLI's map access) works on them; `f` adjusts the loader.
+    pub fn load_pinned(pins: &PrivatePins, f: impl FnOnce(&mut EbpfLoader<'_>)) -> Harness {
+        let paths: Vec<(&str, std::path::PathBuf)> =
+            m::ALL.iter().map(|n| (*n, pins.0.map(n))).collect();
+        Self::load_with(|l| {
+            for (name, p) in &paths {
+                l.map_pin_path(name, p.clone());
+            }
+            f(l);
+        })
     }
 
     /// Loads with a hook to adjust the loader (map sizes).
