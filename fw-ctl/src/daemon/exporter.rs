@@ -37,13 +37,25 @@ impl FlowTable for crate::kernel::Pinned {
     }
 }
 
+/// A running flow's state at its last active-timeout export.
+#[derive(Clone, Copy, Debug)]
+struct Baseline {
+    /// Kernel time of that export, ns.
+    at_ns: u64,
+    stats: FlowStats,
+    /// The last [`Exporter::poll`] pass that found the flow in the map.
+    seen_pass: u64,
+}
+
 /// Export state across polls.
 #[derive(Debug)]
 pub struct Exporter {
     pub timeouts: Timeouts,
-    /// Per running flow: when it was last exported by active timeout and the
-    /// statistics at that moment.
-    baselines: HashMap<FlowKey, (u64, FlowStats)>,
+    /// Per running flow: when it was last exported by active timeout, the
+    /// statistics at that moment, and the pass that last saw the flow in the map.
+    baselines: HashMap<FlowKey, Baseline>,
+    /// Export passes so far (marks which baselines' flows are still in the map).
+    pass: u64,
     /// Records produced since start.
     pub exported_total: u64,
 }
@@ -53,6 +65,7 @@ impl Exporter {
         Exporter {
             timeouts,
             baselines: HashMap::new(),
+            pass: 0,
             exported_total: 0,
         }
     }
@@ -67,24 +80,34 @@ impl Exporter {
     ) -> Result<Vec<FlowRecord>> {
         let flows = table.flows()?;
         let mut out = Vec::new();
-        let mut live = std::collections::HashSet::with_capacity(flows.len());
+        self.pass += 1;
+        let pass = self.pass;
         for f in flows {
-            live.insert(f.key);
-            let base = self.baselines.get(&f.key).copied();
+            let base = self.baselines.get_mut(&f.key).map(|b| {
+                b.seen_pass = pass;
+                *b
+            });
             // An entry evicted and recreated under the same key is a new flow: a
             // baseline taken from a flow with another start does not apply.
-            let base = base.filter(|(_, b)| b.first_seen_ns == f.stats.first_seen_ns);
-            let Some(reason) = expiry(&f.stats, now_ns, base.map(|(t, _)| t), &self.timeouts)
+            let base = base.filter(|b| b.stats.first_seen_ns == f.stats.first_seen_ns);
+            let Some(reason) = expiry(&f.stats, now_ns, base.map(|b| b.at_ns), &self.timeouts)
             else {
                 continue;
             };
             let stats = match base {
-                Some((_, b)) => delta_since(&f.stats, &b),
+                Some(b) => delta_since(&f.stats, &b.stats),
                 None => f.stats,
             };
             let has_packets = stats.packets() > 0;
             if reason == EndReason::ActiveTimeout {
-                self.baselines.insert(f.key, (now_ns, f.stats));
+                self.baselines.insert(
+                    f.key,
+                    Baseline {
+                        at_ns: now_ns,
+                        stats: f.stats,
+                        seen_pass: pass,
+                    },
+                );
             } else {
                 self.baselines.remove(&f.key);
                 table.remove_flow(&f.key)?;
@@ -100,7 +123,7 @@ impl Exporter {
             }
         }
         // Flows the kernel evicted (LRU) take their baselines with them.
-        self.baselines.retain(|k, _| live.contains(k));
+        self.baselines.retain(|_, b| b.seen_pass == pass);
         self.exported_total += out.len() as u64;
         Ok(out)
     }
@@ -222,5 +245,35 @@ mod tests {
         assert!(table.flows.is_empty());
         assert_eq!(ex.tracked(), 0);
         assert_eq!(ex.exported_total, 2);
+    }
+
+    #[test]
+    fn evicted_or_recreated_flows_lose_their_baseline() {
+        let mut table = MemFlows::default();
+        let mut f = FlowStats::default();
+        for i in 0..12 {
+            f.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
+        }
+        table.flows.insert(key(), f);
+        let mut ex = Exporter::new(t());
+        assert_eq!(ex.poll(&mut table, 12 * S, 0).unwrap().len(), 1);
+        assert_eq!(ex.tracked(), 1);
+        // The kernel evicted the flow (LRU): its baseline goes with it.
+        table.flows.clear();
+        assert!(ex.poll(&mut table, 13 * S, 0).unwrap().is_empty());
+        assert_eq!(ex.tracked(), 0, "no baseline outlives its flow");
+
+        // A flow recreated under the same key with another start is new: its
+        // first record carries all its packets, not a delta.
+        table.flows.insert(key(), f);
+        assert_eq!(ex.poll(&mut table, 12 * S, 0).unwrap().len(), 1);
+        let mut g = FlowStats::default();
+        for i in 20..24 {
+            g.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
+        }
+        table.flows.insert(key(), g);
+        let r = ex.poll(&mut table, 30 * S, 0).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].packets(), 4, "all of the new flow's packets");
     }
 }
