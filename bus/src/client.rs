@@ -1063,6 +1063,11 @@ fn mqtt_options(s: &Shared) -> Result<MqttOptions, BusError> {
     o.set_session_expiry_interval(Some(cfg.session_expiry_s));
     o.set_connection_timeout(cfg.connect_timeout_s.max(1));
     o.set_outgoing_inflight_upper_limit(100);
+    // Verdicts and acks are small packets that must leave at once: no Nagle delay
+    // (measured: up to ~40 ms per message at 50 verdicts/s with it on).
+    let mut net = o.network_options();
+    net.set_tcp_nodelay(true);
+    o.set_network_options(net);
     // Also rumqttc's limit for incoming packets (its own default is 10 KiB).
     o.set_max_packet_size(Some(cfg.max_packet_bytes));
     let will = current_status(s, false);

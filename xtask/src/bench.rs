@@ -12,11 +12,17 @@
 //!   with 1k and 10k active flows (xtask/src/footprint.rs).
 //! - `detector`: flow records per second through partitioning, model and rules on
 //!   one core (`detector bench`).
+//! - `reaction`: nmap scan to first XDP drop, and verdict published to block-map
+//!   entry, on the testbed with the whole stack (xtask/src/reaction.rs).
 use std::path::PathBuf;
 
 use anyhow::bail;
 
 use crate::{setup, util};
+
+// Declared here so main.rs (the lead's) needs no change.
+#[path = "reaction.rs"]
+mod reaction;
 
 /// Every benchmark this xtask knows, in the order `bench` runs them.
 const ALL: &[&str] = &[
@@ -26,16 +32,19 @@ const ALL: &[&str] = &[
     "detector",
     "pipeline",
     "footprint",
+    "reaction",
 ];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Benchmarks to run (default: all): xdp, filters, flowmap, detector, pipeline,
-    /// footprint.
+    /// footprint, reaction.
     names: Vec<String>,
     /// Also write the JSON result here (only with a single benchmark).
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    reaction: reaction::ReactionArgs,
 }
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
@@ -92,6 +101,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                 );
                 crate::footprint::run(&out)?;
             }
+            "reaction" => reaction::run(&out, &a.reaction)?,
             _ => unreachable!("checked above"),
         }
         if let Some(extra) = &a.json {

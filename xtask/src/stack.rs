@@ -111,6 +111,18 @@ impl Stack {
     /// Builds the binaries, writes configs and certificates into `o.dir`, starts
     /// broker, fw-ctl (load + daemon), detector and (optionally) the dashboard.
     pub fn start(o: &StackOptions) -> anyhow::Result<Stack> {
+        Self::start_with_detectors(o, &[])
+    }
+
+    /// [`Stack::start`] with extra detector identities (`detector-*` node ids):
+    /// each gets a client certificate, the detector role in the broker ACL and a
+    /// place in the gateway's `[trust] detectors`, so a tool (the `reaction`
+    /// benchmark) can publish verdicts under its own MQTT client id next to the
+    /// running detector.
+    pub fn start_with_detectors(
+        o: &StackOptions,
+        extra_detectors: &[&str],
+    ) -> anyhow::Result<Stack> {
         std::fs::create_dir_all(&o.dir)?;
         // Clean state: no blocks restored, no broker sessions or queued messages,
         // no stored dashboard data, fresh logs.
@@ -139,18 +151,23 @@ impl Stack {
         }
         crate::setup::ensure_bpffs()?;
         let certs = o.dir.join("certs");
-        let nodes = [GATEWAY_ID, DETECTOR_ID, DASHBOARD_ID, RECORDER_ID];
+        let nodes: Vec<String> = [GATEWAY_ID, DETECTOR_ID, DASHBOARD_ID, RECORDER_ID]
+            .iter()
+            .chain(extra_detectors)
+            .map(|s| s.to_string())
+            .collect();
+        // Reuse the run directory's PKI only when it covers every node, ACL included.
+        let acl = std::fs::read_to_string(certs.join("mosquitto/acl")).unwrap_or_default();
         let have_all = certs.join("mosquitto/mosquitto.conf").exists()
-            && nodes
-                .iter()
-                .all(|n| certs.join(format!("nodes/{n}.pem")).exists());
+            && nodes.iter().all(|n| {
+                certs.join(format!("nodes/{n}.pem")).exists()
+                    && acl.lines().any(|l| l.trim() == format!("user {n}"))
+            });
         eprintln!("stack: certificates in {}", certs.display());
         if !have_all {
             crate::certs::run(&crate::certs::CertsArgs {
                 out: certs.clone(),
-                nodes: [GATEWAY_ID, DETECTOR_ID, DASHBOARD_ID, RECORDER_ID]
-                    .map(String::from)
-                    .to_vec(),
+                nodes: nodes.clone(),
                 broker_names: vec![testbed::MONITOR.to_string()],
                 listen: SocketAddr::new(IpAddr::V4(testbed::MONITOR), BROKER_PORT),
                 broker_user: Some("root".into()),
@@ -202,7 +219,15 @@ impl Stack {
             let _ = std::fs::remove_dir_all(&pin);
         }
         let gw_conf = o.dir.join("gateway.toml");
-        std::fs::write(&gw_conf, gateway_toml(&o.dir, &certs, &o.xdp_mode))?;
+        let detectors: Vec<&str> = [DETECTOR_ID]
+            .iter()
+            .chain(extra_detectors)
+            .copied()
+            .collect();
+        std::fs::write(
+            &gw_conf,
+            gateway_toml(&o.dir, &certs, &o.xdp_mode, &detectors),
+        )?;
         netns::run_quiet(
             in_ns(testbed::NS_ROUTER, &fw)
                 .args(["--instance", INSTANCE, "--config"])
@@ -440,7 +465,7 @@ impl Drop for Stack {
     }
 }
 
-fn gateway_toml(dir: &Path, certs: &Path, xdp_mode: &str) -> String {
+fn gateway_toml(dir: &Path, certs: &Path, xdp_mode: &str, detectors: &[&str]) -> String {
     format!(
         r#"# Written by cargo xtask demo/eval for the testbed.
 gateway_id = "{GATEWAY_ID}"
@@ -463,7 +488,7 @@ end_grace_ms = 300
 counters_interval_ms = 1000
 
 [trust]
-detectors = ["{DETECTOR_ID}"]
+detectors = {detectors:?}
 dashboards = ["{DASHBOARD_ID}"]
 
 [bus]
