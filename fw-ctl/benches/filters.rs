@@ -82,7 +82,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
 use fw_common::{counters::CounterSlot, filter::BlockEntry, maps as m};
-use kernel::{Harness, XDP_DROP, XDP_PASS};
+use kernel::{Harness, XDP_DROP, XDP_PASS, machine};
 use serde_json::{Value, json};
 
 /// Generator side of the veth pair.
@@ -1272,31 +1272,4 @@ fn report(r: &Results, opts: &Options, flows_in_map: usize, took: Duration) -> a
         println!("wrote {}", path.display());
     }
     Ok(())
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0 / 1024.0)
-        .unwrap_or(0.0);
-    format!(
-        "{cpu}; {} CPUs; {mem_gib:.0} GiB; Linux {}",
-        kernel::cpus(),
-        kernel.trim()
-    )
 }

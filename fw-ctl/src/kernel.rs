@@ -385,6 +385,24 @@ fn same_but_hits_allow(a: &AllowEntry, b: &AllowEntry) -> bool {
     (a.rule_id, a.origin) == (b.rule_id, b.origin)
 }
 
+/// Appends every entry of a map walk to `out`, the key turned into its prefix;
+/// entries that vanish during the walk are skipped.
+fn walk<K, V>(
+    entries: impl Iterator<Item = std::result::Result<(K, V), MapError>>,
+    map: &str,
+    net: impl Fn(&K) -> IpNet,
+    out: &mut Vec<(IpNet, V)>,
+) -> Result<()> {
+    for r in entries {
+        match r {
+            Ok((k, v)) => out.push((net(&k), v)),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(err(map, "iterate", e)),
+        }
+    }
+    Ok(())
+}
+
 /// Whether `net` is a single address (kept in the host maps).
 fn is_host(net: &IpNet) -> bool {
     names::is_host_prefix(net.prefix_len(), matches!(net, IpNet::V6(_)))
@@ -457,53 +475,19 @@ fn removed(r: std::result::Result<(), MapError>, map: &str) -> Result<bool> {
 impl Lists for Pinned {
     fn blocks(&self) -> Result<Vec<(IpNet, BlockEntry)>> {
         let mut out = Vec::new();
-        for r in self.block4.iter() {
-            match r {
-                Ok((k, v)) => out.push((net_of_v4(&k), v)),
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(err(names::BLOCK_V4, "iterate", e)),
-            }
-        }
-        for r in self.block6.iter() {
-            match r {
-                Ok((k, v)) => out.push((net_of_v6(&k), v)),
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(err(names::BLOCK_V6, "iterate", e)),
-            }
-        }
-        for r in self.host4.iter() {
-            match r {
-                Ok((a, v)) => out.push((IpNet::from(IpAddr::from(a)), v)),
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(err(names::BLOCK_HOST_V4, "iterate", e)),
-            }
-        }
-        for r in self.host6.iter() {
-            match r {
-                Ok((a, v)) => out.push((IpNet::from(IpAddr::from(a)), v)),
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(err(names::BLOCK_HOST_V6, "iterate", e)),
-            }
-        }
+        walk(self.block4.iter(), names::BLOCK_V4, net_of_v4, &mut out)?;
+        walk(self.block6.iter(), names::BLOCK_V6, net_of_v6, &mut out)?;
+        let host = |a: &[u8; 4]| IpNet::from(IpAddr::from(*a));
+        walk(self.host4.iter(), names::BLOCK_HOST_V4, host, &mut out)?;
+        let host = |a: &[u8; 16]| IpNet::from(IpAddr::from(*a));
+        walk(self.host6.iter(), names::BLOCK_HOST_V6, host, &mut out)?;
         Ok(out)
     }
 
     fn allows(&self) -> Result<Vec<(IpNet, AllowEntry)>> {
         let mut out = Vec::new();
-        for r in self.allow4.iter() {
-            match r {
-                Ok((k, v)) => out.push((net_of_v4(&k), v)),
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(err(names::ALLOW_V4, "iterate", e)),
-            }
-        }
-        for r in self.allow6.iter() {
-            match r {
-                Ok((k, v)) => out.push((net_of_v6(&k), v)),
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(err(names::ALLOW_V6, "iterate", e)),
-            }
-        }
+        walk(self.allow4.iter(), names::ALLOW_V4, net_of_v4, &mut out)?;
+        walk(self.allow6.iter(), names::ALLOW_V6, net_of_v6, &mut out)?;
         Ok(out)
     }
 

@@ -189,6 +189,14 @@ mod tests {
         .0
     }
 
+    /// `f` with one ACK from side A at each whole second in `secs` (since 1 s).
+    fn acks(mut f: FlowStats, secs: std::ops::Range<u64>) -> FlowStats {
+        for i in secs {
+            f.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
+        }
+        f
+    }
+
     fn t() -> Timeouts {
         Timeouts {
             idle: Duration::from_secs(5),
@@ -220,10 +228,7 @@ mod tests {
     #[test]
     fn long_flow_reports_deltas_then_idles_out() {
         let mut table = MemFlows::default();
-        let mut f = FlowStats::default();
-        for i in 0..12 {
-            f.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
-        }
+        let f = acks(FlowStats::default(), 0..12);
         table.flows.insert(key(), f);
         let mut ex = Exporter::new(t());
         let r = ex.poll(&mut table, 12 * S, 0).unwrap();
@@ -232,11 +237,7 @@ mod tests {
         assert_eq!(r[0].packets(), 12);
         assert_eq!(table.flows.len(), 1, "a running flow stays in the map");
         // Three more packets, then silence past the idle timeout.
-        let mut f = table.flows[&key()];
-        for i in 12..15 {
-            f.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
-        }
-        table.flows.insert(key(), f);
+        table.flows.insert(key(), acks(table.flows[&key()], 12..15));
         assert!(ex.poll(&mut table, 16 * S, 0).unwrap().is_empty());
         let r = ex.poll(&mut table, 21 * S, 0).unwrap();
         assert_eq!(r.len(), 1);
@@ -250,10 +251,7 @@ mod tests {
     #[test]
     fn evicted_or_recreated_flows_lose_their_baseline() {
         let mut table = MemFlows::default();
-        let mut f = FlowStats::default();
-        for i in 0..12 {
-            f.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
-        }
+        let f = acks(FlowStats::default(), 0..12);
         table.flows.insert(key(), f);
         let mut ex = Exporter::new(t());
         assert_eq!(ex.poll(&mut table, 12 * S, 0).unwrap().len(), 1);
@@ -267,11 +265,9 @@ mod tests {
         // first record carries all its packets, not a delta.
         table.flows.insert(key(), f);
         assert_eq!(ex.poll(&mut table, 12 * S, 0).unwrap().len(), 1);
-        let mut g = FlowStats::default();
-        for i in 20..24 {
-            g.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
-        }
-        table.flows.insert(key(), g);
+        table
+            .flows
+            .insert(key(), acks(FlowStats::default(), 20..24));
         let r = ex.poll(&mut table, 30 * S, 0).unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].packets(), 4, "all of the new flow's packets");

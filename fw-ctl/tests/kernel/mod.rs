@@ -440,3 +440,31 @@ pub fn v6_tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, payload: 
     ));
     f
 }
+
+/// The machine a benchmark ran on: CPU model, CPUs, memory, kernel release.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!(
+        "{cpu}; {} CPUs; {mem_gib:.0} GiB; Linux {}",
+        cpus(),
+        kernel.trim()
+    )
+}
