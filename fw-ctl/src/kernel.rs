@@ -412,19 +412,12 @@ fn is_host(net: &IpNet) -> bool {
 fn host_get<const N: usize>(
     map: &HashMap<MapData, [u8; N], BlockEntry>,
     addr: [u8; N],
-    family: u8,
+    name: &str,
 ) -> Result<Option<BlockEntry>> {
     match map.get(&addr, 0) {
         Ok(v) => Ok(Some(v)),
         Err(e) if not_found(&e) => Ok(None),
-        Err(e) => {
-            let name = if family == 4 {
-                names::BLOCK_HOST_V4
-            } else {
-                names::BLOCK_HOST_V6
-            };
-            Err(err(name, "lookup", e))
-        }
+        Err(e) => Err(err(name, "lookup", e)),
     }
 }
 
@@ -493,8 +486,12 @@ impl Lists for Pinned {
 
     fn get_block(&self, net: &IpNet) -> Result<Option<BlockEntry>> {
         let in_host_map = match net {
-            IpNet::V4(n) if is_host(net) => host_get(&self.host4, n.addr().octets(), 4)?,
-            IpNet::V6(n) if is_host(net) => host_get(&self.host6, n.addr().octets(), 6)?,
+            IpNet::V4(n) if is_host(net) => {
+                host_get(&self.host4, n.addr().octets(), names::BLOCK_HOST_V4)?
+            }
+            IpNet::V6(n) if is_host(net) => {
+                host_get(&self.host6, n.addr().octets(), names::BLOCK_HOST_V6)?
+            }
             _ => None,
         };
         if in_host_map.is_some() {

@@ -223,14 +223,16 @@ fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> CounterSlot {
     }
     // 2. Blocklist: the host entry (the longest possible prefix) first, then the
     // trie; an expired entry counts as absent.
-    let host = if p.family == FAMILY_V4 {
-        BLOCK_HOST_V4.get_ptr(&p.src4)
-    } else {
-        BLOCK_HOST_V6.get_ptr(&p.src)
-    };
     // Safety: map values stay valid for the program run (RCU); `hits` is only
     // changed with atomic adds.
-    if active(host.map(|b| unsafe { &*b }), clock) {
+    let host = unsafe {
+        if p.family == FAMILY_V4 {
+            BLOCK_HOST_V4.get(&p.src4)
+        } else {
+            BLOCK_HOST_V6.get(&p.src)
+        }
+    };
+    if active(host, clock) {
         return CounterSlot::dropping(Reason::Blocklist, observe);
     }
     let blocked = if p.family == FAMILY_V4 {

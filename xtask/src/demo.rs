@@ -587,14 +587,7 @@ fn report(
         .filter(|a| benign.contains(a))
         .map(|a| a.to_string())
         .collect();
-    println!(
-        "\nbenign hosts blocked: {}",
-        if benign_blocked.is_empty() {
-            "none".to_string()
-        } else {
-            benign_blocked.join(", ")
-        }
-    );
+    println!("\nbenign hosts blocked: {}", none_or(&benign_blocked));
     if !benign_blocked.is_empty() {
         failures.push(format!(
             "benign hosts were blocked: {}",
@@ -612,11 +605,14 @@ fn report(
     }
 
     // XDP drop counters rise for blocked sources after the block.
-    let before: HashMap<IpAddr, u64> = stack
-        .blocks()?
-        .into_iter()
-        .map(|b| (b.addr, b.hits))
-        .collect();
+    let hits = || -> anyhow::Result<HashMap<IpAddr, u64>> {
+        Ok(stack
+            .blocks()?
+            .into_iter()
+            .map(|b| (b.addr, b.hits))
+            .collect())
+    };
+    let before = hits()?;
     let blocked: Vec<IpAddr> = outcomes
         .iter()
         .filter(|o| o.blocked.is_some() && o.attacker.is_ipv4())
@@ -626,11 +622,7 @@ fn report(
         probe(*a, 5)?;
     }
     std::thread::sleep(Duration::from_millis(500));
-    let after: HashMap<IpAddr, u64> = stack
-        .blocks()?
-        .into_iter()
-        .map(|b| (b.addr, b.hits))
-        .collect();
+    let after = hits()?;
     let mut rising = 0;
     for a in &blocked {
         let (b, f) = (
@@ -667,11 +659,7 @@ fn report(
                 println!(
                     "dashboard API: {} alerts; detected attacks without an alert+audit hash there: {}",
                     list.len(),
-                    if missing.is_empty() {
-                        "none".into()
-                    } else {
-                        missing.join(", ")
-                    }
+                    none_or(&missing)
                 );
                 if !missing.is_empty() {
                     failures.push(format!(
@@ -684,6 +672,15 @@ fn report(
         }
     }
     Ok(())
+}
+
+/// The list joined with commas, or "none".
+fn none_or(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// GET /api/v1/alerts from the root namespace (plain HTTP/1.1 over std).

@@ -52,7 +52,13 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    testbed::netns::{self, Proc, in_ns},
+    testbed::{
+        netns::{self, Proc, in_ns},
+        stack::{
+            BROKER_PORT, DASHBOARD_ID as DASH_ID, DETECTOR_ID as DET_ID, GATEWAY_ID as GW_ID,
+            RECORDER_ID as REC_ID, bus_lines,
+        },
+    },
     util,
 };
 
@@ -66,11 +72,7 @@ const WINDOW: Duration = Duration::from_secs(10);
 const SOURCES: u32 = 100;
 /// First destination port of the generated flows.
 const BASE_PORT: u16 = 20_000;
-const BROKER_PORT: u16 = 8883;
 const DASHBOARD_PORT: u16 = 18_080;
-const GW_ID: &str = "gateway-1";
-const DET_ID: &str = "detector-1";
-const DASH_ID: &str = "dashboard";
 /// Gateway address on the veth.
 const GW_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Export settings of the footprint run (see the module docs).
@@ -596,14 +598,9 @@ detectors = ["{DET_ID}"]
 dashboards = ["{DASH_ID}"]
 
 [bus]
-host = "127.0.0.1"
-port = {BROKER_PORT}
-ca_file = "{certs}/ca.pem"
-cert_file = "{certs}/nodes/{GW_ID}.pem"
-key_file = "{certs}/nodes/{GW_ID}.key"
-"#,
+{bus}"#,
         dir = dir.display(),
-        certs = certs.display(),
+        bus = bus_lines("127.0.0.1", certs, GW_ID),
     )
 }
 
@@ -615,16 +612,11 @@ id = "{DET_ID}"
 mode = "observe"
 
 [bus]
-host = "127.0.0.1"
-port = {BROKER_PORT}
-ca_file = "{certs}/ca.pem"
-cert_file = "{certs}/nodes/{DET_ID}.pem"
-key_file = "{certs}/nodes/{DET_ID}.key"
-
+{bus}
 [ml]
 model = "{root}/detector/model/model.onnx"
 "#,
-        certs = certs.display(),
+        bus = bus_lines("127.0.0.1", certs, DET_ID),
         root = root.display(),
     )
 }
@@ -645,14 +637,9 @@ gateways = ["{GW_ID}"]
 
 [bus]
 node_id = "{DASH_ID}"
-host = "127.0.0.1"
-port = {BROKER_PORT}
-ca_file = "{certs}/ca.pem"
-cert_file = "{certs}/nodes/{DASH_ID}.pem"
-key_file = "{certs}/nodes/{DASH_ID}.key"
-"#,
+{bus}"#,
         dir = dir.display(),
-        certs = certs.display(),
+        bus = bus_lines("127.0.0.1", certs, DASH_ID),
     )
 }
 
@@ -670,8 +657,6 @@ queue_capacity = 400000
 [maps]
 flows_max_entries = 262144
 ";
-/// Node id of the measuring subscriber (dashboard role: may read every topic).
-const REC_ID: &str = "dashboard-recorder";
 
 /// Sends one datagram on each of `flows` distinct flows from namespace `ns`
 /// (100 sources x `flows / 100` ports), pausing 1 ms every 500 datagrams so the

@@ -482,6 +482,17 @@ pub fn prepare_with(path: &Path, macs: Macs, mut map: AddrMap) -> anyhow::Result
 /// End of the IP datagram in an Ethernet frame (after up to two VLAN tags), from
 /// the IPv4 total length or IPv6 payload length.
 fn ip_end(f: &[u8]) -> Option<usize> {
+    let (off, ethertype) = l3_start(f);
+    match ethertype {
+        ETH_P_IPV4 if f.len() >= off + 4 => Some(off + usize::from(be16(f, off + 2))),
+        ETH_P_IPV6 if f.len() >= off + 6 => Some(off + 40 + usize::from(be16(f, off + 4))),
+        _ => None,
+    }
+}
+
+/// Offset of the L3 header in an Ethernet frame of at least 14 bytes and its
+/// ethertype, behind up to two VLAN tags (802.1Q, 802.1ad, old QinQ 0x9100).
+fn l3_start(f: &[u8]) -> (usize, u16) {
     let mut off = 12;
     let mut ethertype = be16(f, off);
     for _ in 0..2 {
@@ -490,12 +501,7 @@ fn ip_end(f: &[u8]) -> Option<usize> {
             ethertype = be16(f, off);
         }
     }
-    off += 2;
-    match ethertype {
-        ETH_P_IPV4 if f.len() >= off + 4 => Some(off + usize::from(be16(f, off + 2))),
-        ETH_P_IPV6 if f.len() >= off + 6 => Some(off + 40 + usize::from(be16(f, off + 4))),
-        _ => None,
-    }
+    (off + 2, ethertype)
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -520,16 +526,7 @@ pub fn rewrite_frame(
         f[0..6].copy_from_slice(&macs.dst);
     }
     f[6..12].copy_from_slice(&macs.src);
-    // Up to two VLAN tags (802.1Q, 802.1ad, old QinQ).
-    let mut off = 12;
-    let mut ethertype = be16(f, off);
-    for _ in 0..2 {
-        if matches!(ethertype, 0x8100 | 0x88a8 | 0x9100) && f.len() >= off + 6 {
-            off += 4;
-            ethertype = be16(f, off);
-        }
-    }
-    off += 2;
+    let (off, ethertype) = l3_start(f);
     let l3 = &mut f[off..];
     match ethertype {
         ETH_P_IPV4 => rewrite_ipv4(l3, map, true),

@@ -465,6 +465,17 @@ impl Drop for Stack {
     }
 }
 
+/// The broker and mutual-TLS lines of a node's `[bus]` section (each ending in a
+/// newline): the broker at `host`:[`BROKER_PORT`], the CA and the node's certificate
+/// and key where `crate::certs` writes them (`<certs>/nodes/<node>.pem`, `.key`).
+pub fn bus_lines(host: &str, certs: &Path, node: &str) -> String {
+    let c = certs.display();
+    format!(
+        "host = \"{host}\"\nport = {BROKER_PORT}\nca_file = \"{c}/ca.pem\"\n\
+         cert_file = \"{c}/nodes/{node}.pem\"\nkey_file = \"{c}/nodes/{node}.key\"\n"
+    )
+}
+
 fn gateway_toml(dir: &Path, certs: &Path, xdp_mode: &str, detectors: &[&str]) -> String {
     format!(
         r#"# Written by cargo xtask demo/eval for the testbed.
@@ -492,16 +503,10 @@ detectors = {detectors:?}
 dashboards = ["{DASHBOARD_ID}"]
 
 [bus]
-host = "{monitor}"
-port = {BROKER_PORT}
-ca_file = "{certs}/ca.pem"
-cert_file = "{certs}/nodes/{GATEWAY_ID}.pem"
-key_file = "{certs}/nodes/{GATEWAY_ID}.key"
-"#,
+{bus}"#,
         lan = testbed::ROUTER_LAN_IF,
         dir = dir.display(),
-        certs = certs.display(),
-        monitor = testbed::MONITOR,
+        bus = bus_lines(&testbed::MONITOR.to_string(), certs, GATEWAY_ID),
     )
 }
 
@@ -513,20 +518,14 @@ id = "{DETECTOR_ID}"
 mode = "enforce"
 
 [bus]
-host = "{monitor}"
-port = {BROKER_PORT}
-ca_file = "{certs}/ca.pem"
-cert_file = "{certs}/nodes/{DETECTOR_ID}.pem"
-key_file = "{certs}/nodes/{DETECTOR_ID}.key"
-
+{bus}
 [ml]
 model = "{root}/detector/model/model.onnx"
 
 [policy]
 management = ["198.51.100.0/24"]
 "#,
-        monitor = testbed::MONITOR,
-        certs = certs.display(),
+        bus = bus_lines(&testbed::MONITOR.to_string(), certs, DETECTOR_ID),
         root = util::workspace_root().display(),
     )
 }
@@ -547,14 +546,8 @@ gateways = ["{GATEWAY_ID}"]
 
 [bus]
 node_id = "{DASHBOARD_ID}"
-host = "{monitor}"
-port = {BROKER_PORT}
-ca_file = "{certs}/ca.pem"
-cert_file = "{certs}/nodes/{DASHBOARD_ID}.pem"
-key_file = "{certs}/nodes/{DASHBOARD_ID}.key"
-"#,
+{bus}"#,
         dir = dir.display(),
-        certs = certs.display(),
-        monitor = testbed::MONITOR,
+        bus = bus_lines(&testbed::MONITOR.to_string(), certs, DASHBOARD_ID),
     )
 }
