@@ -1,6 +1,6 @@
 //! Mosquitto configuration for the bus: the broker config file (one mutual-TLS
 //! listener, certificate CN as username, no anonymous access, an ACL file) and the
-//! ACL that confines every node to its own topics (topic scheme: `fw_common::wire`).
+//! ACL that confines every node to its own topics (topic scheme: `tad_wire`).
 //!
 //! The node's role comes from its id prefix ([`role_of`]): `gateway-*`, `detector-*`,
 //! `dashboard*`. What each role may do:
@@ -17,7 +17,7 @@
 
 use std::{fmt::Write as _, net::IpAddr, path::PathBuf};
 
-use fw_common::wire::{Role, TOPIC_ROOT};
+use tad_wire::{Role, TOPIC_ROOT};
 
 use crate::pki::{PkiError, check_node_id};
 
@@ -37,17 +37,12 @@ pub enum BrokerConfigError {
 /// The role of a node, from its id prefix: `gateway-` → gateway, `detector-` →
 /// detector, `dashboard` (with or without suffix) → dashboard.
 pub fn role_of(node_id: &str) -> Result<Role, BrokerConfigError> {
-    if node_id.starts_with("gateway-") && node_id.len() > "gateway-".len() {
-        Ok(Role::Gateway)
-    } else if node_id.starts_with("detector-") && node_id.len() > "detector-".len() {
-        Ok(Role::Detector)
-    } else if node_id.starts_with("dashboard") {
-        Ok(Role::Dashboard)
-    } else {
-        Err(BrokerConfigError::UnknownRole {
+    tad_wire::NodeId::parse(node_id)
+        .ok()
+        .and_then(|id| id.role())
+        .ok_or_else(|| BrokerConfigError::UnknownRole {
             id: node_id.to_owned(),
         })
-    }
 }
 
 /// Direction of an ACL rule (mosquitto `topic read|write`).
@@ -107,7 +102,7 @@ pub fn rules_for(node_id: &str) -> Result<Vec<AclRule>, BrokerConfigError> {
 pub fn allowed(rules: &[AclRule], access: Access, topic: &str) -> bool {
     rules
         .iter()
-        .any(|r| r.access == access && crate::topic_matches(&r.filter, topic))
+        .any(|r| r.access == access && tad_wire::topic::topic_matches(&r.filter, topic))
 }
 
 /// Renders the ACL file for `nodes` (one `user` block each, with a comment naming

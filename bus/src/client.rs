@@ -23,9 +23,9 @@
 //!   itself dropped (counted) and an [`Overflow::Wait`] publish (verdicts, acks,
 //!   commands, alerts, settings) waits for room (back-pressure) or, with
 //!   [`BusClient::try_publish`], fails with [`BusError::QueueFull`].
-//! - **Typed payloads**: publish any `fw_common::wire::Message` (JSON via
-//!   `wire::encode`, content type `application/json`, payload format UTF-8);
-//!   subscriptions decode with `wire::decode`. A malformed payload is dropped,
+//! - **Typed payloads**: publish any `tad_wire::Message` (JSON via
+//!   `tad_wire::encode`, content type `application/json`, payload format UTF-8);
+//!   subscriptions decode with `tad_wire::decode`. A malformed payload is dropped,
 //!   counted ([`BusMetrics::malformed`]) and logged at most once per
 //!   [`BusConfig::malformed_log_interval_s`] per subscription; the consumer keeps
 //!   receiving.
@@ -47,14 +47,10 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use fw_common::wire::{
-    self, Ack, Alert, Command, CountersSnapshot, FlowBatch, Message, NodeStatus, Role,
-    SCHEMA_VERSION, ThresholdSettings, TrustUpdate, Verdict, WireError,
-};
 use rumqttc::{
     Outgoing, TlsConfiguration, Transport,
     v5::{
@@ -70,12 +66,17 @@ use rumqttc::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde::{Deserialize, Serialize};
+use tad_wire::{
+    self, Ack, Alert, Command, CountersSnapshot, FlowBatch, Message, NodeStatus, Role,
+    SCHEMA_VERSION, ThresholdSettings, TrustUpdate, Verdict, WireError, now_ms,
+    topic::{TopicKind, topic_matches},
+};
 use tokio::{
     sync::{Notify, mpsc, watch},
     task::JoinHandle,
 };
 
-use crate::{TopicKind, broker::role_of, topic_matches};
+use crate::broker::role_of;
 
 /// Connection settings of a node; the `[bus]` table of each role's TOML config.
 ///
@@ -289,7 +290,7 @@ impl PublishOptions {
     }
 }
 
-/// A payload type a subscription can decode: every `fw_common::wire::Message`, and
+/// A payload type a subscription can decode: every `tad_wire::Message`, and
 /// [`AnyMessage`] (picks the type from the topic).
 pub trait Inbound: Sized + Send + 'static {
     /// Decodes the payload received on `topic`.
@@ -298,7 +299,7 @@ pub trait Inbound: Sized + Send + 'static {
 
 impl<M: Message + Send + 'static> Inbound for M {
     fn decode_from(_topic: &str, payload: &[u8]) -> Result<Self, WireError> {
-        wire::decode(payload)
+        tad_wire::decode(payload)
     }
 }
 
@@ -327,17 +328,17 @@ impl Inbound for AnyMessage {
             });
         };
         Ok(match kind {
-            TopicKind::Flows { .. } => AnyMessage::Flows(wire::decode(payload)?),
-            TopicKind::Counters { .. } => AnyMessage::Counters(wire::decode(payload)?),
+            TopicKind::Flows { .. } => AnyMessage::Flows(tad_wire::decode(payload)?),
+            TopicKind::Counters { .. } => AnyMessage::Counters(tad_wire::decode(payload)?),
             TopicKind::GatewayStatus { .. }
             | TopicKind::DetectorStatus { .. }
-            | TopicKind::DashboardStatus { .. } => AnyMessage::Status(wire::decode(payload)?),
-            TopicKind::Acks { .. } => AnyMessage::Ack(wire::decode(payload)?),
-            TopicKind::Verdicts { .. } => AnyMessage::Verdict(wire::decode(payload)?),
-            TopicKind::Commands { .. } => AnyMessage::Command(wire::decode(payload)?),
-            TopicKind::Alerts { .. } => AnyMessage::Alert(wire::decode(payload)?),
-            TopicKind::Trust { .. } => AnyMessage::Trust(wire::decode(payload)?),
-            TopicKind::Thresholds => AnyMessage::Thresholds(wire::decode(payload)?),
+            | TopicKind::DashboardStatus { .. } => AnyMessage::Status(tad_wire::decode(payload)?),
+            TopicKind::Acks { .. } => AnyMessage::Ack(tad_wire::decode(payload)?),
+            TopicKind::Verdicts { .. } => AnyMessage::Verdict(tad_wire::decode(payload)?),
+            TopicKind::Commands { .. } => AnyMessage::Command(tad_wire::decode(payload)?),
+            TopicKind::Alerts { .. } => AnyMessage::Alert(tad_wire::decode(payload)?),
+            TopicKind::Trust { .. } => AnyMessage::Trust(tad_wire::decode(payload)?),
+            TopicKind::Thresholds => AnyMessage::Thresholds(tad_wire::decode(payload)?),
         })
     }
 }
@@ -440,6 +441,8 @@ struct SubEntry {
 
 struct Shared {
     cfg: BusConfig,
+    /// `cfg.node_id`, validated.
+    id: tad_wire::NodeId,
     role: Role,
     counters: Counters,
     queue: Mutex<VecDeque<OutMsg>>,
@@ -465,17 +468,10 @@ impl Shared {
 
 fn status_topic(role: Role, id: &str) -> String {
     match role {
-        Role::Gateway => wire::topic::gateway_status(id),
-        Role::Detector => wire::topic::detector_status(id),
-        Role::Dashboard => wire::topic::dashboard_status(id),
+        Role::Gateway => tad_wire::topic::gateway_status(id),
+        Role::Detector => tad_wire::topic::detector_status(id),
+        Role::Dashboard => tad_wire::topic::dashboard_status(id),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A client being set up: register subscriptions before the first connection so no
@@ -694,7 +690,7 @@ impl BusClient {
     /// Validates `cfg` (node id and role, readable certificate files) and returns a
     /// builder. Errors: [`BusError::Config`], [`BusError::TlsFile`].
     pub fn builder(cfg: BusConfig) -> Result<BusBuilder, BusError> {
-        crate::pki::check_node_id(&cfg.node_id).map_err(|e| BusError::Config {
+        let id = tad_wire::NodeId::parse(&cfg.node_id).map_err(|e| BusError::Config {
             what: format!("node_id: {e}"),
         })?;
         let role = role_of(&cfg.node_id).map_err(|e| BusError::Config {
@@ -724,7 +720,7 @@ impl BusClient {
         tls_config(&cfg)?;
         let status = NodeStatus {
             v: SCHEMA_VERSION,
-            node_id: cfg.node_id.clone(),
+            node_id: id.clone(),
             role,
             online: true,
             at_ms: 0,
@@ -736,6 +732,7 @@ impl BusClient {
         let (state, _) = watch::channel(ConnectionState::Connecting);
         Ok(BusBuilder {
             shared: Arc::new(Shared {
+                id,
                 role,
                 counters: Counters::default(),
                 queue: Mutex::new(VecDeque::with_capacity(cfg.queue_capacity.min(4096))),
@@ -774,7 +771,7 @@ impl BusClient {
         msg: &M,
         opts: PublishOptions,
     ) -> Result<(), BusError> {
-        self.publish_bytes(topic, Bytes::from(wire::encode(msg)), opts)
+        self.publish_bytes(topic, Bytes::from(tad_wire::encode(msg)), opts)
             .await
     }
 
@@ -788,7 +785,7 @@ impl BusClient {
     ) -> Result<(), BusError> {
         let m = OutMsg {
             topic: topic.to_owned(),
-            payload: Bytes::from(wire::encode(msg)),
+            payload: Bytes::from(tad_wire::encode(msg)),
             opts,
         };
         match self.enqueue(m) {
@@ -989,7 +986,7 @@ impl BusClient {
 fn current_status(s: &Shared, online: bool) -> NodeStatus {
     let mut st = s.status.lock().unwrap().clone();
     st.v = SCHEMA_VERSION;
-    st.node_id = s.cfg.node_id.clone();
+    st.node_id = s.id.clone();
     st.role = s.role;
     st.online = online;
     st.at_ms = now_ms();
@@ -1073,14 +1070,14 @@ fn mqtt_options(s: &Shared) -> Result<MqttOptions, BusError> {
     let will = current_status(s, false);
     o.set_last_will(LastWill::new(
         s.status_topic(),
-        wire::encode(&will),
+        tad_wire::encode(&will),
         QoS::AtLeastOnce,
         true,
         Some(LastWillProperties {
             delay_interval: None,
             payload_format_indicator: Some(1),
             message_expiry_interval: None,
-            content_type: Some(wire::CONTENT_TYPE.into()),
+            content_type: Some(tad_wire::CONTENT_TYPE.into()),
             response_topic: None,
             correlation_data: None,
             user_properties: Vec::new(),
@@ -1093,7 +1090,7 @@ fn properties(opts: &PublishOptions) -> PublishProperties {
     PublishProperties {
         payload_format_indicator: Some(1),
         message_expiry_interval: opts.message_expiry_s,
-        content_type: Some(wire::CONTENT_TYPE.into()),
+        content_type: Some(tad_wire::CONTENT_TYPE.into()),
         ..PublishProperties::default()
     }
 }
@@ -1205,7 +1202,7 @@ async fn drive(s: Arc<Shared>, mut el: EventLoop) {
                     let mut p = Publish::new(
                         s.status_topic(),
                         QoS::AtLeastOnce,
-                        wire::encode(&st),
+                        tad_wire::encode(&st),
                         Some(properties(&PublishOptions::retained())),
                     );
                     p.retain = true;

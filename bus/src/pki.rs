@@ -42,8 +42,8 @@ pub enum PkiError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid node id {id:?}: {why}")]
-    NodeId { id: String, why: &'static str },
+    #[error(transparent)]
+    NodeId(#[from] tad_wire::IdError),
     #[error("invalid validity: not_after {not_after} is not after not_before {not_before}")]
     Validity {
         not_before: OffsetDateTime,
@@ -257,26 +257,10 @@ impl CertificateAuthority {
     }
 }
 
-/// Checks that `id` can be a node id (certificate CN, MQTT username, topic level).
+/// Checks that `id` can be a node id (certificate CN, MQTT username, topic level):
+/// the rule of [`tad_wire::NodeId`].
 pub fn check_node_id(id: &str) -> Result<(), PkiError> {
-    let err = |why| {
-        Err(PkiError::NodeId {
-            id: id.to_owned(),
-            why,
-        })
-    };
-    if id.is_empty() {
-        return err("it is empty");
-    }
-    if id.len() > 64 {
-        return err("it is longer than 64 bytes");
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return err("only ASCII letters, digits, '-', '_' and '.' are allowed");
-    }
+    tad_wire::NodeId::parse(id)?;
     Ok(())
 }
 

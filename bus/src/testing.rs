@@ -173,7 +173,7 @@ impl TestBroker {
         write_public(&p("nodes/tls-probe.pem"), &probe.cert_pem)?;
         write_private(&p("nodes/tls-probe.key"), &probe.key_pem)?;
         let probe_cfg = BusConfig {
-            node_id: "tls-probe".into(),
+            node_id: "tls-probe".parse().unwrap(),
             ca_file: p("ca.pem"),
             cert_file: p("nodes/tls-probe.pem"),
             key_file: p("nodes/tls-probe.key"),

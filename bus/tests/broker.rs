@@ -6,9 +6,6 @@ mod common;
 use std::{collections::BTreeSet, sync::Arc};
 
 use common::{WAIT, batch, next, until, verdict, within};
-use fw_common::wire::{
-    self, Ack, FlowBatch, Mode, NodeStatus, Outcome, Role, SCHEMA_VERSION, Verdict, topic,
-};
 use rumqttc::{
     TlsConfiguration, Transport,
     v5::{AsyncClient, Event, Incoming, MqttOptions},
@@ -18,12 +15,15 @@ use tad_bus::{
     pki::{CertificateAuthority, Validity},
     testing::{TestBroker, TestBrokerOptions},
 };
+use tad_wire::{
+    self, Ack, FlowBatch, Mode, NodeStatus, Outcome, Role, SCHEMA_VERSION, Verdict, topic,
+};
 
 fn ack(id: &str, gw: &str) -> Ack {
     Ack {
         v: SCHEMA_VERSION,
         id: id.into(),
-        gateway_id: gw.into(),
+        gateway_id: gw.parse().unwrap(),
         outcome: Outcome::Applied,
         error: None,
         at_ms: 1,
@@ -53,7 +53,7 @@ async fn mutual_tls_round_trip_verdict_and_ack() {
     let got = next(&mut verdicts).await;
     assert_eq!(got.message, v);
     assert_eq!(got.topic, topic::verdicts("gateway-1"));
-    assert_eq!(got.content_type.as_deref(), Some(wire::CONTENT_TYPE));
+    assert_eq!(got.content_type.as_deref(), Some(tad_wire::CONTENT_TYPE));
     assert!(!got.retained);
 
     gw.publish(
@@ -69,7 +69,7 @@ async fn mutual_tls_round_trip_verdict_and_ack() {
 
     // Batches far above rumqttc's default 10 KiB packet limit go through.
     let big = common::big_batch("gateway-1", 7, 400);
-    assert!(wire::encode(&big).len() > 100_000);
+    assert!(tad_wire::encode(&big).len() > 100_000);
     gw.publish(&topic::flows("gateway-1", 0), &big, PublishOptions::flows())
         .await
         .unwrap();
@@ -278,7 +278,7 @@ async fn status_updates_and_clean_shutdown_publishes_offline() {
     let mut det = BusClient::builder(broker.config("detector-1").unwrap()).unwrap();
     let mut initial = NodeStatus {
         v: SCHEMA_VERSION,
-        node_id: String::new(),
+        node_id: "placeholder".parse().unwrap(),
         role: Role::Dashboard,
         online: false,
         at_ms: 0,

@@ -9,8 +9,8 @@ use std::{
 };
 
 use common::{WAIT, next, verdict};
-use fw_common::wire::{self, Verdict, topic};
 use tad_bus::{BusClient, PublishOptions, QoS, testing::TestBroker};
+use tad_wire::{Verdict, topic};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -51,8 +51,8 @@ async fn malformed_payload_is_rejected_counted_logged_once_and_consumer_continue
     out_of_range.confidence = 7.0;
     let garbage: [Vec<u8>; 3] = [
         b"{not json".to_vec(),
-        wire::encode(&future_version),
-        wire::encode(&out_of_range),
+        tad_wire::encode(&future_version),
+        tad_wire::encode(&out_of_range),
     ];
     for g in &garbage {
         det.publish_bytes(&t, g.clone(), PublishOptions::reliable())

@@ -4,16 +4,16 @@
 
 use std::net::TcpListener;
 
-use fw_common::wire::{self, CountersSnapshot, Mode, SCHEMA_VERSION, topic};
 use tad_bus::{
     BusClient, BusConfig, BusError, PublishOptions,
     pki::{self, PkiOptions},
 };
+use tad_wire::{CountersSnapshot, Mode, SCHEMA_VERSION, topic};
 
 fn snapshot(at_ms: u64) -> CountersSnapshot {
     CountersSnapshot {
         v: SCHEMA_VERSION,
-        gateway_id: "gateway-1".into(),
+        gateway_id: "gateway-1".parse().unwrap(),
         at_ms,
         mode: Mode::Enforce,
         counters: Vec::new(),
@@ -57,10 +57,10 @@ async fn full_queue_drops_oldest_best_effort_never_reliable() {
     assert!(m.dropped + m.queued + m.published <= N, "{m:?}");
 
     // A message that must not be lost takes the place of the oldest best-effort one...
-    let status = wire::NodeStatus {
+    let status = tad_wire::NodeStatus {
         v: SCHEMA_VERSION,
-        node_id: "gateway-1".into(),
-        role: wire::Role::Gateway,
+        node_id: "gateway-1".parse().unwrap(),
+        role: tad_wire::Role::Gateway,
         online: true,
         at_ms: 0,
         mode: None,
@@ -104,7 +104,11 @@ async fn oversized_message_is_refused_before_it_reaches_the_connection() {
     };
     let bus = BusClient::builder(cfg).unwrap().start().unwrap();
     let mut big = snapshot(0);
-    big.gateway_id = "g".repeat(5000);
+    big.maps.push(tad_wire::MapFill {
+        name: "m".repeat(5000),
+        entries: 0,
+        max_entries: 0,
+    });
     let r = bus
         .publish(
             &topic::counters("gateway-1"),
@@ -143,7 +147,7 @@ fn config_rejects_unknown_keys_and_bad_ids() {
         );
     }
     let cfg = BusConfig {
-        node_id: "gateway-1".into(),
+        node_id: "gateway-1".parse().unwrap(),
         cert_file: "/nonexistent/gateway-1.pem".into(),
         ..BusConfig::default()
     };

@@ -12,13 +12,12 @@
 //! Handlers answer every error themselves (no warp rejections past routing), so
 //! each route's errors are exactly the ones documented.
 
-use std::{collections::BTreeMap, convert::Infallible, net::IpAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use fw_common::wire::{Action, Command, Message, SCHEMA_VERSION, ThresholdSettings};
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tad_wire::{Action, Command, Message, SCHEMA_VERSION, Target, ThresholdSettings, now_ms};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use warp::{
     Filter, Reply,
@@ -26,12 +25,7 @@ use warp::{
     reply::Response,
 };
 
-use crate::{
-    ingest::{App, now_ms},
-    metrics::inc,
-    publish::Outbound,
-    web,
-};
+use crate::{ingest::App, metrics::inc, publish::Outbound, web};
 
 /// Largest request body accepted, bytes.
 pub const MAX_BODY_BYTES: u64 = 16 * 1024;
@@ -125,17 +119,9 @@ fn body<T: DeserializeOwned>(raw: &Bytes) -> Result<T, ApiError> {
 /// A gateway id as the bus allows it in a topic: 1-64 characters from
 /// `[A-Za-z0-9._-]` (no MQTT wildcards or separators).
 pub fn check_gateway_id(id: &str) -> Result<(), String> {
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(format!(
-            "gateway_id {id:?} must be 1-64 characters from A-Z a-z 0-9 . _ -"
-        ));
-    }
-    Ok(())
+    tad_wire::NodeId::parse(id)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// A detector threshold key: dotted lowercase path such as
@@ -158,30 +144,13 @@ pub fn check_threshold_key(key: &str) -> Result<(), String> {
     }
 }
 
-/// Parses a block target: a CIDR prefix (`192.0.2.0/24`) or one address
-/// (`192.0.2.7` = `/32`, `2001:db8::1` = `/128`). Host bits must be zero, and the
-/// prefix at least /8 (IPv4) or /16 (IPv6) so one typo cannot block the world.
-pub fn parse_target(s: &str) -> Result<IpNet, String> {
-    let net: IpNet = match s.parse::<IpNet>() {
-        Ok(n) => n,
-        Err(_) => s
-            .parse::<IpAddr>()
-            .map(IpNet::from)
-            .map_err(|_| format!("target {s:?} is not an IP address or CIDR prefix"))?,
-    };
-    if net.trunc() != net {
-        return Err(format!(
-            "target {s:?} has host bits set; did you mean {}?",
-            net.trunc()
-        ));
-    }
-    let min = if net.addr().is_ipv4() { 8 } else { 16 };
-    if net.prefix_len() < min {
-        return Err(format!(
-            "target {s:?} is wider than /{min}; refusing to block that much"
-        ));
-    }
-    Ok(net)
+/// Parses a block target ([`tad_wire::Target`]: an address or a prefix with no
+/// host bits) and checks it against the gateways' width policy, with the message a
+/// gateway would give.
+pub fn parse_target(s: &str, width: &tad_wire::WidthPolicy) -> Result<Target, String> {
+    let t = Target::parse(s).map_err(|e| e.to_string())?;
+    width.check(&t).map_err(|e| e.to_string())?;
+    Ok(t)
 }
 
 fn new_id(prefix: &str) -> String {
@@ -340,7 +309,7 @@ fn send_command(
     app: &App,
     gw: &str,
     action: Action,
-    target: IpNet,
+    target: Target,
     ttl_s: Option<u64>,
     reason: Option<String>,
 ) -> ApiResult {
@@ -372,7 +341,8 @@ fn post_block(app: &App, headers: &HeaderMap, raw: &Bytes) -> ApiResult {
     guard(app, headers)?;
     let req: BlockRequest = body(raw).inspect_err(|_| inc(&app.metrics.api_rejected))?;
     check_gateway(app, &req.gateway_id)?;
-    let target = parse_target(&req.target).map_err(|e| rejected(app, e))?;
+    let target =
+        parse_target(&req.target, &app.config.api.block_width).map_err(|e| rejected(app, e))?;
     if let Some(t) = req.ttl_s
         && !(1..=app.config.api.max_ttl_s).contains(&t)
     {
@@ -396,7 +366,8 @@ fn delete_block(app: &App, headers: &HeaderMap, raw_query: &str) -> ApiResult {
     guard(app, headers)?;
     let q: UnblockQuery = query(raw_query).inspect_err(|_| inc(&app.metrics.api_rejected))?;
     check_gateway(app, &q.gateway_id)?;
-    let target = parse_target(&q.target).map_err(|e| rejected(app, e))?;
+    let target =
+        parse_target(&q.target, &app.config.api.block_width).map_err(|e| rejected(app, e))?;
     send_command(app, &q.gateway_id, Action::Unblock, target, None, None)
 }
 
@@ -846,22 +817,49 @@ pub fn routes(
 mod tests {
     use super::*;
 
+    const W: tad_wire::WidthPolicy = tad_wire::WidthPolicy {
+        min_prefix_v4: 16,
+        min_prefix_v6: 48,
+    };
+
     #[test]
     fn targets_are_parsed_strictly() {
         assert_eq!(
-            parse_target("192.0.2.7").unwrap().to_string(),
+            parse_target("192.0.2.7", &W).unwrap().to_string(),
             "192.0.2.7/32"
         );
-        assert_eq!(parse_target("198.51.100.0/24").unwrap().prefix_len(), 24);
-        assert_eq!(parse_target("2001:db8::1").unwrap().prefix_len(), 128);
+        assert_eq!(
+            parse_target("198.51.100.0/24", &W).unwrap().prefix_len(),
+            24
+        );
+        assert_eq!(parse_target("2001:db8::1", &W).unwrap().prefix_len(), 128);
         assert!(
-            parse_target("198.51.100.1/24")
+            parse_target("198.51.100.1/24", &W)
                 .unwrap_err()
                 .contains("198.51.100.0/24")
         );
-        assert!(parse_target("0.0.0.0/0").is_err());
-        assert!(parse_target("192.0.2.300").is_err());
-        assert!(parse_target("").is_err());
+        assert!(parse_target("0.0.0.0/0", &W).is_err());
+        assert!(parse_target("192.0.2.300", &W).is_err());
+        assert!(parse_target("", &W).is_err());
+    }
+
+    /// A /12 is refused here exactly as the gateway's enforcer refuses it (the
+    /// same function, the same message), so the API never answers 202 for a block
+    /// the gateway will refuse.
+    #[test]
+    fn width_policy_matches_the_gateway() {
+        let e = parse_target("192.0.0.0/12", &W).unwrap_err();
+        let gw = W
+            .check(&Target::parse("192.0.0.0/12").unwrap())
+            .unwrap_err();
+        assert_eq!(e, gw.to_string());
+        assert!(e.contains("/16"), "{e}");
+        let narrow = tad_wire::WidthPolicy {
+            min_prefix_v4: 24,
+            min_prefix_v6: 64,
+        };
+        assert!(parse_target("198.51.0.0/16", &narrow).is_err());
+        assert!(parse_target("198.51.100.0/24", &narrow).is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! - `at_ms`: Unix time the record was written, ms;
 //! - `kind`: `alert`, `verdict`, `command` or `thresholds`;
 //! - `prev`: the `hash` of the previous record (64 zeros for the first);
-//! - `data`: the message as received or sent (the `fw_common::wire` JSON);
+//! - `data`: the message as received or sent (the `tad_wire` JSON);
 //! - `hash`: lowercase hex SHA-256 of the line's bytes up to (not including)
 //!   `,"hash":` followed by a closing `}`, i.e. of the record without its hash.
 //!

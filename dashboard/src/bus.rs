@@ -5,8 +5,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use fw_common::wire::{TOPIC_ROOT, WireError};
 use tad_bus::{BusClient, BusConfig, BusError, Inbound, PublishOptions, QoS};
+use tad_wire::{TOPIC_ROOT, WireError};
 use tokio::sync::mpsc;
 
 use crate::{ingest::App, publish::Outbound};

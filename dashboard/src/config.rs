@@ -156,16 +156,21 @@ pub struct ApiConfig {
     /// Messages waiting for the bus; when full, API requests that would publish
     /// get 503 and change nothing.
     pub outbound_queue: usize,
+    /// Narrowest block the API sends (keys `min_prefix_v4`, `min_prefix_v6`): set
+    /// them to the gateways' `[verdicts]` values (the defaults are the same), so the
+    /// API refuses what a gateway would refuse, with the same message.
+    pub block_width: tad_wire::WidthPolicy,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             gateways: Vec::new(),
-            max_ttl_s: fw_common::wire::MAX_TTL_S,
+            max_ttl_s: tad_wire::MAX_TTL_S,
             threshold_keys: Vec::new(),
             max_threshold: 1e9,
             outbound_queue: 64,
+            block_width: tad_wire::WidthPolicy::default(),
         }
     }
 }
@@ -201,11 +206,14 @@ impl Config {
 
     /// Checks values the types do not.
     pub fn check(&self) -> Result<(), String> {
-        if self.api.max_ttl_s == 0 || self.api.max_ttl_s > fw_common::wire::MAX_TTL_S {
+        if self.api.max_ttl_s == 0 || self.api.max_ttl_s > tad_wire::MAX_TTL_S {
             return Err(format!(
                 "api.max_ttl_s must be in 1..={}",
-                fw_common::wire::MAX_TTL_S
+                tad_wire::MAX_TTL_S
             ));
+        }
+        if let Some(p) = self.api.block_width.problems().first() {
+            return Err(format!("api.block_width: {p}"));
         }
         if self.server.sse_buffer == 0 || self.api.outbound_queue == 0 {
             return Err("server.sse_buffer and api.outbound_queue must be at least 1".into());

@@ -12,7 +12,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use fw_common::wire::{Alert, CountersSnapshot, TrustUpdate};
+use tad_wire::{Alert, CountersSnapshot, TrustUpdate};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 
 use crate::{metrics::Metrics, store::SeriesPoint};
@@ -222,10 +222,8 @@ async fn write_loop(
 mod tests {
     use std::collections::BTreeMap;
 
-    use fw_common::{
-        counters::CounterSlot,
-        wire::{AlertKind, CounterEntry, Explanation, Mode, Severity, TrustLevel},
-    };
+    use fw_common::counters::CounterSlot;
+    use tad_wire::{AlertKind, CounterEntry, Explanation, Mode, Severity, TrustLevel};
 
     use super::*;
 
@@ -233,7 +231,7 @@ mod tests {
     fn counters_become_one_traffic_line_and_one_per_slot() {
         let snap = CountersSnapshot {
             v: 1,
-            gateway_id: "gw 1,a=b".into(),
+            gateway_id: "gw 1,a=b".parse().unwrap(),
             at_ms: 1_700_000_000_123,
             mode: Mode::Enforce,
             counters: vec![CounterEntry::new(CounterSlot::DropSynRate, 10, 600, 2.5)],
@@ -264,8 +262,8 @@ mod tests {
         let a = Alert {
             v: 1,
             id: "a-1".into(),
-            detector_id: "det-1".into(),
-            gateway_id: "gw-1".into(),
+            detector_id: "det-1".parse().unwrap(),
+            gateway_id: "gw-1".parse().unwrap(),
             at_ms: 5,
             kind: AlertKind::PortScan,
             severity: Severity::High,
@@ -289,7 +287,7 @@ mod tests {
         );
         let t = TrustUpdate {
             v: 1,
-            detector_id: "d".into(),
+            detector_id: "d".parse().unwrap(),
             at_ms: 1,
             device: "2001:db8::1".parse().unwrap(),
             score: 42.5,

@@ -3,7 +3,7 @@
 //!
 //! [`App::ingest`] is the single entry point the MQTT subscriber (topic filter
 //! `tad/v1/#`) calls; tests call it directly. The topic decides the payload type
-//! (see the table in `fw_common::wire`); a payload whose gateway/detector/node id
+//! (see the table in `tad_wire`); a payload whose gateway/detector/node id
 //! differs from the id in its topic is refused, since the broker's ACL vouches for
 //! the topic, not for the payload.
 //!
@@ -12,11 +12,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use fw_common::wire::{
-    self, Ack, Alert, Command, CountersSnapshot, FlowBatch, Message, NodeStatus, ThresholdSettings,
-    TrustUpdate, Verdict,
-};
 use serde::Serialize;
+use tad_wire::{
+    self, Ack, Alert, Command, CountersSnapshot, FlowBatch, Message, NodeStatus, ThresholdSettings,
+    TrustUpdate, Verdict, now_ms,
+};
 use tokio::sync::broadcast;
 
 use crate::{
@@ -67,7 +67,7 @@ pub enum IngestError {
     Decode {
         topic: String,
         #[source]
-        source: wire::WireError,
+        source: tad_wire::WireError,
     },
     #[error("topic {topic} names {in_topic}, but the payload says {in_payload}")]
     IdMismatch {
@@ -111,11 +111,6 @@ impl std::fmt::Debug for App {
 }
 
 /// Current Unix time, ms.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 enum Topic<'a> {
     Flows(&'a str),
@@ -131,7 +126,9 @@ enum Topic<'a> {
 }
 
 fn parse_topic(topic: &str) -> Option<Topic<'_>> {
-    let rest = topic.strip_prefix(wire::TOPIC_ROOT)?.strip_prefix('/')?;
+    let rest = topic
+        .strip_prefix(tad_wire::TOPIC_ROOT)?
+        .strip_prefix('/')?;
     let parts: Vec<&str> = rest.split('/').collect();
     Some(match parts.as_slice() {
         ["gw", gw, "flows", p] if p.parse::<u16>().is_ok() => Topic::Flows(gw),
@@ -305,7 +302,7 @@ impl App {
     }
 
     fn decode<M: Message>(&self, topic: &str, payload: &[u8]) -> Result<M, IngestError> {
-        wire::decode(payload).map_err(|source| IngestError::Decode {
+        tad_wire::decode(payload).map_err(|source| IngestError::Decode {
             topic: topic.to_owned(),
             source,
         })
@@ -347,7 +344,7 @@ impl App {
             .map_or(1.0, |p| (s.at_ms - p) as f64 / 1000.0);
         let mut p = SeriesPoint {
             at_ms: s.at_ms,
-            gateway_id: s.gateway_id.clone(),
+            gateway_id: s.gateway_id.to_string(),
             flows_per_s: s.flows_exported as f64 / interval_s,
             alerts_per_min: self.store.alerts_between(
                 &s.gateway_id,

@@ -8,14 +8,14 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use fw_common::wire::{self, Command, ThresholdSettings};
+use tad_wire::{Command, ThresholdSettings};
 use tokio::sync::mpsc;
 
 /// One message to publish (QoS 1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outbound {
     pub topic: String,
-    /// JSON payload (`fw_common::wire::encode`).
+    /// JSON payload (`tad_wire::encode`).
     pub payload: Vec<u8>,
     /// Retained on the broker (threshold settings are).
     pub retain: bool,
@@ -25,8 +25,8 @@ impl Outbound {
     /// A command for gateway `gw`, on `topic::commands(gw)`.
     pub fn command(gw: &str, c: &Command) -> Outbound {
         Outbound {
-            topic: wire::topic::commands(gw),
-            payload: wire::encode(c),
+            topic: tad_wire::topic::commands(gw),
+            payload: tad_wire::encode(c),
             retain: false,
         }
     }
@@ -34,8 +34,8 @@ impl Outbound {
     /// Threshold settings, retained on `topic::thresholds()`.
     pub fn thresholds(t: &ThresholdSettings) -> Outbound {
         Outbound {
-            topic: wire::topic::thresholds(),
-            payload: wire::encode(t),
+            topic: tad_wire::topic::thresholds(),
+            payload: tad_wire::encode(t),
             retain: true,
         }
     }

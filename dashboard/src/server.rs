@@ -3,13 +3,14 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use tad_wire::now_ms;
 use tokio::net::TcpListener;
 
 use crate::{
     audit::{AuditError, AuditLog},
     config::Config,
     influx::{InfluxSink, InfluxTargets},
-    ingest::{App, now_ms},
+    ingest::App,
     metrics::Metrics,
     publish::Publisher,
     store::{Store, StoreError},

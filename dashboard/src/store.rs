@@ -18,13 +18,13 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use fw_common::wire::{
-    Ack, Action, Alert, Command, CountersSnapshot, FlowBatch, MapFill, Mode, NodeStatus, Outcome,
-    Role, ThresholdSettings, TrustLevel, TrustUpdate, Verdict,
-};
 use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+use tad_wire::{
+    Ack, Action, Alert, Command, CountersSnapshot, FlowBatch, MapFill, Mode, NodeStatus, Outcome,
+    Role, ThresholdSettings, TrustLevel, TrustUpdate, Verdict,
+};
 
 use crate::config::RetentionConfig;
 
@@ -289,7 +289,7 @@ pub struct NodeView {
     pub status_at_ms: Option<u64>,
     pub version: Option<String>,
     pub mode: Option<Mode>,
-    pub interfaces: Vec<fw_common::wire::InterfaceStatus>,
+    pub interfaces: Vec<tad_wire::InterfaceStatus>,
     /// Latest map fill levels (from counters, else status).
     pub maps: Vec<MapFill>,
     pub last_counters_ms: Option<u64>,
@@ -424,7 +424,7 @@ impl Store {
                 alerts_per_min, flows_exported, records_dropped_total, counters)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
-                snap.gateway_id,
+                snap.gateway_id.as_str(),
                 snap.at_ms,
                 enum_str(&snap.mode),
                 point.pass_pps,
@@ -445,7 +445,7 @@ impl Store {
              ON CONFLICT(node_id) DO UPDATE SET mode = excluded.mode, maps = excluded.maps,
                 last_counters_ms = excluded.last_counters_ms",
             params![
-                snap.gateway_id,
+                snap.gateway_id.as_str(),
                 enum_str(&snap.mode),
                 to_json(&snap.maps),
                 snap.at_ms
@@ -473,7 +473,7 @@ impl Store {
             for r in &batch.records {
                 let last_ms = r.start_ms + r.duration_us / 1000;
                 ins.execute(params![
-                    batch.gateway_id,
+                    batch.gateway_id.as_str(),
                     received_ms,
                     r.start_ms,
                     r.src.to_string(),
@@ -510,7 +510,7 @@ impl Store {
             params![
                 alert.id,
                 alert.at_ms,
-                alert.gateway_id,
+                alert.gateway_id.as_str(),
                 to_json(alert),
                 audit_hash
             ],
@@ -550,7 +550,7 @@ impl Store {
             &tx,
             gateway_id,
             v.action,
-            v.target,
+            v.target.net(),
             BlockOrigin::Detector,
             &v.detector_id,
             &enum_str(&v.reason),
@@ -590,7 +590,7 @@ impl Store {
             &tx,
             gateway_id,
             c.action,
-            c.target,
+            c.target.net(),
             BlockOrigin::Operator,
             &c.operator,
             c.reason.as_deref().unwrap_or("manual"),
@@ -609,7 +609,7 @@ impl Store {
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO acks(id, gateway_id, at_ms, body) VALUES (?1, ?2, ?3, ?4)",
-            params![ack.id, ack.gateway_id, ack.at_ms, to_json(ack)],
+            params![ack.id, ack.gateway_id.as_str(), ack.at_ms, to_json(ack)],
         )?;
         let state = match ack.outcome {
             Outcome::Applied => BlockState::Applied,
@@ -619,7 +619,7 @@ impl Store {
         };
         tx.execute(
             "UPDATE blocks SET state = ?1, error = ?2 WHERE gateway_id = ?3 AND request_id = ?4",
-            params![state.as_str(), ack.error, ack.gateway_id, ack.id],
+            params![state.as_str(), ack.error, ack.gateway_id.as_str(), ack.id],
         )?;
         tx.commit()?;
         Ok(())
@@ -639,7 +639,7 @@ impl Store {
                 last_seen_ms = MAX(COALESCE(last_seen_ms, 0), excluded.last_seen_ms)",
             params![
                 t.device.to_string(),
-                t.detector_id,
+                t.detector_id.as_str(),
                 t.score,
                 enum_str(&t.level),
                 t.behavioural,
@@ -665,7 +665,7 @@ impl Store {
                 interfaces = excluded.interfaces,
                 maps = CASE WHEN nodes.last_counters_ms IS NULL THEN excluded.maps ELSE nodes.maps END",
             params![
-                s.node_id,
+                s.node_id.as_str(),
                 enum_str(&s.role),
                 s.online,
                 s.at_ms,
@@ -1086,7 +1086,8 @@ fn apply_block(
 
 #[cfg(test)]
 mod tests {
-    use fw_common::{filter::BlockReason, wire::SCHEMA_VERSION};
+    use fw_common::filter::BlockReason;
+    use tad_wire::SCHEMA_VERSION;
 
     use super::*;
 
@@ -1094,7 +1095,7 @@ mod tests {
         Verdict {
             v: SCHEMA_VERSION,
             id: id.into(),
-            detector_id: "detector-1".into(),
+            detector_id: "detector-1".parse().unwrap(),
             issued_at_ms: at_ms,
             action: Action::Block,
             target: "192.0.2.7/32".parse().unwrap(),
@@ -1152,7 +1153,7 @@ mod tests {
         s.insert_ack(&Ack {
             v: SCHEMA_VERSION,
             id: "v1".into(),
-            gateway_id: "gw".into(),
+            gateway_id: "gw".parse().unwrap(),
             outcome: Outcome::Rejected,
             error: Some("allowlisted".into()),
             at_ms: 1001,

@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use dashboard::{api::routes, ingest::now_ms};
-use fw_common::wire::{self, Action, Command, ThresholdSettings, topic};
+use dashboard::api::routes;
 use serde_json::{Value, json};
+use tad_wire::{Action, Command, ThresholdSettings, now_ms, topic};
 use warp::{http::StatusCode, test::request};
 
 async fn get(f: &Fixture, path: &str) -> (StatusCode, Value) {
@@ -142,7 +142,7 @@ async fn block_with_token_publishes_a_command_and_records_it() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].topic, topic::commands(GW));
     assert!(!sent[0].retain);
-    let cmd: Command = wire::decode(&sent[0].payload).unwrap();
+    let cmd: Command = tad_wire::decode(&sent[0].payload).unwrap();
     assert_eq!(cmd.action, Action::Block);
     assert_eq!(cmd.target.to_string(), "192.0.2.66/32");
     assert_eq!(cmd.ttl_s, Some(600));
@@ -164,16 +164,18 @@ async fn block_with_token_publishes_a_command_and_records_it() {
     assert_eq!(audit_lines(&f), 1);
 
     // The gateway's ack moves it to applied.
-    let ack = fw_common::wire::Ack {
+    let ack = tad_wire::Ack {
         v: 1,
         id: cmd.id.clone(),
-        gateway_id: GW.into(),
-        outcome: fw_common::wire::Outcome::Applied,
+        gateway_id: GW.parse().unwrap(),
+        outcome: tad_wire::Outcome::Applied,
         error: None,
         at_ms: now_ms(),
         apply_us: 40,
     };
-    f.app.ingest(&topic::acks(GW), &wire::encode(&ack)).unwrap();
+    f.app
+        .ingest(&topic::acks(GW), &tad_wire::encode(&ack))
+        .unwrap();
     assert_eq!(get(&f, "/api/v1/blocks").await.1[0]["state"], "applied");
     // Our own command echoed by the broker is not recorded twice.
     f.app
@@ -200,7 +202,7 @@ async fn block_with_token_publishes_a_command_and_records_it() {
         .reply(&routes(f.app.clone()))
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let unblock: Command = wire::decode(&f.publisher.sent()[1].payload).unwrap();
+    let unblock: Command = tad_wire::decode(&f.publisher.sent()[1].payload).unwrap();
     assert_eq!(unblock.action, Action::Unblock);
     assert_eq!(get(&f, "/api/v1/blocks").await.1, json!([]));
     assert_eq!(audit_lines(&f), 2);
@@ -411,7 +413,7 @@ async fn thresholds_are_validated_merged_published_retained_and_removable() {
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[1].topic, topic::thresholds());
     assert!(sent[1].retain);
-    let t: ThresholdSettings = wire::decode(&sent[1].payload).unwrap();
+    let t: ThresholdSettings = tad_wire::decode(&sent[1].payload).unwrap();
     assert_eq!(t.values.len(), 2, "second settings carry the merged set");
     assert_eq!(
         get(&f, "/api/v1/thresholds").await.1["values"]["synflood.syn_rate_pps"],
@@ -425,7 +427,7 @@ async fn thresholds_are_validated_merged_published_retained_and_removable() {
         .reply(&routes(f.app.clone()))
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let t: ThresholdSettings = wire::decode(&f.publisher.sent()[2].payload).unwrap();
+    let t: ThresholdSettings = tad_wire::decode(&f.publisher.sent()[2].payload).unwrap();
     assert_eq!(
         t.values.keys().collect::<Vec<_>>(),
         ["synflood.syn_rate_pps"]
@@ -450,38 +452,38 @@ async fn reads_return_what_was_ingested() {
     known_gateway(app);
     app.ingest(
         &topic::counters(GW),
-        &wire::encode(&counters(GW, now - 2000, 100.0, 10.0, 4)),
+        &tad_wire::encode(&counters(GW, now - 2000, 100.0, 10.0, 4)),
     )
     .unwrap();
     app.ingest(
         &topic::alerts(DET),
-        &wire::encode(&alert("a-1", now - 1500, "192.0.2.66")),
+        &tad_wire::encode(&alert("a-1", now - 1500, "192.0.2.66")),
     )
     .unwrap();
     // The next sample counts the alert of the last minute.
     app.ingest(
         &topic::counters(GW),
-        &wire::encode(&counters(GW, now - 1000, 200.0, 20.0, 6)),
+        &tad_wire::encode(&counters(GW, now - 1000, 200.0, 20.0, 6)),
     )
     .unwrap();
     app.ingest(
         &topic::alerts(DET),
-        &wire::encode(&alert("a-2", now - 500, "192.0.2.67")),
+        &tad_wire::encode(&alert("a-2", now - 500, "192.0.2.67")),
     )
     .unwrap();
     app.ingest(
         &topic::verdicts(GW),
-        &wire::encode(&verdict("v-1", now, "192.0.2.10/32")),
+        &tad_wire::encode(&verdict("v-1", now, "192.0.2.10/32")),
     )
     .unwrap();
     app.ingest(
         &topic::trust(DET),
-        &wire::encode(&trust("192.0.2.10", now, 15.0)),
+        &tad_wire::encode(&trust("192.0.2.10", now, 15.0)),
     )
     .unwrap();
     app.ingest(
         &topic::trust(DET),
-        &wire::encode(&trust("192.0.2.11", now, 80.0)),
+        &tad_wire::encode(&trust("192.0.2.11", now, 80.0)),
     )
     .unwrap();
 
@@ -561,7 +563,7 @@ async fn reads_return_what_was_ingested() {
     // Its Last Will turns it offline.
     app.ingest(
         &topic::gateway_status(GW),
-        &wire::encode(&status(GW, false, now)),
+        &tad_wire::encode(&status(GW, false, now)),
     )
     .unwrap();
     assert_eq!(get(&f, "/api/v1/gateways").await.1[0]["online"], false);
@@ -602,7 +604,7 @@ async fn bad_bus_messages_are_refused_and_counted() {
     let err = app
         .ingest(
             &topic::counters("gateway-2"),
-            &wire::encode(&counters(GW, 1, 1.0, 0.0, 0)),
+            &tad_wire::encode(&counters(GW, 1, 1.0, 0.0, 0)),
         )
         .unwrap_err();
     assert!(err.to_string().contains("gateway-2"), "{err}");
@@ -617,7 +619,7 @@ async fn bad_bus_messages_are_refused_and_counted() {
     assert!(text.contains("tad_dashboard_topic_mismatch_total 1"));
     assert!(text.contains("tad_dashboard_decode_errors_total 1"));
     // A redelivered alert is stored and audited once.
-    let a = wire::encode(&alert("a-1", 5, "192.0.2.66"));
+    let a = tad_wire::encode(&alert("a-1", 5, "192.0.2.66"));
     app.ingest(&topic::alerts(DET), &a).unwrap();
     app.ingest(&topic::alerts(DET), &a).unwrap();
     assert_eq!(audit_lines(&f), 1);

@@ -15,8 +15,8 @@ use std::{
 };
 
 use common::*;
-use dashboard::{ingest::now_ms, server};
-use fw_common::wire::{self, topic};
+use dashboard::server;
+use tad_wire::{now_ms, topic};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Command,
@@ -61,7 +61,7 @@ async fn feed_samples(app: Arc<dashboard::ingest::App>, stop: tokio::sync::watch
         let pass = 800.0 + 150.0 * ((i as f64) / 3.0).sin() + i as f64;
         let drop = 40.0 + (i % 7) as f64 * 12.0;
         let snap = counters(GW, now_ms(), pass, drop, 5 + i % 4);
-        app.ingest(&topic::counters(GW), &wire::encode(&snap))
+        app.ingest(&topic::counters(GW), &tad_wire::encode(&snap))
             .unwrap();
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -78,32 +78,32 @@ async fn pages_render_live_data_in_chromium() {
     known_gateway(&app);
     for k in (1..=60).rev() {
         let snap = counters(GW, now - k * 1000, 600.0 + (k % 10) as f64 * 20.0, 30.0, 4);
-        app.ingest(&topic::counters(GW), &wire::encode(&snap))
+        app.ingest(&topic::counters(GW), &tad_wire::encode(&snap))
             .unwrap();
     }
     app.ingest(
         &topic::alerts(DET),
-        &wire::encode(&alert("a-old", now - 30_000, "192.0.2.50")),
+        &tad_wire::encode(&alert("a-old", now - 30_000, "192.0.2.50")),
     )
     .unwrap();
     app.ingest(
         &topic::trust(DET),
-        &wire::encode(&trust("192.0.2.10", now, 15.0)),
+        &tad_wire::encode(&trust("192.0.2.10", now, 15.0)),
     )
     .unwrap();
     app.ingest(
         &topic::trust(DET),
-        &wire::encode(&trust("192.0.2.11", now, 62.0)),
+        &tad_wire::encode(&trust("192.0.2.11", now, 62.0)),
     )
     .unwrap();
     app.ingest(
         &topic::trust(DET),
-        &wire::encode(&trust("192.0.2.12", now, 91.0)),
+        &tad_wire::encode(&trust("192.0.2.12", now, 91.0)),
     )
     .unwrap();
     app.ingest(
         &topic::verdicts(GW),
-        &wire::encode(&verdict("v-1", now, "192.0.2.66/32")),
+        &tad_wire::encode(&verdict("v-1", now, "192.0.2.66/32")),
     )
     .unwrap();
 
@@ -142,7 +142,8 @@ async fn pages_render_live_data_in_chromium() {
             if line == "loaded" {
                 // The page is up: a new alert arrives while it watches.
                 let a = alert("a-live", now_ms(), "192.0.2.66");
-                app.ingest(&topic::alerts(DET), &wire::encode(&a)).unwrap();
+                app.ingest(&topic::alerts(DET), &tad_wire::encode(&a))
+                    .unwrap();
             } else if line.starts_with("ok ") || line.starts_with("fail ") {
                 verdict = Some(line);
             }
@@ -165,8 +166,8 @@ async fn pages_render_live_data_in_chromium() {
     );
     // The form's block went out as a command to the gateway.
     let sent = f.publisher.sent();
-    let cmd: fw_common::wire::Command =
-        wire::decode(&sent.last().expect("a command").payload).unwrap();
+    let cmd: tad_wire::Command =
+        tad_wire::decode(&sent.last().expect("a command").payload).unwrap();
     assert_eq!(sent.last().unwrap().topic, topic::commands(GW));
     assert_eq!(cmd.target.to_string(), "198.51.100.77/32");
     assert_eq!(cmd.ttl_s, Some(3600));

@@ -7,9 +7,9 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::*;
-use dashboard::{api::routes, bus, ingest::now_ms, publish::ChannelPublisher};
-use fw_common::wire::{Action, Command, topic};
+use dashboard::{api::routes, bus, publish::ChannelPublisher};
 use tad_bus::{BusClient, PublishOptions, QoS, testing::TestBroker};
+use tad_wire::{Action, Command, now_ms, topic};
 use warp::{http::StatusCode, test::request};
 
 /// Waits until `cond` holds; panics naming `what` after 20 s.

@@ -10,13 +10,14 @@ use dashboard::{
     audit::{AuditLog, verify_file},
     config::Config,
     influx::{InfluxSink, InfluxTargets},
-    ingest::{App, Ingested, now_ms},
+    ingest::{App, Ingested},
     metrics::Metrics,
     publish::RecordingPublisher,
     store::{BlockState, Store},
 };
-use fw_common::wire::{
-    self, DirCounters, EndReason, FlowBatch, FlowRecord, SCHEMA_VERSION, ThresholdSettings, topic,
+use tad_wire::{
+    self, DirCounters, EndReason, FlowBatch, FlowRecord, SCHEMA_VERSION, ThresholdSettings, now_ms,
+    topic,
 };
 
 fn flow(src: &str, dst: &str, start_ms: u64) -> FlowRecord {
@@ -50,7 +51,7 @@ fn flows_are_summarised_and_refresh_device_last_seen() {
     let f = fixture();
     let batch = FlowBatch {
         v: SCHEMA_VERSION,
-        gateway_id: GW.into(),
+        gateway_id: GW.parse().unwrap(),
         seq: 0,
         partition: 0,
         sent_at_ms: 5_000,
@@ -59,7 +60,7 @@ fn flows_are_summarised_and_refresh_device_last_seen() {
     };
     let r = f
         .app
-        .ingest(&topic::flows(GW, 0), &wire::encode(&batch))
+        .ingest(&topic::flows(GW, 0), &tad_wire::encode(&batch))
         .unwrap();
     assert_eq!(r, Ingested::Stored("flows"));
     let flows = f.app.store.flows(10).unwrap();
@@ -83,7 +84,7 @@ fn observe_only_verdicts_are_recorded_but_not_enforced() {
     let mut v = verdict("v-obs", now_ms(), "192.0.2.10/32");
     v.observe_only = true;
     f.app
-        .ingest(&topic::verdicts(GW), &wire::encode(&v))
+        .ingest(&topic::verdicts(GW), &tad_wire::encode(&v))
         .unwrap();
     let blocks = f.app.store.blocks(now_ms()).unwrap();
     assert_eq!(blocks[0].state, BlockState::Observed);
@@ -92,7 +93,7 @@ fn observe_only_verdicts_are_recorded_but_not_enforced() {
     // Redelivery is not audited again.
     assert_eq!(
         f.app
-            .ingest(&topic::verdicts(GW), &wire::encode(&v))
+            .ingest(&topic::verdicts(GW), &tad_wire::encode(&v))
             .unwrap(),
         Ingested::Duplicate("verdict")
     );
@@ -114,7 +115,7 @@ fn retained_thresholds_are_stored_and_audited_once() {
         issued_at_ms: 1,
         values: [("portscan.vertical_ports".to_string(), 25.0)].into(),
     };
-    let payload = wire::encode(&t);
+    let payload = tad_wire::encode(&t);
     assert_eq!(
         f.app.ingest(&topic::thresholds(), &payload).unwrap(),
         Ingested::Stored("thresholds")
@@ -158,17 +159,17 @@ async fn influx_export_gets_counters_alerts_and_trust() {
     );
     app.ingest(
         &topic::counters(GW),
-        &wire::encode(&counters(GW, 7_000, 10.0, 1.0, 2)),
+        &tad_wire::encode(&counters(GW, 7_000, 10.0, 1.0, 2)),
     )
     .unwrap();
     app.ingest(
         &topic::alerts(DET),
-        &wire::encode(&alert("a-1", 7_500, "192.0.2.66")),
+        &tad_wire::encode(&alert("a-1", 7_500, "192.0.2.66")),
     )
     .unwrap();
     app.ingest(
         &topic::trust(DET),
-        &wire::encode(&trust("192.0.2.10", 8_000, 40.0)),
+        &tad_wire::encode(&trust("192.0.2.10", 8_000, 40.0)),
     )
     .unwrap();
     // 1 traffic + 3 slot lines, 1 alert, 1 trust: written by the export task.

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use dashboard::{ingest::now_ms, server};
-use fw_common::wire::{self, topic};
+use dashboard::server;
+use tad_wire::{now_ms, topic};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -42,7 +42,7 @@ async fn alert_reaches_an_sse_client_and_shutdown_ends_the_stream() {
         i += 1;
         let a = alert(&format!("a-sse-{i}"), now_ms(), "192.0.2.5");
         f.app
-            .ingest(&topic::alerts(DET), &wire::encode(&a))
+            .ingest(&topic::alerts(DET), &tad_wire::encode(&a))
             .unwrap();
         match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {

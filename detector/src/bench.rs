@@ -6,8 +6,8 @@
 
 use std::{net::IpAddr, path::Path, time::Instant};
 
-use fw_common::wire::{DirCounters, EndReason, FlowRecord};
 use serde::Serialize;
+use tad_wire::{DirCounters, EndReason, FlowRecord};
 
 use crate::{
     config::Config,
@@ -24,7 +24,7 @@ pub struct BenchResult {
     pub model: bool,
     pub alerts: u64,
     pub verdicts: u64,
-    /// Of which: `fw_common::features::extract` alone, ns per record (measured
+    /// Of which: `flow_meter::features::extract` alone, ns per record (measured
     /// separately over the same records).
     pub extract_ns_per_record: f64,
     /// The engine's counters after the run.
@@ -130,18 +130,19 @@ pub fn run(n: usize, model_path: &Path) -> Result<BenchResult, ModelError> {
     let mut alerts = 0u64;
     let mut verdicts = 0u64;
     let mut sink = 0f32;
+    let gw: tad_wire::NodeId = "bench".parse().expect("a valid node id");
     for (k, first) in (0..n).step_by(BATCH).enumerate() {
         batch.clear();
         batch.extend((first..(first + BATCH).min(n)).map(synthetic));
         let now_ms = 1_700_000_000_000 + k as u64 * 5;
         let t = Instant::now();
-        let out = engine.records("bench", &batch, now_ms);
+        let out = engine.records(&gw, &batch, now_ms);
         busy += t.elapsed();
         alerts += out.alerts.len() as u64;
         verdicts += out.verdicts.len() as u64;
         let t = Instant::now();
         for r in &batch {
-            sink += fw_common::features::extract(r)[0];
+            sink += flow_meter::features::extract(r)[0];
         }
         extract += t.elapsed();
     }

@@ -9,10 +9,8 @@
 
 use std::net::IpAddr;
 
-use fw_common::{
-    flow::{proto, tcp_flags},
-    wire::FlowRecord,
-};
+use fw_common::flow::{proto, tcp_flags};
+use tad_wire::FlowRecord;
 
 /// Kind of scan probe a record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,7 +143,7 @@ pub fn auth_attempt(r: &FlowRecord, max_duration_us: u64, max_bytes: u64) -> Opt
         return Some(AuthAttempt::Failed);
     }
     let bytes = r.fwd.bytes + r.bwd.bytes;
-    let short = r.end_reason != fw_common::wire::EndReason::ActiveTimeout
+    let short = r.end_reason != tad_wire::EndReason::ActiveTimeout
         && r.duration_us <= max_duration_us
         && bytes <= max_bytes;
     short.then_some(AuthAttempt::Short)
@@ -153,7 +151,7 @@ pub fn auth_attempt(r: &FlowRecord, max_duration_us: u64, max_bytes: u64) -> Opt
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use fw_common::wire::{DirCounters, EndReason};
+    use tad_wire::{DirCounters, EndReason};
 
     use super::*;
 

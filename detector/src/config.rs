@@ -3,16 +3,16 @@
 //! unknown key anywhere is an error.
 //!
 //! Thresholds can also be changed at runtime from a
-//! [`fw_common::wire::ThresholdSettings`] message: its keys are the dotted config
+//! [`tad_wire::ThresholdSettings`] message: its keys are the dotted config
 //! paths of numeric fields (`portscan.vertical_ports`, `synflood.window_s`...), see
 //! [`Config::apply_thresholds`]. Unknown keys, non-numeric fields and values that
 //! fail validation reject the whole message and change nothing.
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
-use fw_common::wire::Mode;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use tad_wire::Mode;
 
 /// Errors loading or changing the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +62,7 @@ pub struct Config {
 pub struct DetectorSection {
     /// Detector id (the CN of its client certificate, `detector-*`); appears in
     /// every message and the topics it publishes on.
-    pub id: String,
+    pub id: tad_wire::NodeId,
     /// `enforce` publishes verdicts the gateways apply; `observe` publishes them with
     /// `observe_only: true` (the gateways record but do not block) and counts them.
     pub mode: Mode,
@@ -71,7 +71,7 @@ pub struct DetectorSection {
 impl Default for DetectorSection {
     fn default() -> Self {
         DetectorSection {
-            id: "detector-1".into(),
+            id: "detector-1".parse().expect("a valid node id"),
             mode: Mode::Enforce,
         }
     }
@@ -407,7 +407,7 @@ impl Config {
     pub fn bus_config(&self) -> tad_bus::BusConfig {
         let mut b = self.bus.clone();
         if b.node_id.is_empty() {
-            b.node_id = self.detector.id.clone();
+            b.node_id = self.detector.id.to_string();
         }
         b
     }
@@ -498,13 +498,13 @@ impl Config {
                 "trust weights must be >= 0 and sum to 1 (sum is {wsum})"
             ));
         }
-        if self.policy.base_ttl_s == 0 || self.policy.max_ttl_s > fw_common::wire::MAX_TTL_S {
+        if self.policy.base_ttl_s == 0 || self.policy.max_ttl_s > tad_wire::MAX_TTL_S {
             return bad(format!(
                 "policy TTLs must be in [1, {}] s",
-                fw_common::wire::MAX_TTL_S
+                tad_wire::MAX_TTL_S
             ));
         }
-        if !self.bus.node_id.is_empty() && self.bus.node_id != self.detector.id {
+        if !self.bus.node_id.is_empty() && self.bus.node_id != self.detector.id.as_str() {
             return bad(format!(
                 "bus.node_id = {:?} differs from detector.id = {:?} (both are the certificate CN)",
                 self.bus.node_id, self.detector.id

@@ -20,15 +20,12 @@
 
 use std::{collections::HashSet, net::IpAddr};
 
-use fw_common::{
-    features,
-    filter::BlockReason,
-    wire::{
-        Action, Alert, AlertKind, Explanation, FlowBatch, FlowRecord, Mode, SCHEMA_VERSION,
-        Severity, TrustLevel, TrustUpdate, Verdict,
-    },
+use flow_meter::features;
+use fw_common::filter::BlockReason;
+use tad_wire::{
+    Action, Alert, AlertKind, Explanation, FlowBatch, FlowRecord, Mode, NodeId, SCHEMA_VERSION,
+    Severity, Target, TrustLevel, TrustUpdate, Verdict,
 };
-use ipnet::IpNet;
 
 use crate::{
     HashMap,
@@ -43,7 +40,7 @@ use crate::{
 /// A verdict and the gateway it goes to.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoutedVerdict {
-    pub gateway_id: String,
+    pub gateway_id: NodeId,
     pub verdict: Verdict,
 }
 
@@ -165,7 +162,7 @@ impl Engine {
 
     /// Processes one batch received at `now_ms` (Unix ms).
     pub fn batch(&mut self, b: &FlowBatch, now_ms: u64) -> Output {
-        if let Some(prev) = self.last_seq.insert(b.gateway_id.clone(), b.seq)
+        if let Some(prev) = self.last_seq.insert(b.gateway_id.to_string(), b.seq)
             && b.seq > prev + 1
         {
             self.counters.batch_gaps += 1;
@@ -175,7 +172,7 @@ impl Engine {
     }
 
     /// Processes records from `gateway_id` at `now_ms` (Unix ms; never goes back).
-    pub fn records(&mut self, gateway_id: &str, records: &[FlowRecord], now_ms: u64) -> Output {
+    pub fn records(&mut self, gateway_id: &NodeId, records: &[FlowRecord], now_ms: u64) -> Output {
         let mut out = Output::default();
         let mine: Vec<&FlowRecord> = records
             .iter()
@@ -361,7 +358,7 @@ impl Engine {
         });
     }
 
-    fn detection(&mut self, gateway_id: &str, d: Detection, now_ms: u64, out: &mut Output) {
+    fn detection(&mut self, gateway_id: &NodeId, d: Detection, now_ms: u64, out: &mut Output) {
         // Cooldown: the same rule on the same pair again only after the cooldown,
         // unless it now may block and did not before, or its main number doubled.
         let key = (d.rule, d.source, d.target);
@@ -388,7 +385,7 @@ impl Engine {
             v: SCHEMA_VERSION,
             id: alert_id.clone(),
             detector_id: self.cfg.detector.id.clone(),
-            gateway_id: gateway_id.to_string(),
+            gateway_id: gateway_id.clone(),
             at_ms: now_ms,
             kind: d.kind,
             severity: d.severity,
@@ -431,7 +428,7 @@ impl Engine {
             if let Some(v) = self.verdict(src, d.kind, rule, confidence, &alert_id, now_ms) {
                 alert.verdict_id = Some(v.id.clone());
                 out.verdicts.push(RoutedVerdict {
-                    gateway_id: gateway_id.to_string(),
+                    gateway_id: gateway_id.clone(),
                     verdict: v,
                 });
             }
@@ -481,7 +478,7 @@ impl Engine {
             detector_id: self.cfg.detector.id.clone(),
             issued_at_ms: now_ms,
             action: Action::Quarantine,
-            target: IpNet::from(src),
+            target: Target::host(src),
             ttl_s: Some(ttl_s),
             reason: if kind == AlertKind::ThreatFeed {
                 BlockReason::ThreatFeed

@@ -1,16 +1,16 @@
 //! `detector features`: the training data. Captures go through the pcap flow meter
-//! and [`fw_common::features::extract`] (the very code the engine scores with) into
-//! a CSV with a header of [`fw_common::features::NAMES`], one row per flow record.
+//! and [`flow_meter::features::extract`] (the very code the engine scores with) into
+//! a CSV with a header of [`flow_meter::features::NAMES`], one row per flow record.
 
 use std::{io::Write, path::Path};
 
-use fw_common::features::{self, NAMES};
+use flow_meter::features::{self, NAMES};
 
 /// Errors writing features.
 #[derive(Debug, thiserror::Error)]
 pub enum FeaturesError {
     #[error(transparent)]
-    Meter(#[from] fw_common::meter::MeterError),
+    Meter(#[from] flow_meter::meter::MeterError),
     #[error("writing features: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -2,7 +2,7 @@
 //! trust scores and verdicts.
 //!
 //! Data flow: the MQTT service ([`service`]) or a capture replay ([`replay`]) hands
-//! [`fw_common::wire::FlowRecord`]s to an [`engine::Engine`], which keeps the
+//! [`tad_wire::FlowRecord`]s to an [`engine::Engine`], which keeps the
 //! instance's partitions ([`partition`]), runs the rules ([`rules`], over the
 //! per-record facts of [`classify`]), scores flows with the autoencoder
 //! ([`model`]), keeps device trust scores ([`trust`]) and turns alerts into

@@ -3,7 +3,7 @@
 //! `detector/train/train.py`) run with tract.
 //!
 //! Score of a flow = reconstruction error: the mean squared difference between the
-//! standardised feature vector `z = (x - mean) / std` ([`fw_common::features`]) and
+//! standardised feature vector `z = (x - mean) / std` ([`flow_meter::features`]) and
 //! the model's output for it. A flow is anomalous when its score exceeds the
 //! threshold saved with the model (a percentile of the benign training scores,
 //! named in the JSON) times `ml.threshold_scale`.
@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fw_common::features::{N_FEATURES, NAMES};
+use flow_meter::features::{N_FEATURES, NAMES};
 use serde::Deserialize;
 use tract_onnx::prelude::*;
 
@@ -62,7 +62,7 @@ pub fn params_path(model: &Path) -> PathBuf {
 
 impl Autoencoder {
     /// Loads `model` and its parameters; checks the feature names match
-    /// [`fw_common::features::NAMES`].
+    /// [`flow_meter::features::NAMES`].
     pub fn load(model: &Path) -> Result<Autoencoder, ModelError> {
         let ppath = params_path(model);
         let text = std::fs::read_to_string(&ppath).map_err(|source| ModelError::Read {

@@ -2,7 +2,7 @@
 //! state.
 //!
 //! Gateways publish each flow record to partition `p = partition_of(initiator, n)`
-//! (`fw_common::wire::partition_of`, FNV-1a of the initiator address) on
+//! (`tad_wire::partition_of`, FNV-1a of the initiator address) on
 //! `tad/v1/gw/<gw>/flows/<p>`. Each detector instance takes a fixed set of
 //! partitions (`[partitions] count = n, take = [...]`) and subscribes to
 //! `tad/v1/gw/+/flows/<p>` for each. Every rule keyed by source (scans, per-source
@@ -21,7 +21,7 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use fw_common::wire::partition_of;
+use tad_wire::partition_of;
 
 use crate::config::Partitions;
 

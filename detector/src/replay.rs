@@ -1,10 +1,10 @@
-//! Captures through the project's own flow meter ([`fw_common::meter`]) into the
+//! Captures through the project's own flow meter ([`flow_meter::meter`]) into the
 //! engine, as a gateway and detector would see them: records are grouped into one
 //! batch per export pass and processed at the pass's capture time.
 
 use std::path::Path;
 
-use fw_common::meter::{self, MeterError, MeterOptions, TimedRecord};
+use flow_meter::meter::{self, MeterError, MeterOptions, TimedRecord};
 
 use crate::engine::{Engine, Output};
 
@@ -19,6 +19,7 @@ pub fn records(path: &Path) -> Result<Vec<TimedRecord>, MeterError> {
 /// Runs timed records through `engine`, one batch per export pass; returns every
 /// output with the capture time (ns) of the pass that produced it.
 pub fn run(engine: &mut Engine, recs: &[TimedRecord]) -> Vec<(u64, Output)> {
+    let gw: tad_wire::NodeId = REPLAY_GATEWAY.parse().expect("a valid node id");
     let mut outs = Vec::new();
     let mut i = 0;
     while i < recs.len() {
@@ -28,7 +29,7 @@ pub fn run(engine: &mut Engine, recs: &[TimedRecord]) -> Vec<(u64, Output)> {
             j += 1;
         }
         let batch: Vec<_> = recs[i..j].iter().map(|t| t.record.clone()).collect();
-        let out = engine.records(REPLAY_GATEWAY, &batch, at / 1_000_000);
+        let out = engine.records(&gw, &batch, at / 1_000_000);
         if !out.alerts.is_empty() || !out.verdicts.is_empty() || !out.trust.is_empty() {
             outs.push((at, out));
         }

@@ -25,7 +25,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use fw_common::wire::{AlertKind, FlowRecord, FlowRef, Severity};
+use tad_wire::{AlertKind, FlowRecord, FlowRef, Severity};
 
 use crate::{
     HashMap,
@@ -74,7 +74,7 @@ fn scan_src(r: &FlowRecord, spoofed: bool) -> Option<IpAddr> {
     (!spoofed).then_some(r.src)
 }
 
-/// One finding, before it becomes an [`fw_common::wire::Alert`].
+/// One finding, before it becomes an [`tad_wire::Alert`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Detection {
     pub kind: AlertKind,

@@ -5,9 +5,9 @@
 //! |---|---|---|---|
 //! | in | `tad/v1/gw/+/flows/<p>` for each taken partition `p` | [`FlowBatch`] | QoS 1 |
 //! | in | `tad/v1/settings/thresholds` (retained) | [`ThresholdSettings`] | QoS 1 |
-//! | out | `tad/v1/det/<det>/alerts` | [`Alert`](fw_common::wire::Alert) | QoS 1, waits for room |
-//! | out | `tad/v1/gw/<gw>/verdicts` (the gateway that saw the flows) | [`Verdict`](fw_common::wire::Verdict) | QoS 1, expiry `service.verdict_expiry_s` |
-//! | out | `tad/v1/det/<det>/trust` | [`TrustUpdate`](fw_common::wire::TrustUpdate) | QoS 0, drop-oldest |
+//! | out | `tad/v1/det/<det>/alerts` | [`Alert`](tad_wire::Alert) | QoS 1, waits for room |
+//! | out | `tad/v1/gw/<gw>/verdicts` (the gateway that saw the flows) | [`Verdict`](tad_wire::Verdict) | QoS 1, expiry `service.verdict_expiry_s` |
+//! | out | `tad/v1/det/<det>/trust` | [`TrustUpdate`](tad_wire::TrustUpdate) | QoS 0, drop-oldest |
 //! | out | `tad/v1/det/<det>/status` | retained [`NodeStatus`] with the mode; Last Will offline | by `tad_bus` |
 //!
 //! Queues: each subscription has the bus client's bounded queue (overflow dropped
@@ -16,14 +16,11 @@
 //! (back-pressure onto the subscription queues). Threshold settings with an unknown
 //! key or a bad value are rejected whole, logged and counted; nothing changes.
 
-use std::{
-    future::Future,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{future::Future, time::Duration};
 
-use fw_common::wire::{FlowBatch, NodeStatus, Role, SCHEMA_VERSION, ThresholdSettings, topic};
 use serde::Serialize;
 use tad_bus::{BusBuilder, BusClient, BusError, PublishOptions, QoS, Subscription};
+use tad_wire::{FlowBatch, NodeStatus, Role, SCHEMA_VERSION, ThresholdSettings, now_ms, topic};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -73,12 +70,6 @@ pub struct ServiceStats {
     pub settings_rejected: u64,
     pub publish_errors: u64,
     pub engine: Counters,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn publish(bus: &BusClient, det: &str, expiry_s: u32, out: Output, stats: &mut ServiceStats) {

@@ -24,8 +24,8 @@ use std::{
     path::Path,
 };
 
-use fw_common::wire::{FlowRecord, Severity, TrustLevel};
 use ipnet::IpNet;
+use tad_wire::{FlowRecord, Severity, TrustLevel};
 
 use crate::config::Config;
 

@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, net::IpAddr, path::PathBuf};
 
 use detector::{config::Config, engine::Engine, model::Autoencoder, replay};
-use fw_common::wire::AlertKind;
+use tad_wire::AlertKind;
 
 fn pcaps_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps")
@@ -89,7 +89,7 @@ fn every_capture_meets_its_ground_truth() {
         let blocked: BTreeSet<IpAddr> = out
             .verdicts
             .iter()
-            .filter(|v| v.verdict.action != fw_common::wire::Action::Unblock)
+            .filter(|v| v.verdict.action != tad_wire::Action::Unblock)
             .map(|v| v.verdict.target.addr())
             .collect();
         for v in &out.verdicts {

@@ -3,7 +3,7 @@
 //! model/fixture.json) computed for the same fixed input vectors. No Python needed.
 
 use detector::model::{Autoencoder, default_model_path};
-use fw_common::features::N_FEATURES;
+use flow_meter::features::N_FEATURES;
 
 #[derive(serde::Deserialize)]
 struct Fixture {

@@ -5,10 +5,8 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use detector::{config::Config, engine::Engine, replay};
-use fw_common::{
-    meter::TimedRecord,
-    wire::{Alert, AlertKind, partition_of},
-};
+use flow_meter::meter::TimedRecord;
+use tad_wire::{Alert, AlertKind, partition_of};
 
 fn pcaps() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps")

@@ -7,10 +7,8 @@ use detector::{
     config::Config,
     engine::{Engine, Output},
 };
-use fw_common::{
-    flow::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG},
-    wire::{Action, AlertKind, DirCounters, EndReason, FlowRecord, Mode, TrustLevel},
-};
+use fw_common::flow::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
+use tad_wire::{Action, AlertKind, DirCounters, EndReason, FlowRecord, Mode, TrustLevel};
 
 const T0: u64 = 1_700_000_000_000;
 const ATTACKER: &str = "203.0.113.66";
@@ -83,7 +81,7 @@ fn syn_probe(src: &str, dst: &str, sport: u16, dport: u16) -> FlowRecord {
 fn feed(engine: &mut Engine, recs: &[FlowRecord]) -> Output {
     let mut all = Output::default();
     for (i, r) in recs.iter().enumerate() {
-        all.append(engine.records("gw-1", std::slice::from_ref(r), T0 + i as u64 * 10));
+        all.append(engine.records(&gw1(), std::slice::from_ref(r), T0 + i as u64 * 10));
     }
     all
 }
@@ -234,7 +232,7 @@ fn probes_outside_the_window_do_not_count() {
     // Half the probes, then the other half after the window has passed.
     for p in 0..n {
         let at = if p < n / 2 { T0 } else { T0 + w_ms + 1 };
-        let out = e.records("gw-1", &[syn_probe(ATTACKER, VICTIM, 40000, 3000 + p)], at);
+        let out = e.records(&gw1(), &[syn_probe(ATTACKER, VICTIM, 40000, 3000 + p)], at);
         assert!(!rules_of(&out).contains(&"portscan.vertical"));
     }
 }
@@ -459,16 +457,16 @@ fn traffic_spike_needs_baseline_z_score_and_absolute_rate() {
     // Baseline: 100 packets/s for warmup + 10 intervals.
     let intervals = c.spike.warmup_intervals as u64 + 10;
     for s in 0..intervals {
-        let out = e.records("gw-1", &[steady(T0 + s * 1000, 100)], T0 + s * 1000);
+        let out = e.records(&gw1(), &[steady(T0 + s * 1000, 100)], T0 + s * 1000);
         assert!(out.alerts.is_empty());
     }
     let t = T0 + intervals * 1000;
     // Far above the baseline but under the absolute minimum: no alert.
     let below = c.spike.min_pps as u64 - 100;
-    assert!(e.records("gw-1", &[steady(t, below)], t).alerts.is_empty());
+    assert!(e.records(&gw1(), &[steady(t, below)], t).alerts.is_empty());
     // Next interval: above both.
     let t = t + 1000;
-    let out = e.records("gw-1", &[steady(t, c.spike.min_pps as u64 * 2)], t);
+    let out = e.records(&gw1(), &[steady(t, c.spike.min_pps as u64 * 2)], t);
     assert_eq!(rules_of(&out), ["spike.rate"]);
     assert!(out.verdicts.is_empty(), "spikes alert only");
 }
@@ -479,7 +477,7 @@ fn allowlist_observe_mode_and_growing_ttl() {
         let recs: Vec<_> = (0..20)
             .map(|p| syn_probe(ATTACKER, VICTIM, 40000, 1 + p))
             .collect();
-        e.records("gw-1", &recs, at)
+        e.records(&gw1(), &recs, at)
     };
     let mut cfg = Config::default();
     cfg.policy.allowlist = vec!["203.0.113.0/24".parse().unwrap()];
@@ -512,7 +510,7 @@ fn trust_drops_with_alerts_and_every_change_is_explained() {
     let recs: Vec<_> = (0..20)
         .map(|p| syn_probe(ATTACKER, VICTIM, 40000, 1 + p))
         .collect();
-    let out = e.records("gw-1", &recs, T0);
+    let out = e.records(&gw1(), &recs, T0);
     assert!(!out.trust.is_empty());
     for t in &out.trust {
         assert_eq!(t.device, ATTACKER.parse::<IpAddr>().unwrap());
@@ -604,4 +602,8 @@ fn vulnerability_reputation_and_behaviour_combine_to_a_critical_block() {
     let (h, rule) = blocked_by.expect("a critical trust score blocks");
     assert_eq!((h, rule.as_str()), (5, "trust.critical"));
     assert_eq!(e.trust_of(dev.parse().unwrap()).1, TrustLevel::Critical);
+}
+
+fn gw1() -> tad_wire::NodeId {
+    "gw-1".parse().expect("a valid node id")
 }

@@ -7,11 +7,11 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use detector::{config::Config, engine::Engine, service};
-use fw_common::wire::{
+use tad_bus::{BusClient, PublishOptions, QoS, testing::TestBroker};
+use tad_wire::{
     Alert, DirCounters, EndReason, FlowBatch, FlowRecord, SCHEMA_VERSION, ThresholdSettings,
     Verdict, partition_of, topic,
 };
-use tad_bus::{BusClient, PublishOptions, QoS, testing::TestBroker};
 
 fn probe(src: &str, dport: u16) -> FlowRecord {
     FlowRecord {
@@ -64,7 +64,7 @@ async fn scan_over_mqtt_gives_verdict_alert_and_settings_are_checked() {
     let mut stops = Vec::new();
     for (id, part) in [("detector-1", 0u16), ("detector-2", 1)] {
         let mut cfg = Config::default();
-        cfg.detector.id = id.into();
+        cfg.detector.id = id.parse().unwrap();
         cfg.partitions.count = 2;
         cfg.partitions.take = vec![part];
         let mut b = BusClient::builder(broker.config(id).unwrap()).unwrap();
@@ -114,7 +114,7 @@ async fn scan_over_mqtt_gives_verdict_alert_and_settings_are_checked() {
     let p = partition_of(scanner.parse().unwrap(), 2);
     let batch = FlowBatch {
         v: SCHEMA_VERSION,
-        gateway_id: "gateway-1".into(),
+        gateway_id: "gateway-1".parse().unwrap(),
         seq: 0,
         partition: p,
         sent_at_ms: 1,

@@ -16,8 +16,8 @@ pub const ORIGIN_CONFIG: u8 = 3;
 /// Why a source is blocked (stable codes; the text lives in userspace).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "user", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum BlockReason {
     Unspecified = 0,
     Manual = 1,

@@ -1,5 +1,5 @@
 //! Types shared by the XDP program (`fw-ebpf`, kernel side) and the gateway's
-//! userspace (`fw-ctl`, `detector`, `dashboard`).
+//! userspace (`fw-ctl`, and through `tad-wire` and `flow-meter` the other nodes).
 //!
 //! Without features this crate is `#![no_std]` plain old data: every map key and
 //! value is `#[repr(C)]` with explicit padding, and every field names its unit and
@@ -7,26 +7,19 @@
 //! accounting, the GCRA token bucket) live here as pure functions, so the kernel
 //! program and the userspace flow meter run the very same code.
 //!
-//! With the `user` feature it adds `aya::Pod` impls, the versioned MQTT wire types
-//! ([`wire`]), flow export and the IPFIX expiry rules ([`export`]), the detector's
-//! feature vector ([`features`]) and a pcap flow meter ([`meter`]).
-#![cfg_attr(not(feature = "user"), no_std)]
+//! The `serde` feature adds serde derives to the enums that also travel on the bus;
+//! `user` adds `aya::Pod` impls for the map types (and serde). The MQTT payloads
+//! live in `tad-wire`, the pcap flow meter, export rules and features in
+//! `flow-meter`.
+#![no_std]
 
 pub mod config;
 pub mod counters;
 pub mod filter;
 pub mod flow;
 pub mod maps;
+pub mod proto;
 pub mod rate;
-
-#[cfg(feature = "user")]
-pub mod export;
-#[cfg(feature = "user")]
-pub mod features;
-#[cfg(feature = "user")]
-pub mod meter;
-#[cfg(feature = "user")]
-pub mod wire;
 
 /// `aya::Pod` for the map types: plain old data with no padding holes left
 /// uninitialised (all padding is an explicit field).

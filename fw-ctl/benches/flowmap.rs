@@ -19,7 +19,7 @@
 //! - `quiet`: a pass at a time when no flow is due (1 s after the last packet, below
 //!   the idle and active timeouts): walk + merge + expiry only;
 //! - `all_due`: a pass past the idle timeout, so every flow yields a
-//!   [`fw_common::wire::FlowRecord`] and is deleted from the map (the map is refilled,
+//!   [`tad_wire::FlowRecord`] and is deleted from the map (the map is refilled,
 //!   untimed, before each such pass).
 //!
 //! Each is run [`ROUNDS`] times and the median reported, in ms per pass and ns per
@@ -35,8 +35,8 @@ mod kernel;
 use std::{collections::BTreeMap, time::Instant};
 
 use aya::maps::{PerCpuHashMap, PerCpuValues};
+use flow_meter::export::Timeouts;
 use fw_common::{
-    export::Timeouts,
     flow::{FAMILY_V4, FlowKey, FlowStats, PacketMeta, SIDE_A, SIDE_B, tcp_flags as tf, v4_mapped},
     maps as m,
 };

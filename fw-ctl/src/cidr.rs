@@ -6,45 +6,25 @@
 //! aya's `lpm_trie::Key`: prefix length in bits, then the address in network byte
 //! order (kernel Documentation/bpf/map_lpm_trie.rst).
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use aya::maps::lpm_trie::Key;
-use fw_common::wire::MAX_TTL_S;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tad_wire::MAX_TTL_S;
 
 use crate::error::{CtlError, Result};
 
 /// Parses an address or CIDR prefix. Errors name the input and say why.
 pub fn parse_prefix(input: &str) -> Result<IpNet> {
-    let s = input.trim();
-    let bad = |why: &str| CtlError::InvalidCidr {
-        input: input.to_string(),
-        why: why.to_string(),
-    };
-    if s.is_empty() {
-        return Err(bad("empty"));
-    }
-    if s.contains('/') {
-        let net: IpNet = s
-            .parse()
-            .map_err(|_| bad("not an address/prefix-length (e.g. 192.0.2.0/24, 2001:db8::/32)"))?;
-        if net.network() != net.addr() {
-            return Err(CtlError::InvalidCidr {
-                input: input.to_string(),
-                why: format!(
-                    "host bits set below /{}; did you mean {}?",
-                    net.prefix_len(),
-                    net.trunc()
-                ),
-            });
-        }
-        Ok(net)
-    } else {
-        let addr: IpAddr = s
-            .parse()
-            .map_err(|_| bad("not an IP address or CIDR prefix"))?;
-        Ok(IpNet::from(addr))
-    }
+    tad_wire::Target::parse(input)
+        .map(|t| t.net())
+        .map_err(|e| CtlError::InvalidCidr {
+            input: input.to_string(),
+            why: match e {
+                tad_wire::IdError::Target { why, .. } => why,
+                other => other.to_string(),
+            },
+        })
 }
 
 /// Parses every argument; the first invalid one is the error, and nothing is

@@ -10,10 +10,11 @@ use std::{
     time::Duration,
 };
 
-use fw_common::{export::Timeouts, wire::MAX_TTL_S};
+use flow_meter::export::Timeouts;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tad_bus::BusConfig;
+use tad_wire::MAX_TTL_S;
 
 use crate::{
     cidr::parse_prefix,
@@ -73,7 +74,7 @@ pub struct GatewayFile {
 impl Default for GatewayFile {
     fn default() -> Self {
         GatewayFile {
-            gateway_id: "gateway-1".into(),
+            gateway_id: "gateway-1".parse().unwrap(),
             instance: DEFAULT_INSTANCE.into(),
             interfaces: Vec::new(),
             xdp_mode: AttachMode::Native,
@@ -211,6 +212,29 @@ impl Default for Verdicts {
 }
 
 impl GatewayFile {
+    /// `gateway_id` as a validated node id.
+    ///
+    /// # Errors
+    /// [`CtlError::Config`] naming the key (what [`Self::check`] also reports).
+    pub fn node_id(&self) -> Result<tad_wire::NodeId> {
+        tad_wire::NodeId::parse(&self.gateway_id).map_err(|e| CtlError::Config {
+            path: PathBuf::from("(config)"),
+            why: format!("gateway_id: {e}"),
+        })
+    }
+}
+
+impl Verdicts {
+    /// The width policy these keys set.
+    pub fn width(&self) -> tad_wire::WidthPolicy {
+        tad_wire::WidthPolicy {
+            min_prefix_v4: self.min_prefix_v4,
+            min_prefix_v6: self.min_prefix_v6,
+        }
+    }
+}
+
+impl GatewayFile {
     /// Reads and parses a file (TOML syntax, types, unknown keys), then [`Self::check`].
     pub fn load(path: &Path) -> Result<GatewayFile> {
         let text = std::fs::read_to_string(path).map_err(|e| CtlError::file(path, e))?;
@@ -239,17 +263,8 @@ impl GatewayFile {
         if let Err(e) = PinDir::new(&self.instance) {
             p.push(format!("instance: {e}"));
         }
-        if self.gateway_id.is_empty()
-            || self.gateway_id.len() > 64
-            || !self
-                .gateway_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            p.push(format!(
-                "gateway_id {:?}: must be 1-64 characters of A-Z a-z 0-9 - _ (it is a topic segment)",
-                self.gateway_id
-            ));
+        if let Err(e) = tad_wire::NodeId::parse(&self.gateway_id) {
+            p.push(format!("gateway_id: {e}"));
         }
         for (key, list) in [("management", &self.management), ("allow", &self.allow)] {
             for s in list {

@@ -31,9 +31,9 @@ use fw_common::{
     flow::{FlowKey, FlowStats},
     maps as names,
     rate::{RateKey, RateState},
-    wire::MapFill,
 };
 use ipnet::IpNet;
+use tad_wire::MapFill;
 
 use crate::{
     cidr::{key_v4, key_v6, net_of_v4, net_of_v6},

@@ -14,16 +14,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ctl::*;
-use fw_common::{
-    counters::Reason,
-    filter::BlockReason,
-    wire::{
-        Ack, Action, Command, CountersSnapshot, EndReason, FlowBatch, FlowRecord, NodeStatus,
-        Outcome, SCHEMA_VERSION, Verdict, topic,
-    },
-};
+use fw_common::{counters::Reason, filter::BlockReason};
 use fw_ctl::{daemon::DaemonStatus, lists::Origin, state::State};
 use tad_bus::{BusClient, PublishOptions, QoS, Subscription, testing::TestBroker};
+use tad_wire::{
+    Ack, Action, Command, CountersSnapshot, EndReason, FlowBatch, FlowRecord, NodeStatus, Outcome,
+    SCHEMA_VERSION, Verdict, topic,
+};
 
 struct Detector {
     bus: BusClient,
@@ -43,7 +40,7 @@ fn verdict(id: &str, target: &str) -> Verdict {
     Verdict {
         v: SCHEMA_VERSION,
         id: id.into(),
-        detector_id: "detector-1".into(),
+        detector_id: "detector-1".parse().unwrap(),
         issued_at_ms: 0,
         action: Action::Quarantine,
         target: target.parse().unwrap(),
@@ -213,7 +210,7 @@ async fn flows_verdicts_and_acks_through_a_real_broker() {
     bad_version.v = 9;
     det.send(&bad_version).await;
     let mut untrusted = verdict("v-untrusted", &format!("{a4}/32"));
-    untrusted.detector_id = "detector-2".into();
+    untrusted.detector_id = "detector-2".parse().unwrap();
     det.send(&untrusted).await;
     det.send(&verdict("v-mgmt", "192.0.2.5/32")).await;
     let mut too_long = verdict("v-ttl", &format!("{a4}/32"));
@@ -310,7 +307,7 @@ async fn flows_verdicts_and_acks_through_a_real_broker() {
     .await
     .expect("a counters snapshot counting the dropped pings");
     assert_eq!(snap.counters.len(), 10);
-    assert_eq!(snap.mode, fw_common::wire::Mode::Enforce);
+    assert_eq!(snap.mode, tad_wire::Mode::Enforce);
     assert!(
         snap.maps
             .iter()

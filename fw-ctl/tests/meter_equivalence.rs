@@ -1,5 +1,5 @@
 //! The kernel's flow accounting and the userspace pcap flow meter
-//! (`fw_common::meter`, which feeds the detector's training and the capture
+//! (`flow_meter::meter`, which feeds the detector's training and the capture
 //! tests) must see the same flows: every frame of every capture in
 //! `../shared/pcaps` goes through the XDP program (BPF_PROG_TEST_RUN) and through
 //! the meter's parser plus the shared accounting rule, and the two flow tables
@@ -14,10 +14,10 @@ use std::{
 };
 
 use aya::EbpfLoader;
+use flow_meter::meter::{LinkType, for_each_frame, parse_frame};
 use fw_common::{
     flow::{FlowKey, FlowStats},
     maps as m,
-    meter::{LinkType, for_each_frame, parse_frame},
 };
 use kernel::*;
 

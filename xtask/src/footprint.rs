@@ -710,7 +710,7 @@ fn start_recorder(
                 .build()?;
             rt.block_on(async {
                 let mut b = tad_bus::BusClient::builder(cfg)?;
-                let mut sub = b.subscribe::<fw_common::wire::FlowBatch>(
+                let mut sub = b.subscribe::<tad_wire::FlowBatch>(
                     "tad/v1/gw/+/flows/+",
                     tad_bus::QoS::AtLeastOnce,
                 );

@@ -98,10 +98,10 @@ use aya::maps::{
 use fw_common::{
     filter::{BlockEntry, BlockReason},
     maps as names,
-    wire::{Action, SCHEMA_VERSION, Verdict, topic},
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use serde_json::{Value, json};
+use tad_wire::{Action, SCHEMA_VERSION, Verdict, topic};
 
 use crate::testbed::{
     self, Testbed,
@@ -497,10 +497,10 @@ fn bench_verdict(id: String, action: Action, target: Ipv4Addr) -> Verdict {
     Verdict {
         v: SCHEMA_VERSION,
         id,
-        detector_id: BENCH_DETECTOR_ID.into(),
+        detector_id: BENCH_DETECTOR_ID.parse().expect("a valid node id"),
         issued_at_ms: unix_ns() / 1_000_000,
         action,
-        target: IpNet::V4(Ipv4Net::new(target, 32).expect("/32 is a valid prefix length")),
+        target: tad_wire::Target::host(target.into()),
         ttl_s: (action != Action::Unblock).then_some(600),
         reason: BlockReason::Manual,
         rule: "bench.reaction".into(),
@@ -666,7 +666,7 @@ fn verdict_phase(
     let rec = stack.recorded();
     let mut rejected = Vec::new();
     for (_, ack) in rec.acks.iter().filter(|(_, k)| k.id.starts_with(&prefix)) {
-        if ack.outcome != fw_common::wire::Outcome::Applied {
+        if ack.outcome != tad_wire::Outcome::Applied {
             rejected.push(format!(
                 "{}: {:?} {}",
                 ack.id,

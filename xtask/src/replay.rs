@@ -368,10 +368,10 @@ struct RawPacket {
 }
 
 /// Reads every packet of a pcap or pcapng file with the project's capture reader
-/// ([`fw_common::meter::for_each_frame`]).
+/// ([`flow_meter::meter::for_each_frame`]).
 fn read_capture(path: &Path) -> anyhow::Result<Vec<RawPacket>> {
     let mut out = Vec::new();
-    fw_common::meter::for_each_frame(path, |fr| {
+    flow_meter::meter::for_each_frame(path, |fr| {
         out.push(RawPacket {
             ts_ns: fr.ts_ns,
             linktype: fr.linktype,

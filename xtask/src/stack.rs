@@ -11,12 +11,12 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use fw_common::wire::{Ack, Alert, Verdict};
 use serde::{Deserialize, Serialize};
+use tad_wire::{Ack, Alert, Verdict, now_ms};
 
 use super::{
     self as testbed,
@@ -76,13 +76,6 @@ pub struct Stack {
     recorder_stop: Option<tokio::sync::oneshot::Sender<()>>,
     recorder: Option<std::thread::JoinHandle<()>>,
     procs: Vec<Proc>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Waits until a TCP connection to `addr` from inside `ns` succeeds.

@@ -5,11 +5,10 @@
 
 use std::{future::Future, time::Duration};
 
-use fw_common::{
-    filter::BlockReason,
-    wire::{Action, DirCounters, EndReason, FlowBatch, FlowRecord, SCHEMA_VERSION, Verdict},
-};
 use tad_bus::{Inbound, Received, Subscription};
+use tad_wire::{
+    Action, BlockReason, DirCounters, EndReason, FlowBatch, FlowRecord, SCHEMA_VERSION, Verdict,
+};
 
 /// Upper bound for anything that should happen promptly on loopback.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -18,7 +17,7 @@ pub fn verdict(id: &str, detector: &str) -> Verdict {
     Verdict {
         v: SCHEMA_VERSION,
         id: id.into(),
-        detector_id: detector.into(),
+        detector_id: detector.parse().unwrap(),
         issued_at_ms: 1_700_000_000_000,
         action: Action::Quarantine,
         target: "192.0.2.7/32".parse().unwrap(),
@@ -34,7 +33,7 @@ pub fn verdict(id: &str, detector: &str) -> Verdict {
 pub fn batch(gw: &str, seq: u64) -> FlowBatch {
     FlowBatch {
         v: SCHEMA_VERSION,
-        gateway_id: gw.into(),
+        gateway_id: gw.parse().unwrap(),
         seq,
         partition: 0,
         sent_at_ms: 1_700_000_000_000 + seq,

@@ -12,13 +12,10 @@ use dashboard::{
     publish::{Publisher, RecordingPublisher},
     store::Store,
 };
-use fw_common::{
-    counters::CounterSlot,
-    filter::BlockReason,
-    wire::{
-        self, Action, Alert, AlertKind, CounterEntry, CountersSnapshot, Explanation, MapFill, Mode,
-        NodeStatus, Role, SCHEMA_VERSION, Severity, TrustLevel, TrustUpdate, Verdict, topic,
-    },
+use fw_common::{counters::CounterSlot, filter::BlockReason};
+use tad_wire::{
+    Action, Alert, AlertKind, CounterEntry, CountersSnapshot, Explanation, MapFill, Mode,
+    NodeStatus, Role, SCHEMA_VERSION, Severity, TrustLevel, TrustUpdate, Verdict, topic,
 };
 
 pub const TOKEN: &str = "test-token-0123456789";
@@ -89,7 +86,7 @@ fn app_with(
 pub fn status(gw: &str, online: bool, at_ms: u64) -> NodeStatus {
     NodeStatus {
         v: SCHEMA_VERSION,
-        node_id: gw.into(),
+        node_id: gw.parse().unwrap(),
         role: Role::Gateway,
         online,
         at_ms,
@@ -113,7 +110,7 @@ pub fn counters(
 ) -> CountersSnapshot {
     CountersSnapshot {
         v: SCHEMA_VERSION,
-        gateway_id: gw.into(),
+        gateway_id: gw.parse().unwrap(),
         at_ms,
         mode: Mode::Enforce,
         counters: vec![
@@ -135,8 +132,8 @@ pub fn alert(id: &str, at_ms: u64, source: &str) -> Alert {
     Alert {
         v: SCHEMA_VERSION,
         id: id.into(),
-        detector_id: DET.into(),
-        gateway_id: GW.into(),
+        detector_id: DET.parse().unwrap(),
+        gateway_id: GW.parse().unwrap(),
         at_ms,
         kind: AlertKind::PortScan,
         severity: Severity::High,
@@ -158,7 +155,7 @@ pub fn verdict(id: &str, at_ms: u64, target: &str) -> Verdict {
     Verdict {
         v: SCHEMA_VERSION,
         id: id.into(),
-        detector_id: DET.into(),
+        detector_id: DET.parse().unwrap(),
         issued_at_ms: at_ms,
         action: Action::Quarantine,
         target: target.parse().unwrap(),
@@ -174,7 +171,7 @@ pub fn verdict(id: &str, at_ms: u64, target: &str) -> Verdict {
 pub fn trust(device: &str, at_ms: u64, score: f64) -> TrustUpdate {
     TrustUpdate {
         v: SCHEMA_VERSION,
-        detector_id: DET.into(),
+        detector_id: DET.parse().unwrap(),
         at_ms,
         device: device.parse().unwrap(),
         score,
@@ -188,10 +185,10 @@ pub fn trust(device: &str, at_ms: u64, score: f64) -> TrustUpdate {
 
 /// Feeds a gateway status so the gateway is known.
 pub fn known_gateway(app: &App) {
-    let now = dashboard::ingest::now_ms();
+    let now = tad_wire::now_ms();
     app.ingest(
         &topic::gateway_status(GW),
-        &wire::encode(&status(GW, true, now)),
+        &tad_wire::encode(&status(GW, true, now)),
     )
     .unwrap();
 }

@@ -1,8 +1,9 @@
 //! `fw-ctl flows`: the flow table, merged per-CPU, oriented from the initiator.
 
 use clap::{Args, ValueEnum};
-use fw_common::{export::to_record, wire::EndReason};
+use flow_meter::export::to_record;
 use serde::Serialize;
+use tad_wire::EndReason;
 
 use super::Ctx;
 use crate::{clock, error::Result};

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use fw_common::wire::CounterEntry;
 use serde::Serialize;
+use tad_wire::CounterEntry;
 
 use super::Ctx;
 use crate::{daemon::slot_name, error::Result, kernel::Pinned};

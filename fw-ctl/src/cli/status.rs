@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use fw_common::wire::{InterfaceStatus, MapFill};
 use serde::Serialize;
+use tad_wire::{InterfaceStatus, MapFill};
 
 use super::{Ctx, stats};
 use crate::{config::Limits, daemon::DaemonStatus, error::Result};

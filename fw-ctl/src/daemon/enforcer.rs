@@ -2,7 +2,7 @@
 //! them to the block map, and the [`Ack`] that answers each.
 //!
 //! Checks, in order; the first failure rejects the message and changes nothing:
-//! 1. schema: JSON, schema version, field checks ([`fw_common::wire::decode`]);
+//! 1. schema: JSON, schema version, field checks ([`tad_wire::decode`]);
 //! 2. sender identity: a verdict's `detector_id` must be a trusted detector and a
 //!    command's sender a trusted dashboard; when the bus reports the publishing
 //!    client's identity it must match too (the broker authenticates clients by
@@ -17,12 +17,11 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use fw_common::{
-    filter::BlockReason,
-    wire::{self, Ack, Action, Command, Outcome, SCHEMA_VERSION, Verdict},
-};
-use ipnet::IpNet;
+use fw_common::filter::BlockReason;
 use serde::Serialize;
+use tad_wire::{
+    Ack, Action, Command, NodeId, Outcome, SCHEMA_VERSION, Target, Verdict, WidthPolicy,
+};
 
 use crate::{
     clock,
@@ -35,28 +34,30 @@ use crate::{
 /// What the gateway accepts.
 #[derive(Clone, Debug)]
 pub struct Policy {
-    pub gateway_id: String,
+    pub gateway_id: NodeId,
     pub trusted_detectors: Vec<String>,
     pub trusted_dashboards: Vec<String>,
     pub max_ttl_s: u64,
     /// 0 = permanent.
     pub default_block_ttl_s: u64,
-    pub min_prefix_v4: u8,
-    pub min_prefix_v6: u8,
+    /// Narrowest prefix a verdict or command may block (`verdicts.min_prefix_*`).
+    pub width: WidthPolicy,
 }
 
 impl Policy {
     /// The policy of a configuration.
-    pub fn from_config(c: &GatewayFile) -> Policy {
-        Policy {
-            gateway_id: c.gateway_id.clone(),
+    ///
+    /// # Errors
+    /// An invalid `gateway_id` ([`GatewayFile::node_id`]).
+    pub fn from_config(c: &GatewayFile) -> crate::error::Result<Policy> {
+        Ok(Policy {
+            gateway_id: c.node_id()?,
             trusted_detectors: c.trust.detectors.clone(),
             trusted_dashboards: c.trust.dashboards.clone(),
             max_ttl_s: c.verdicts.max_ttl_s,
             default_block_ttl_s: c.verdicts.default_block_ttl_s,
-            min_prefix_v4: c.verdicts.min_prefix_v4,
-            min_prefix_v6: c.verdicts.min_prefix_v6,
-        }
+            width: c.verdicts.width(),
+        })
     }
 }
 
@@ -87,7 +88,7 @@ pub struct Enforcer {
 
 struct Request<'a> {
     action: Action,
-    target: IpNet,
+    target: Target,
     ttl_s: Option<u64>,
     reason: BlockReason,
     origin: Origin,
@@ -142,7 +143,7 @@ impl Enforcer {
         &mut self,
         kind: &str,
         payload: &[u8],
-        e: wire::WireError,
+        e: tad_wire::WireError,
         received: Instant,
     ) -> Option<Ack> {
         self.stats.malformed += 1;
@@ -161,7 +162,7 @@ impl Enforcer {
         sender: Option<&str>,
         received: Instant,
     ) -> Option<Ack> {
-        let v: Verdict = match wire::decode(payload) {
+        let v: Verdict = match tad_wire::decode(payload) {
             Ok(v) => v,
             Err(e) => {
                 self.stats.verdicts_rejected += 1;
@@ -172,8 +173,8 @@ impl Enforcer {
             .policy
             .trusted_detectors
             .iter()
-            .any(|d| d == &v.detector_id)
-            && sender.is_none_or(|s| s == v.detector_id);
+            .any(|d| d == v.detector_id.as_str())
+            && sender.is_none_or(|s| s == v.detector_id.as_str());
         let result = if !trusted {
             Err(format!(
                 "sender {:?} (detector_id {:?}) is not a trusted detector",
@@ -198,7 +199,7 @@ impl Enforcer {
                     reason: v.reason,
                     origin: Origin::Detector,
                     text: Some(v.rule.clone()),
-                    by: &v.detector_id,
+                    by: v.detector_id.as_str(),
                     rule_id: rule_id_of(&v.id),
                 },
             )
@@ -235,7 +236,7 @@ impl Enforcer {
         sender: Option<&str>,
         received: Instant,
     ) -> Option<Ack> {
-        let c: Command = match wire::decode(payload) {
+        let c: Command = match tad_wire::decode(payload) {
             Ok(c) => c,
             Err(e) => {
                 self.stats.commands_rejected += 1;
@@ -296,13 +297,7 @@ impl Enforcer {
                 self.policy.max_ttl_s
             ));
         }
-        let target = r.target.trunc();
-        if target != r.target {
-            return Err(format!(
-                "target {} has host bits set (did you mean {target}?)",
-                r.target
-            ));
-        }
+        let target = r.target.net();
         let sp = self.state_path.as_deref();
         match r.action {
             Action::Unblock => {
@@ -314,15 +309,10 @@ impl Enforcer {
                 })
             }
             Action::Block | Action::Quarantine => {
-                let (min, what) = match target {
-                    IpNet::V4(_) => (self.policy.min_prefix_v4, "IPv4"),
-                    IpNet::V6(_) => (self.policy.min_prefix_v6, "IPv6"),
-                };
-                if target.prefix_len() < min {
-                    return Err(format!(
-                        "target {target} is wider than the narrowest {what} prefix allowed (/{min})"
-                    ));
-                }
+                self.policy
+                    .width
+                    .check(&r.target)
+                    .map_err(|e| e.to_string())?;
                 let req = BlockRequest {
                     net: target,
                     ttl: r.ttl_s.map(std::time::Duration::from_secs),
@@ -361,13 +351,12 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
-            gateway_id: "gw-1".into(),
+            gateway_id: "gw-1".parse().unwrap(),
             trusted_detectors: vec!["det-1".into()],
             trusted_dashboards: vec!["dash-1".into()],
             max_ttl_s: 3600,
             default_block_ttl_s: 600,
-            min_prefix_v4: 16,
-            min_prefix_v6: 48,
+            width: WidthPolicy::default(),
         }
     }
 
@@ -375,7 +364,7 @@ mod tests {
         Verdict {
             v: SCHEMA_VERSION,
             id: id.into(),
-            detector_id: "det-1".into(),
+            detector_id: "det-1".parse().unwrap(),
             issued_at_ms: 1,
             action: Action::Quarantine,
             target: target.parse().unwrap(),
@@ -408,7 +397,7 @@ mod tests {
         let ack = e
             .on_verdict(
                 &mut l,
-                &wire::encode(&verdict("v1", "198.51.100.7/32")),
+                &tad_wire::encode(&verdict("v1", "198.51.100.7/32")),
                 Some("det-1"),
                 Instant::now(),
             )
@@ -425,7 +414,7 @@ mod tests {
         let mut v2 = verdict("v2", "198.51.100.7/32");
         v2.ttl_s = Some(60);
         let ack = e
-            .on_verdict(&mut l, &wire::encode(&v2), None, Instant::now())
+            .on_verdict(&mut l, &tad_wire::encode(&v2), None, Instant::now())
             .unwrap();
         assert_eq!(ack.outcome, Outcome::NoChange);
     }
@@ -436,22 +425,22 @@ mod tests {
         let mut e = Enforcer::new(policy(), None);
         let mut cases: Vec<(Vec<u8>, Option<&str>)> = Vec::new();
         let mut v = verdict("a", "192.0.2.5/32"); // management network
-        cases.push((wire::encode(&v), None));
+        cases.push((tad_wire::encode(&v), None));
         v = verdict("b", "192.0.2.0/24"); // holds the management network
-        cases.push((wire::encode(&v), None));
+        cases.push((tad_wire::encode(&v), None));
         v = verdict("c", "198.51.100.7/32");
-        v.detector_id = "mallory".into();
-        cases.push((wire::encode(&v), None));
+        v.detector_id = "mallory".parse().unwrap();
+        cases.push((tad_wire::encode(&v), None));
         v = verdict("d", "198.51.100.7/32");
-        cases.push((wire::encode(&v), Some("det-2"))); // spoofed detector_id
+        cases.push((tad_wire::encode(&v), Some("det-2"))); // spoofed detector_id
         v = verdict("e", "198.51.100.7/32");
         v.ttl_s = Some(7200); // over this gateway's maximum
-        cases.push((wire::encode(&v), None));
+        cases.push((tad_wire::encode(&v), None));
         v = verdict("f", "198.0.0.0/8"); // too wide
-        cases.push((wire::encode(&v), None));
+        cases.push((tad_wire::encode(&v), None));
         v = verdict("g", "198.51.100.7/32");
         v.v = 9;
-        cases.push((wire::encode(&v), None));
+        cases.push((tad_wire::encode(&v), None));
         for (payload, sender) in &cases {
             let ack = e
                 .on_verdict(&mut l, payload, *sender, Instant::now())
@@ -488,11 +477,21 @@ mod tests {
             reason: Some("noisy".into()),
         };
         let ack = e
-            .on_command(&mut l, &wire::encode(&c), Some("dash-x"), Instant::now())
+            .on_command(
+                &mut l,
+                &tad_wire::encode(&c),
+                Some("dash-x"),
+                Instant::now(),
+            )
             .unwrap();
         assert_eq!(ack.outcome, Outcome::Rejected);
         let ack = e
-            .on_command(&mut l, &wire::encode(&c), Some("dash-1"), Instant::now())
+            .on_command(
+                &mut l,
+                &tad_wire::encode(&c),
+                Some("dash-1"),
+                Instant::now(),
+            )
             .unwrap();
         assert_eq!(ack.outcome, Outcome::Applied);
         let mut un = c.clone();
@@ -500,7 +499,12 @@ mod tests {
         un.action = Action::Unblock;
         un.ttl_s = None;
         let ack = e
-            .on_command(&mut l, &wire::encode(&un), Some("dash-1"), Instant::now())
+            .on_command(
+                &mut l,
+                &tad_wire::encode(&un),
+                Some("dash-1"),
+                Instant::now(),
+            )
             .unwrap();
         assert_eq!(ack.outcome, Outcome::Applied);
         assert!(l.block.is_empty());

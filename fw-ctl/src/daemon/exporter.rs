@@ -1,22 +1,20 @@
 //! Flow export: each poll walks the kernel flow table, decides with
-//! [`fw_common::export::expiry`] which flows are due (IPFIX idle / active timeout,
-//! end of flow; defaults and rationale in `fw_common::export`), turns them into
-//! [`FlowRecord`]s with [`fw_common::export::to_record`], removes finished entries
+//! [`flow_meter::export::expiry`] which flows are due (IPFIX idle / active timeout,
+//! end of flow; defaults and rationale in `flow_meter::export`), turns them into
+//! [`FlowRecord`]s with [`flow_meter::export::to_record`], removes finished entries
 //! from the map and remembers, for flows that go on, the statistics at their last
 //! active-timeout export so the next record carries delta counts
-//! ([`fw_common::export::delta_since`]).
+//! ([`flow_meter::export::delta_since`]).
 //!
 //! The detector turns each record into its feature vector with
-//! `fw_common::features::extract` (one code path, documented there), so the gateway
+//! `flow_meter::features::extract` (one code path, documented there), so the gateway
 //! ships records, not features.
 
 use std::collections::HashMap;
 
-use fw_common::{
-    export::{Timeouts, delta_since, expiry, to_record},
-    flow::{FlowKey, FlowStats},
-    wire::{EndReason, FlowRecord},
-};
+use flow_meter::export::{Timeouts, delta_since, expiry, to_record};
+use fw_common::flow::{FlowKey, FlowStats};
+use tad_wire::{EndReason, FlowRecord};
 
 use crate::{error::Result, kernel::FlowEntry};
 

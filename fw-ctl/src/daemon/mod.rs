@@ -34,15 +34,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fw_common::{
-    counters::CounterSlot,
-    wire::{
-        CounterEntry, CountersSnapshot, FlowBatch, FlowRecord, InterfaceStatus, MapFill, Mode,
-        NodeStatus, Role, SCHEMA_VERSION, WireError, partition_of, topic,
-    },
-};
+use fw_common::counters::CounterSlot;
 use serde::{Deserialize, Serialize};
 use tad_bus::{BusClient, BusMetrics, ConnectionState, PublishOptions, QoS};
+use tad_wire::{
+    CounterEntry, CountersSnapshot, FlowBatch, FlowRecord, InterfaceStatus, MapFill, Mode, NodeId,
+    NodeStatus, Role, SCHEMA_VERSION, WireError, partition_of, topic,
+};
 use tokio::sync::mpsc;
 
 use self::{
@@ -184,7 +182,7 @@ pub fn prepare(cfg: &GatewayFile) -> Result<(PinDir, Pinned)> {
     Ok((dir, maps))
 }
 
-fn node_status(cfg: &GatewayFile, dir: &PinDir, maps: &Pinned) -> NodeStatus {
+fn node_status(gw: &NodeId, dir: &PinDir, maps: &Pinned) -> NodeStatus {
     let mode = maps
         .config()
         .map(|c| {
@@ -197,7 +195,7 @@ fn node_status(cfg: &GatewayFile, dir: &PinDir, maps: &Pinned) -> NodeStatus {
         .ok();
     NodeStatus {
         v: SCHEMA_VERSION,
-        node_id: cfg.gateway_id.clone(),
+        node_id: gw.clone(),
         role: Role::Gateway,
         online: true,
         at_ms: clock::unix_ms(),
@@ -322,7 +320,7 @@ fn collector(dir: PinDir, cfg: GatewayFile, tx: mpsc::Sender<Collected>, stop: A
 }
 
 struct Publisher {
-    gateway_id: String,
+    gateway_id: NodeId,
     partitions: u16,
     batch_max: usize,
     seq: u64,
@@ -415,10 +413,10 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
         });
     }
     let (dir, mut maps) = tokio::task::block_in_place(|| prepare(&cfg))?;
-    let gw = cfg.gateway_id.clone();
+    let gw = cfg.node_id()?;
     let status_path = cfg.status_path();
     let state_path = cfg.state_path();
-    let mut enforcer = Enforcer::new(Policy::from_config(&cfg), Some(state_path));
+    let mut enforcer = Enforcer::new(Policy::from_config(&cfg)?, Some(state_path));
 
     let bus_cfg = cfg.bus_config();
     let bus_capacity = bus_cfg.queue_capacity;
@@ -427,7 +425,7 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
             .map_err(|e| CtlError::Runtime(format!("bus: {e}")))?;
         let v = b.subscribe::<Raw>(&topic::verdicts(&gw), QoS::AtLeastOnce);
         let c = b.subscribe::<Raw>(&topic::commands(&gw), QoS::AtLeastOnce);
-        b.status(node_status(&cfg, &dir, &maps));
+        b.status(node_status(&gw, &dir, &maps));
         // start(): connect in the background and keep retrying, so the gateway runs
         // (and filters) while the broker is down.
         let bus = b
@@ -446,7 +444,7 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
         queue: DropOldest::new(cfg.export.queue_capacity),
         status: DaemonStatus {
             pid: std::process::id(),
-            gateway_id: gw.clone(),
+            gateway_id: gw.to_string(),
             instance: cfg.instance.clone(),
             started_unix_ms: clock::unix_ms(),
             flow_queue_capacity: cfg.export.queue_capacity,

@@ -1,6 +1,6 @@
 //! The bounded queue of flow records waiting for the broker. When it is full the
 //! oldest record is dropped (the newest traffic matters most to a detector) and
-//! counted; the count travels in the next [`fw_common::wire::FlowBatch`]
+//! counted; the count travels in the next [`tad_wire::FlowBatch`]
 //! (`dropped_records`) and in the counters snapshot.
 
 use std::collections::VecDeque;

@@ -1,8 +1,46 @@
-//! Topic helpers on top of the scheme in `fw_common::wire` (the topic builders live
-//! there, in `fw_common::wire::topic`): MQTT filter matching (MQTT v5 §4.7) and
-//! parsing a received topic back into what it carries.
+//! The topic scheme (see the crate docs for the table): builders for every topic,
+//! MQTT filter matching (MQTT v5 §4.7) and parsing a received topic back into what
+//! it carries.
 
-use fw_common::wire::TOPIC_ROOT;
+use crate::TOPIC_ROOT;
+
+pub fn flows(gw: &str, partition: u16) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/flows/{partition}")
+}
+/// Subscription filter for one partition from every gateway.
+pub fn flows_partition_filter(partition: u16) -> String {
+    format!("{TOPIC_ROOT}/gw/+/flows/{partition}")
+}
+pub fn counters(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/counters")
+}
+pub fn gateway_status(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/status")
+}
+pub fn acks(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/acks")
+}
+pub fn verdicts(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/verdicts")
+}
+pub fn commands(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/commands")
+}
+pub fn alerts(det: &str) -> String {
+    format!("{TOPIC_ROOT}/det/{det}/alerts")
+}
+pub fn trust(det: &str) -> String {
+    format!("{TOPIC_ROOT}/det/{det}/trust")
+}
+pub fn detector_status(det: &str) -> String {
+    format!("{TOPIC_ROOT}/det/{det}/status")
+}
+pub fn dashboard_status(id: &str) -> String {
+    format!("{TOPIC_ROOT}/dash/{id}/status")
+}
+pub fn thresholds() -> String {
+    format!("{TOPIC_ROOT}/settings/thresholds")
+}
 
 /// True when topic `topic` matches subscription filter `filter` (MQTT v5 §4.7:
 /// `+` matches exactly one level, a trailing `#` matches the parent and any number
@@ -79,9 +117,8 @@ impl TopicKind {
 
 #[cfg(test)]
 mod tests {
-    use fw_common::wire::topic;
-
     use super::*;
+    use crate::topic;
 
     #[test]
     fn wildcards_follow_mqtt_rules() {

@@ -23,10 +23,8 @@
 
 use std::time::Duration;
 
-use crate::{
-    flow::{FlowKey, FlowStats, SIDE_A},
-    wire::{DirCounters, EndReason, FlowRecord, addr_from_map},
-};
+use fw_common::flow::{FlowKey, FlowStats, SIDE_A};
+use tad_wire::{DirCounters, EndReason, FlowRecord, addr_from_map};
 
 /// Export timeouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +98,7 @@ pub fn delta_since(now: &FlowStats, base: &FlowStats) -> FlowStats {
     d
 }
 
-fn dir_counters(d: &crate::flow::DirStats) -> DirCounters {
+fn dir_counters(d: &fw_common::flow::DirStats) -> DirCounters {
     DirCounters {
         packets: d.packets,
         bytes: d.bytes,
@@ -184,8 +182,9 @@ pub fn to_record(
 
 #[cfg(test)]
 mod tests {
+    use fw_common::flow::{PacketMeta, SIDE_B, tcp_flags, v4_mapped};
+
     use super::*;
-    use crate::flow::{PacketMeta, SIDE_B, tcp_flags, v4_mapped};
 
     const S: u64 = 1_000_000_000;
 

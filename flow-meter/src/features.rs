@@ -36,7 +36,7 @@
 //! | 22 | `is_icmp` | proto == 1 or 58 | 0/1 |
 //! | 23 | `dport_well_known` | dport < 1024 | 0/1 |
 
-use crate::wire::FlowRecord;
+use tad_wire::FlowRecord;
 
 /// Number of features.
 pub const N_FEATURES: usize = 24;
@@ -109,8 +109,9 @@ pub fn extract(r: &FlowRecord) -> [f32; N_FEATURES] {
 
 #[cfg(test)]
 mod tests {
+    use tad_wire::{DirCounters, EndReason};
+
     use super::*;
-    use crate::wire::{DirCounters, EndReason};
 
     #[test]
     fn features_of_a_small_tcp_flow() {

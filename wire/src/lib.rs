@@ -30,10 +30,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::IpNet;
+use fw_common::counters::CounterSlot;
+pub use fw_common::filter::BlockReason;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-
-use crate::{counters::CounterSlot, filter::BlockReason};
 
 /// Schema version of every payload in this module.
 pub const SCHEMA_VERSION: u16 = 1;
@@ -42,47 +41,17 @@ pub const CONTENT_TYPE: &str = "application/json";
 /// Prefix of every topic.
 pub const TOPIC_ROOT: &str = "tad/v1";
 
-/// Topic builders (see the module docs for the scheme).
-pub mod topic {
-    use super::TOPIC_ROOT;
+pub mod ids;
+pub mod topic;
 
-    pub fn flows(gw: &str, partition: u16) -> String {
-        format!("{TOPIC_ROOT}/gw/{gw}/flows/{partition}")
-    }
-    /// Subscription filter for one partition from every gateway.
-    pub fn flows_partition_filter(partition: u16) -> String {
-        format!("{TOPIC_ROOT}/gw/+/flows/{partition}")
-    }
-    pub fn counters(gw: &str) -> String {
-        format!("{TOPIC_ROOT}/gw/{gw}/counters")
-    }
-    pub fn gateway_status(gw: &str) -> String {
-        format!("{TOPIC_ROOT}/gw/{gw}/status")
-    }
-    pub fn acks(gw: &str) -> String {
-        format!("{TOPIC_ROOT}/gw/{gw}/acks")
-    }
-    pub fn verdicts(gw: &str) -> String {
-        format!("{TOPIC_ROOT}/gw/{gw}/verdicts")
-    }
-    pub fn commands(gw: &str) -> String {
-        format!("{TOPIC_ROOT}/gw/{gw}/commands")
-    }
-    pub fn alerts(det: &str) -> String {
-        format!("{TOPIC_ROOT}/det/{det}/alerts")
-    }
-    pub fn trust(det: &str) -> String {
-        format!("{TOPIC_ROOT}/det/{det}/trust")
-    }
-    pub fn detector_status(det: &str) -> String {
-        format!("{TOPIC_ROOT}/det/{det}/status")
-    }
-    pub fn dashboard_status(id: &str) -> String {
-        format!("{TOPIC_ROOT}/dash/{id}/status")
-    }
-    pub fn thresholds() -> String {
-        format!("{TOPIC_ROOT}/settings/thresholds")
-    }
+pub use ids::{IdError, NodeId, Target, WidthPolicy};
+
+/// Unix time now, ms: the clock of every `*_ms` timestamp in these payloads
+/// (`issued_at_ms`, `at_ms`). 0 if the system clock is before 1970.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Errors decoding a payload.
@@ -254,7 +223,7 @@ impl FlowRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FlowBatch {
     pub v: u16,
-    pub gateway_id: String,
+    pub gateway_id: NodeId,
     /// Sequence number of this batch from this gateway, starting at 0 and
     /// incremented per batch (gaps mean batches were dropped).
     pub seq: u64,
@@ -266,18 +235,13 @@ pub struct FlowBatch {
     pub dropped_records: u64,
     pub records: Vec<FlowRecord>,
 }
-message!(FlowBatch, "flow batch", validate);
-impl FlowBatch {
-    fn check(&self) -> Result<(), String> {
-        check_id("gateway_id", &self.gateway_id)
-    }
-}
+message!(FlowBatch, "flow batch");
 
 /// One slot of the XDP verdict counters.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CounterEntry {
-    pub verdict: crate::counters::Verdict,
-    pub reason: crate::counters::Reason,
+    pub verdict: fw_common::counters::Verdict,
+    pub reason: fw_common::counters::Reason,
     /// Packets since the program was loaded.
     pub packets: u64,
     /// Frame bytes since the program was loaded.
@@ -311,7 +275,7 @@ pub struct MapFill {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CountersSnapshot {
     pub v: u16,
-    pub gateway_id: String,
+    pub gateway_id: NodeId,
     /// Unix time, ms.
     pub at_ms: u64,
     pub mode: Mode,
@@ -354,7 +318,7 @@ pub struct InterfaceStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub v: u16,
-    pub node_id: String,
+    pub node_id: NodeId,
     pub role: Role,
     pub online: bool,
     /// Unix time, ms (for a Last Will: when it was registered).
@@ -419,12 +383,12 @@ pub struct Verdict {
     pub v: u16,
     /// Unique id (the ack refers to it).
     pub id: String,
-    pub detector_id: String,
+    pub detector_id: NodeId,
     /// Unix time of issue, ms.
     pub issued_at_ms: u64,
     pub action: Action,
     /// Source prefix to act on.
-    pub target: IpNet,
+    pub target: Target,
     /// Block lifetime, seconds; required for quarantine, at most [`MAX_TTL_S`].
     #[serde(default)]
     pub ttl_s: Option<u64>,
@@ -445,7 +409,6 @@ message!(Verdict, "verdict", validate);
 impl Verdict {
     fn check(&self) -> Result<(), String> {
         check_id("id", &self.id)?;
-        check_id("detector_id", &self.detector_id)?;
         check_ttl(self.action, self.ttl_s)?;
         if !(0.0..=1.0).contains(&self.confidence) {
             return Err(format!("confidence {} is outside [0, 1]", self.confidence));
@@ -463,7 +426,7 @@ pub struct Command {
     pub operator: String,
     pub issued_at_ms: u64,
     pub action: Action,
-    pub target: IpNet,
+    pub target: Target,
     #[serde(default)]
     pub ttl_s: Option<u64>,
     #[serde(default)]
@@ -514,7 +477,7 @@ pub struct Ack {
     pub v: u16,
     /// Id of the verdict or command.
     pub id: String,
-    pub gateway_id: String,
+    pub gateway_id: NodeId,
     pub outcome: Outcome,
     #[serde(default)]
     pub error: Option<String>,
@@ -567,9 +530,9 @@ pub enum Severity {
 pub struct Alert {
     pub v: u16,
     pub id: String,
-    pub detector_id: String,
+    pub detector_id: NodeId,
     /// Gateway whose flows raised it.
-    pub gateway_id: String,
+    pub gateway_id: NodeId,
     pub at_ms: u64,
     pub kind: AlertKind,
     pub severity: Severity,
@@ -618,7 +581,7 @@ impl TrustLevel {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrustUpdate {
     pub v: u16,
-    pub detector_id: String,
+    pub detector_id: NodeId,
     pub at_ms: u64,
     pub device: IpAddr,
     /// Weighted score, 0-100.
@@ -647,7 +610,7 @@ message!(ThresholdSettings, "threshold settings");
 
 /// Converts an address from the map encoding (IPv4-mapped for `family == 4`).
 pub fn addr_from_map(addr: [u8; 16], family: u8) -> IpAddr {
-    if family == crate::flow::FAMILY_V4 {
+    if family == fw_common::flow::FAMILY_V4 {
         IpAddr::V4(Ipv4Addr::new(addr[12], addr[13], addr[14], addr[15]))
     } else {
         IpAddr::V6(Ipv6Addr::from(addr))
@@ -657,8 +620,11 @@ pub fn addr_from_map(addr: [u8; 16], family: u8) -> IpAddr {
 /// Converts an address to the map encoding: (bytes, family).
 pub fn addr_to_map(addr: IpAddr) -> ([u8; 16], u8) {
     match addr {
-        IpAddr::V4(a) => (crate::flow::v4_mapped(a.octets()), crate::flow::FAMILY_V4),
-        IpAddr::V6(a) => (a.octets(), crate::flow::FAMILY_V6),
+        IpAddr::V4(a) => (
+            fw_common::flow::v4_mapped(a.octets()),
+            fw_common::flow::FAMILY_V4,
+        ),
+        IpAddr::V6(a) => (a.octets(), fw_common::flow::FAMILY_V6),
     }
 }
 
@@ -670,7 +636,7 @@ mod tests {
         Verdict {
             v: SCHEMA_VERSION,
             id: "v-1".into(),
-            detector_id: "detector-1".into(),
+            detector_id: "detector-1".parse().unwrap(),
             issued_at_ms: 1,
             action: Action::Quarantine,
             target: "192.0.2.7/32".parse().unwrap(),

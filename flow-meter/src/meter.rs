@@ -46,17 +46,15 @@ use std::{
     time::Duration,
 };
 
+use fw_common::flow::{FAMILY_V4, FAMILY_V6, FlowKey, FlowStats, PacketMeta, proto, v4_mapped};
 use pcap_file::{
     DataLink, PcapError,
     pcap::PcapReader,
     pcapng::{Block, PcapNgReader, blocks::interface_description::InterfaceDescriptionOption},
 };
+use tad_wire::{EndReason, FlowRecord};
 
-use crate::{
-    export::{self, Timeouts},
-    flow::{FAMILY_V4, FAMILY_V6, FlowKey, FlowStats, PacketMeta, proto, v4_mapped},
-    wire::{EndReason, FlowRecord},
-};
+use crate::export::{self, Timeouts};
 
 /// Most VLAN tags walked in an Ethernet header (QinQ).
 pub const MAX_VLAN_TAGS: usize = 2;
@@ -646,6 +644,7 @@ pub fn records_from_pcap(path: &Path, opts: &MeterOptions) -> Result<Vec<TimedRe
 mod tests {
     use std::{borrow::Cow, net::IpAddr};
 
+    use fw_common::flow::tcp_flags::{ACK, RST, SYN};
     use pcap_file::{
         pcap::{PcapHeader, PcapPacket, PcapWriter},
         pcapng::{
@@ -658,7 +657,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::flow::tcp_flags::{ACK, RST, SYN};
 
     const S: u64 = 1_000_000_000;
 
@@ -714,8 +712,8 @@ mod tests {
 
     fn addr(p: &ParsedPacket) -> (IpAddr, IpAddr) {
         (
-            crate::wire::addr_from_map(p.src, p.family),
-            crate::wire::addr_from_map(p.dst, p.family),
+            tad_wire::addr_from_map(p.src, p.family),
+            tad_wire::addr_from_map(p.dst, p.family),
         )
     }
 
