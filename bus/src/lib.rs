@@ -9,7 +9,8 @@
 //!   private keys mode 0600 (`cargo xtask certs`).
 //! - [`broker`]: `mosquitto.conf` and the ACL that confines each node to its topics.
 //! - [`client`]: the one client used by fw-ctl, detector and dashboard ([`BusClient`]):
-//!   typed publish/subscribe of `tad_wire` messages, Last Will + retained
+//!   typed publish/subscribe of `tad_wire` messages (or [`RawPayload`] bytes for
+//!   consumers that decode themselves), Last Will + retained
 //!   status, reconnect with exponential backoff, a bounded outgoing queue, counters.
 //! - [`testing`]: starts a real `mosquitto` with fresh certificates for integration
 //!   tests (also from other crates) and always stops it.
@@ -22,6 +23,6 @@ pub mod testing;
 
 pub use client::{
     AnyMessage, BusBuilder, BusClient, BusConfig, BusError, BusMetrics, ConnectionState, Inbound,
-    Overflow, PublishOptions, Received, Subscription,
+    Overflow, PublishOptions, RawPayload, Received, Subscription,
 };
 pub use rumqttc::v5::mqttbytes::QoS;

@@ -5,22 +5,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tad_bus::{BusClient, BusConfig, BusError, Inbound, PublishOptions, QoS};
-use tad_wire::{TOPIC_ROOT, WireError};
+use tad_bus::{BusClient, BusConfig, BusError, PublishOptions, QoS, RawPayload};
+use tad_wire::TOPIC_ROOT;
 use tokio::sync::mpsc;
 
-use crate::{ingest::App, publish::Outbound};
-
-/// A payload kept as bytes: [`App::ingest`] decodes it by topic and checks the
-/// ids in it against the topic.
-#[derive(Debug)]
-pub struct RawPayload(pub Vec<u8>);
-
-impl Inbound for RawPayload {
-    fn decode_from(_topic: &str, payload: &[u8]) -> Result<Self, WireError> {
-        Ok(RawPayload(payload.to_vec()))
-    }
-}
+use crate::{app::App, publish::Outbound};
 
 /// The subscription filter: everything under the topic root.
 pub fn filter() -> String {
@@ -40,6 +29,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), BusError> {
     let mut builder = BusClient::builder(cfg)?;
+    // Kept as bytes: `App::ingest` decodes them by topic and checks the ids in
+    // them against the topic.
     let mut sub = builder.subscribe::<RawPayload>(&filter(), QoS::AtLeastOnce);
     let bus = builder.start()?;
     tracing::info!(node = bus.node_id(), filter = %filter(), "bus client started");

@@ -9,11 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use figment::{
-    Figment,
-    providers::{Env, Format, Serialized, Toml},
-};
 use serde::{Deserialize, Serialize};
+use tad_bus::config_file::{self, ConfigFileError};
+
+use crate::validate::check_threshold_key;
 
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -179,24 +178,16 @@ impl Config {
     /// Environment prefix of overrides.
     pub const ENV_PREFIX: &'static str = "TAD_DASHBOARD_";
 
-    /// Loads `path`, then applies `TAD_DASHBOARD_*` environment overrides.
+    /// Loads `path`, then applies `TAD_DASHBOARD_*` environment overrides
+    /// (through the shared [`tad_bus::config_file::load`]), then [`Config::check`].
     ///
     /// # Errors
     /// [`ConfigError`] naming the file and the bad key or value.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        if !path.exists() {
-            return Err(ConfigError::Missing {
-                path: path.to_owned(),
-            });
-        }
-        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file(path))
-            .merge(Env::prefixed(Self::ENV_PREFIX).split("__"))
-            .extract()
-            .map_err(|e| ConfigError::Invalid {
-                path: path.to_owned(),
-                source: Box::new(e),
-            })?;
+        let cfg: Config = config_file::load(path, Self::ENV_PREFIX).map_err(|e| match e {
+            ConfigFileError::Missing { path } => ConfigError::Missing { path },
+            ConfigFileError::Invalid { path, source } => ConfigError::Invalid { path, source },
+        })?;
         cfg.check().map_err(|what| ConfigError::Value {
             path: path.to_owned(),
             what,
@@ -222,10 +213,10 @@ impl Config {
             return Err("influx.enabled needs influx.file or influx.udp".into());
         }
         for g in &self.api.gateways {
-            crate::api::check_gateway_id(g).map_err(|e| format!("api.gateways: {e}"))?;
+            tad_wire::NodeId::parse(g).map_err(|e| format!("api.gateways: {e}"))?;
         }
         for k in &self.api.threshold_keys {
-            crate::api::check_threshold_key(k).map_err(|e| format!("api.threshold_keys: {e}"))?;
+            check_threshold_key(k).map_err(|e| format!("api.threshold_keys: {e}"))?;
         }
         Ok(())
     }

@@ -231,7 +231,7 @@ mod tests {
     fn counters_become_one_traffic_line_and_one_per_slot() {
         let snap = CountersSnapshot {
             v: 1,
-            gateway_id: "gw 1,a=b".parse().unwrap(),
+            gateway_id: "gw-1".parse().unwrap(),
             at_ms: 1_700_000_000_123,
             mode: Mode::Enforce,
             counters: vec![CounterEntry::new(CounterSlot::DropSynRate, 10, 600, 2.5)],
@@ -246,15 +246,22 @@ mod tests {
         };
         let lines = counters_lines(&snap, &p);
         assert_eq!(lines.len(), 2);
-        assert!(
-            lines[0].starts_with("tad_traffic,gateway=gw\\ 1\\,a\\=b,mode=enforce pass_pps=100,")
-        );
+        assert!(lines[0].starts_with("tad_traffic,gateway=gw-1,mode=enforce pass_pps=100,"));
         assert!(lines[0].contains("flows_exported=4i"));
         assert!(lines[0].ends_with(" 1700000000123000000"));
         assert_eq!(
             lines[1],
-            "tad_counter,gateway=gw\\ 1\\,a\\=b,verdict=drop,reason=syn_rate packets=10i,bytes=600i,pps=2.5 1700000000123000000"
+            "tad_counter,gateway=gw-1,verdict=drop,reason=syn_rate packets=10i,bytes=600i,pps=2.5 1700000000123000000"
         );
+    }
+
+    /// A gateway id can no longer carry a space, comma or equals sign (it is a
+    /// `tad_wire::NodeId`), so the escaping every tag goes through is checked on
+    /// `tag` itself, with the value this test used to put in the snapshot.
+    #[test]
+    fn tags_escape_spaces_commas_and_equals_signs() {
+        assert_eq!(tag("gw 1,a=b"), "gw\\ 1\\,a\\=b");
+        assert_eq!(tag("a\\b"), "a\\\\b");
     }
 
     #[test]

@@ -3,60 +3,25 @@
 //!
 //! [`App::ingest`] is the single entry point the MQTT subscriber (topic filter
 //! `tad/v1/#`) calls; tests call it directly. The topic decides the payload type
-//! (see the table in `tad_wire`); a payload whose gateway/detector/node id
+//! (see the table in `tad_wire`, parsed by `tad_wire::topic::TopicKind`); a payload whose gateway/detector/node id
 //! differs from the id in its topic is refused, since the broker's ACL vouches for
 //! the topic, not for the payload.
 //!
 //! Alerts, verdicts, commands and threshold settings are audited before they are
 //! stored, and each only once: a QoS 1 redelivery with a known id is ignored.
 
-use std::sync::{Arc, Mutex};
-
-use serde::Serialize;
 use tad_wire::{
     self, Ack, Alert, Command, CountersSnapshot, FlowBatch, Message, NodeStatus, ThresholdSettings,
-    TrustUpdate, Verdict, now_ms,
+    TrustUpdate, Verdict, now_ms, topic::TopicKind,
 };
-use tokio::sync::broadcast;
 
 use crate::{
-    audit::{AuditError, AuditLog, RecordKind},
-    config::Config,
-    influx::{self, InfluxSink},
-    metrics::{Metrics, inc},
-    publish::Publisher,
-    store::{AlertView, SeriesPoint, Store, StoreError},
+    app::{App, LiveEvent},
+    audit::{AuditError, RecordKind},
+    influx,
+    metrics::inc,
+    store::{AlertView, SeriesPoint, StoreError},
 };
-
-/// Event pushed to the pages over SSE (`event:` is the variant name in
-/// snake_case, `data:` its JSON).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "type", content = "data", rename_all = "snake_case")]
-pub enum LiveEvent {
-    /// A new counters sample of one gateway.
-    Sample(SeriesPoint),
-    /// A new alert, with its audit hash.
-    Alert(Box<AlertView>),
-    /// A device's trust score changed.
-    Trust(TrustUpdate),
-    /// A node's status changed.
-    Status(NodeStatus),
-    /// The block list changed (verdict, command or ack).
-    Blocks,
-}
-
-impl LiveEvent {
-    /// The SSE event name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            LiveEvent::Sample(_) => "sample",
-            LiveEvent::Alert(_) => "alert",
-            LiveEvent::Trust(_) => "trust",
-            LiveEvent::Status(_) => "status",
-            LiveEvent::Blocks => "blocks",
-        }
-    }
-}
 
 /// Errors ingesting one message. None of them stops the subscriber.
 #[derive(Debug, thiserror::Error)]
@@ -91,103 +56,7 @@ pub enum Ingested {
     Ignored,
 }
 
-/// The dashboard's shared state: store, audit log, live events, publisher.
-pub struct App {
-    pub config: Config,
-    pub store: Store,
-    pub audit: Mutex<AuditLog>,
-    pub metrics: Arc<Metrics>,
-    pub events: broadcast::Sender<LiveEvent>,
-    pub publisher: Arc<dyn Publisher>,
-    pub influx: Option<InfluxSink>,
-    /// Set to `true` when the server shuts down; live-event streams end then.
-    pub closing: tokio::sync::watch::Sender<bool>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").finish_non_exhaustive()
-    }
-}
-
-/// Current Unix time, ms.
-
-enum Topic<'a> {
-    Flows(&'a str),
-    Counters(&'a str),
-    GatewayStatus(&'a str),
-    Acks(&'a str),
-    Verdicts(&'a str),
-    Commands(&'a str),
-    Alerts(&'a str),
-    Trust(&'a str),
-    NodeStatus(&'a str),
-    Thresholds,
-}
-
-fn parse_topic(topic: &str) -> Option<Topic<'_>> {
-    let rest = topic
-        .strip_prefix(tad_wire::TOPIC_ROOT)?
-        .strip_prefix('/')?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    Some(match parts.as_slice() {
-        ["gw", gw, "flows", p] if p.parse::<u16>().is_ok() => Topic::Flows(gw),
-        ["gw", gw, "counters"] => Topic::Counters(gw),
-        ["gw", gw, "status"] => Topic::GatewayStatus(gw),
-        ["gw", gw, "acks"] => Topic::Acks(gw),
-        ["gw", gw, "verdicts"] => Topic::Verdicts(gw),
-        ["gw", gw, "commands"] => Topic::Commands(gw),
-        ["det", det, "alerts"] => Topic::Alerts(det),
-        ["det", det, "trust"] => Topic::Trust(det),
-        ["det", id, "status"] | ["dash", id, "status"] => Topic::NodeStatus(id),
-        ["settings", "thresholds"] => Topic::Thresholds,
-        _ => return None,
-    })
-}
-
 impl App {
-    /// A new app around an opened store and audit log.
-    pub fn new(
-        config: Config,
-        store: Store,
-        audit: AuditLog,
-        publisher: Arc<dyn Publisher>,
-        influx: Option<InfluxSink>,
-        metrics: Arc<Metrics>,
-    ) -> App {
-        let (events, _) = broadcast::channel(config.server.sse_buffer.max(1));
-        App {
-            config,
-            store,
-            audit: Mutex::new(audit),
-            metrics,
-            events,
-            publisher,
-            influx,
-            closing: tokio::sync::watch::channel(false).0,
-        }
-    }
-
-    fn emit(&self, ev: LiveEvent) {
-        // No subscriber is fine: nobody is looking.
-        let _ = self.events.send(ev);
-    }
-
-    /// Appends an audit record; returns its hash.
-    pub fn audit<T: Serialize>(&self, kind: RecordKind, data: &T) -> Result<String, AuditError> {
-        let mut log = self.audit.lock().unwrap_or_else(|p| p.into_inner());
-        match log.append(kind, now_ms(), data) {
-            Ok(h) => {
-                inc(&self.metrics.audit_records);
-                Ok(h)
-            }
-            Err(e) => {
-                inc(&self.metrics.audit_errors);
-                Err(e)
-            }
-        }
-    }
-
     /// Ingests one bus message. Errors are counted in the metrics and returned;
     /// the caller logs them and goes on.
     pub fn ingest(&self, topic: &str, payload: &[u8]) -> Result<Ingested, IngestError> {
@@ -205,23 +74,25 @@ impl App {
     }
 
     fn ingest_inner(&self, topic: &str, payload: &[u8]) -> Result<Ingested, IngestError> {
-        let t = parse_topic(topic).ok_or_else(|| IngestError::UnknownTopic {
+        let t = TopicKind::parse(topic).ok_or_else(|| IngestError::UnknownTopic {
             topic: topic.to_owned(),
         })?;
-        match t {
-            Topic::Counters(gw) => {
+        match &t {
+            TopicKind::Counters { gateway: gw } => {
                 let s: CountersSnapshot = self.decode(topic, payload)?;
                 self.same(topic, gw, &s.gateway_id)?;
                 self.on_counters(&s)?;
                 Ok(Ingested::Stored("counters"))
             }
-            Topic::Flows(gw) => {
+            TopicKind::Flows { gateway: gw, .. } => {
                 let b: FlowBatch = self.decode(topic, payload)?;
                 self.same(topic, gw, &b.gateway_id)?;
                 self.store.insert_flows(&b, now_ms())?;
                 Ok(Ingested::Stored("flows"))
             }
-            Topic::GatewayStatus(id) | Topic::NodeStatus(id) => {
+            TopicKind::GatewayStatus { gateway: id }
+            | TopicKind::DetectorStatus { detector: id }
+            | TopicKind::DashboardStatus { dashboard: id } => {
                 let s: NodeStatus = self.decode(topic, payload)?;
                 self.same(topic, id, &s.node_id)?;
                 self.store.upsert_status(&s)?;
@@ -229,14 +100,14 @@ impl App {
                 self.emit(LiveEvent::Status(s));
                 Ok(Ingested::Stored("status"))
             }
-            Topic::Acks(gw) => {
+            TopicKind::Acks { gateway: gw } => {
                 let a: Ack = self.decode(topic, payload)?;
                 self.same(topic, gw, &a.gateway_id)?;
                 self.store.insert_ack(&a)?;
                 self.emit(LiveEvent::Blocks);
                 Ok(Ingested::Stored("ack"))
             }
-            Topic::Verdicts(gw) => {
+            TopicKind::Verdicts { gateway: gw } => {
                 let v: Verdict = self.decode(topic, payload)?;
                 if self.store.has_verdict(&v.id)? {
                     return Ok(Ingested::Duplicate("verdict"));
@@ -251,7 +122,7 @@ impl App {
                 self.emit(LiveEvent::Blocks);
                 Ok(Ingested::Stored("verdict"))
             }
-            Topic::Commands(gw) => {
+            TopicKind::Commands { gateway: gw } => {
                 let c: Command = self.decode(topic, payload)?;
                 if self.store.has_command(&c.id)? {
                     // Our own command coming back from the broker.
@@ -260,7 +131,7 @@ impl App {
                 self.record_command(gw, &c)?;
                 Ok(Ingested::Stored("command"))
             }
-            Topic::Alerts(det) => {
+            TopicKind::Alerts { detector: det } => {
                 let a: Alert = self.decode(topic, payload)?;
                 self.same(topic, det, &a.detector_id)?;
                 if self.store.has_alert(&a.id)? {
@@ -279,7 +150,7 @@ impl App {
                 })));
                 Ok(Ingested::Stored("alert"))
             }
-            Topic::Trust(det) => {
+            TopicKind::Trust { detector: det } => {
                 let t: TrustUpdate = self.decode(topic, payload)?;
                 self.same(topic, det, &t.detector_id)?;
                 self.store.upsert_trust(&t)?;
@@ -289,7 +160,7 @@ impl App {
                 self.emit(LiveEvent::Trust(t));
                 Ok(Ingested::Stored("trust"))
             }
-            Topic::Thresholds => {
+            TopicKind::Thresholds => {
                 let t: ThresholdSettings = self.decode(topic, payload)?;
                 if self.store.thresholds()?.is_some_and(|cur| cur.id == t.id) {
                     return Ok(Ingested::Duplicate("thresholds"));

@@ -5,7 +5,8 @@
 //! the web pages and JSON API ([`api`], [`web`]) through which operators watch
 //! traffic and block or unblock sources (published as commands, [`publish`]).
 //!
-//! Data flow: bus message → [`ingest::App::ingest`] → store + audit + live event
+//! The shared state is [`app::App`]. Data flow: bus message → [`app::App::ingest`]
+//! ([`ingest`]) → store + audit + live event
 //! (SSE) → pages. Operator action → [`api`] → [`publish::Publisher`] → bus, and
 //! store + audit.
 // warp composes every route into one nested type; release builds need more
@@ -13,6 +14,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod app;
 pub mod audit;
 pub mod bus;
 pub mod config;
@@ -22,4 +24,5 @@ pub mod metrics;
 pub mod publish;
 pub mod server;
 pub mod store;
+pub mod validate;
 pub mod web;

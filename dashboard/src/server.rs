@@ -7,10 +7,10 @@ use tad_wire::now_ms;
 use tokio::net::TcpListener;
 
 use crate::{
+    app::App,
     audit::{AuditError, AuditLog},
     config::Config,
     influx::{InfluxSink, InfluxTargets},
-    ingest::App,
     metrics::Metrics,
     publish::Publisher,
     store::{Store, StoreError},

@@ -54,7 +54,7 @@ fn check_prerequisites() {
 }
 
 /// Publishes one counters sample a tick, with values that change each time.
-async fn feed_samples(app: Arc<dashboard::ingest::App>, stop: tokio::sync::watch::Receiver<bool>) {
+async fn feed_samples(app: Arc<dashboard::app::App>, stop: tokio::sync::watch::Receiver<bool>) {
     let mut i = 0u64;
     while !*stop.borrow() {
         i += 1;

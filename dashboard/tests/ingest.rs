@@ -7,10 +7,11 @@ use std::{sync::Arc, time::Duration};
 
 use common::*;
 use dashboard::{
+    app::App,
     audit::{AuditLog, verify_file},
     config::Config,
     influx::{InfluxSink, InfluxTargets},
-    ingest::{App, Ingested},
+    ingest::Ingested,
     metrics::Metrics,
     publish::RecordingPublisher,
     store::{BlockState, Store},

@@ -1,6 +1,12 @@
 //! Detector configuration: one TOML file (`detector.toml`; commented example in
 //! `detector/detector.toml.example`). Every section and field has a default, and an
-//! unknown key anywhere is an error.
+//! unknown key anywhere is an error. Loaded through the shared loader
+//! (`tad_bus::config_file`): defaults, then the file, then environment overrides
+//! `TAD_DETECTOR_<SECTION>__<KEY>` (e.g. `TAD_DETECTOR_POLICY__BLOCK_CONFIDENCE=0.9`),
+//! then [`Config::validate`].
+//!
+//! One job, kept in one file: the schema (every section with its defaults and
+//! units), its loading, its range checks and the runtime threshold changes.
 //!
 //! Thresholds can also be changed at runtime from a
 //! [`tad_wire::ThresholdSettings`] message: its keys are the dotted config
@@ -17,17 +23,17 @@ use tad_wire::Mode;
 /// Errors loading or changing the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file does not exist, or its TOML or an environment override is wrong:
+    /// syntax, a wrong type, an unknown key (the message names the file, the key
+    /// and, for an override, the variable).
+    #[error(transparent)]
+    File(#[from] tad_bus::config_file::ConfigFileError),
+    /// TOML text given as a string ([`Config::from_toml`]) is wrong.
     #[error("config {path} is invalid: {source}")]
     Parse {
         path: PathBuf,
         #[source]
-        source: toml::de::Error,
+        source: Box<figment::Error>,
     },
     #[error("invalid value: {0}")]
     Invalid(String),
@@ -324,7 +330,10 @@ pub struct Trust {
     pub device_networks: Vec<IpNet>,
     /// Whether the vulnerability check (open risky services) is on.
     pub vulnerability_check: bool,
-    /// Vulnerability points lost per open risky service, by port.
+    /// Vulnerability points lost per open risky service, by port. A
+    /// `[trust.risky_ports]` table in the file replaces the default table whole;
+    /// an environment override changes or adds one port.
+    #[serde(with = "port_keys")]
     pub risky_ports: BTreeMap<u16, f64>,
     /// Threat-intelligence list (one IP or CIDR a line, `#`/`;` comments).
     pub threat_feed: Option<PathBuf>,
@@ -356,6 +365,28 @@ impl Default for Trust {
             threat_feed: None,
             feed_penalty: 25.0,
         }
+    }
+}
+
+/// Serde of a map keyed by port as a table whose keys are strings (`"21"`), as
+/// TOML and figment write them (figment's own values take no integer keys).
+mod port_keys {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<u16, f64>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(port, v)| (port.to_string(), v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, f64>, D::Error> {
+        BTreeMap::<String, f64>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| match k.parse::<u16>() {
+                Ok(port) => Ok((port, v)),
+                Err(_) => Err(D::Error::custom(format!("`{k}` is not a port (0-65535)"))),
+            })
+            .collect()
     }
 }
 
@@ -412,26 +443,36 @@ impl Config {
         b
     }
 
-    /// Reads and validates a TOML file.
+    /// Environment prefix of overrides: `TAD_DETECTOR_<SECTION>__<KEY>`, e.g.
+    /// `TAD_DETECTOR_PORTSCAN__VERTICAL_PORTS=30`.
+    pub const ENV_PREFIX: &'static str = "TAD_DETECTOR_";
+
+    /// Reads a TOML file over the defaults, applies the [`Self::ENV_PREFIX`]
+    /// environment overrides (`tad_bus::config_file::load`) and validates the
+    /// result.
+    ///
+    /// # Errors
+    /// [`ConfigError::File`] for a missing file, bad TOML, a wrong type or an
+    /// unknown key; [`ConfigError::Invalid`] for a value [`Config::validate`]
+    /// rejects.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        let cfg: Config = tad_bus::config_file::load(path, Self::ENV_PREFIX)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Parses TOML text (tests, `config check`).
+    /// Parses and validates TOML text over the defaults, without environment
+    /// overrides (tests, `config check` of a text).
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] for bad TOML, a wrong type or an unknown key;
+    /// [`ConfigError::Invalid`] for a value [`Config::validate`] rejects.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::from("<string>"),
-            source,
-        })?;
+        let cfg: Config =
+            tad_bus::config_file::parse(text).map_err(|source| ConfigError::Parse {
+                path: PathBuf::from("<string>"),
+                source,
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -582,7 +623,13 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
 mod tests {
+    use std::path::Path;
+
+    use figment::Jail;
+    use tad_bus::config_file::ConfigFileError;
+
     use super::*;
 
     #[test]
@@ -597,10 +644,76 @@ mod tests {
         );
     }
 
+    // Every test that loads a file runs in a figment Jail: Jail serialises them and
+    // scrubs the environment, so one test's variables never leak into another.
+
     #[test]
     fn example_file_parses() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("detector.toml.example");
-        Config::load(&path).unwrap();
+        Jail::expect_with(|_| {
+            let path =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("detector.toml.example");
+            let c = Config::load(&path).map_err(|e| e.to_string())?;
+            assert_eq!(c.trust.risky_ports, Trust::default().risky_ports);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "d.toml",
+                "[portscan]\nvertical_ports = 30\nlow_ports = 4\n[trust.risky_ports]\n22 = 9.0\n",
+            )?;
+            jail.set_env("TAD_DETECTOR_PORTSCAN__VERTICAL_PORTS", "40");
+            jail.set_env("TAD_DETECTOR_POLICY__BLOCK_CONFIDENCE", "0.9");
+            let c = Config::load(Path::new("d.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(c.portscan.vertical_ports, 40, "the environment wins");
+            assert_eq!(c.portscan.low_ports, 4, "the file beats the default");
+            assert_eq!(
+                c.portscan.horizontal_hosts, 25,
+                "others keep their defaults"
+            );
+            assert_eq!(c.policy.block_confidence, 0.9);
+            assert_eq!(c.trust.risky_ports.get(&22), Some(&9.0));
+            assert_eq!(
+                c.trust.risky_ports.get(&23),
+                None,
+                "the file's table replaces the default"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_in_the_file_or_environment_is_an_error() {
+        Jail::expect_with(|jail| {
+            jail.create_file("d.toml", "[portscan]\nvertical_port = 3\n")?;
+            let err = Config::load(Path::new("d.toml")).unwrap_err().to_string();
+            assert!(err.contains("vertical_port"), "{err}");
+            jail.create_file("d.toml", "[portscan]\nvertical_ports = 30\n")?;
+            Config::load(Path::new("d.toml")).map_err(|e| e.to_string())?;
+            jail.set_env("TAD_DETECTOR_PORTSCAN__NO_SUCH_KEY", "1");
+            let err = Config::load(Path::new("d.toml")).unwrap_err().to_string();
+            assert!(err.contains("no_such_key"), "{err}");
+            assert!(matches!(
+                Config::load(Path::new("none.toml")),
+                Err(ConfigError::File(ConfigFileError::Missing { .. }))
+            ));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn values_are_validated_after_loading() {
+        Jail::expect_with(|jail| {
+            jail.create_file("d.toml", "[portscan]\nvertical_ports = 30\n")?;
+            jail.set_env("TAD_DETECTOR_SPIKE__ALPHA", "2.0");
+            let err = Config::load(Path::new("d.toml")).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid(_)), "{err}");
+            assert!(err.to_string().contains("spike.alpha"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -1,16 +1,25 @@
 //! Flow metering outside the kernel, with the XDP program's own rules.
 //!
-//! - [`meter`]: reads pcap/pcapng captures ([`meter::for_each_frame`]) and applies
-//!   `fw_common::flow`'s per-packet accounting to them, so training data, replayed
-//!   captures and the kernel-equivalence test see the flows the kernel would.
+//! - [`capture`]: reads pcap/pcapng captures frame by frame
+//!   ([`capture::for_each_frame`], pcapng `if_tsresol` scaling).
+//! - [`parse`]: one frame → flow-key fields ([`parse::parse_frame`]), with the
+//!   header rules of `fw_common::proto` the XDP program parses with.
+//! - [`meter`]: the flow table: applies `fw_common::flow`'s per-packet accounting
+//!   to parsed frames and runs the export passes, so training data, replayed
+//!   captures and the kernel-equivalence test see the flows the kernel would. It
+//!   re-exports the capture and parse items (`flow_meter::meter::for_each_frame`...).
 //! - [`export`]: the active/idle timeout rules (IPFIX, RFC 5102 §5.11 / RFC 7011)
 //!   that turn a flow-map entry into a `tad_wire::FlowRecord`; the gateway
 //!   daemon and the meter both call them.
 //! - [`features`]: the detector's per-flow feature vector.
 //!
-//! Data flow: kernel flow map or capture → [`export`] → `FlowRecord` →
-//! [`features::extract`] → detector.
+//! Data flow: kernel flow map or capture → [`capture`] → [`parse`] → [`meter`] →
+//! [`export`] → `FlowRecord` → [`features::extract`] → detector.
 
+pub mod capture;
 pub mod export;
 pub mod features;
 pub mod meter;
+pub mod parse;
+#[cfg(test)]
+mod test_frames;

@@ -6,23 +6,16 @@
 //! captures through the detector in tests (`detector replay-pcap`), and as the
 //! reference the eval harness compares against.
 //!
+//! This module holds the flow table and its export clock; the pieces before it
+//! live next door and are re-exported here (the paths other crates use):
+//! [`crate::capture`] reads the file ([`for_each_frame`], [`MeterError`]),
+//! [`crate::parse`] turns a frame into a [`ParsedPacket`] ([`parse_frame`],
+//! [`LinkType`]) with the XDP program's header rules (`fw_common::proto`).
+//!
 //! # What it does per packet
-//! 1. Link layer, by the file's (or pcapng interface's) link type: Ethernet (with up
-//!    to [`MAX_VLAN_TAGS`] 802.1Q / 802.1ad tags; the innermost VLAN id is kept),
-//!    Linux cooked capture v1 (`LINUX_SLL`, 113) and v2 (`LINUX_SLL2`, 276), raw IP
-//!    (`RAW` 101, `IPV4` 228, `IPV6` 229) and BSD loopback (`NULL` 0, `LOOP` 108).
-//!    Anything that is not IPv4/IPv6 (ARP, LLDP...) is skipped and counted.
-//! 2. IPv4 (RFC 791): header length from IHL (options skipped), `ip_len` = total
-//!    length. A non-first fragment (fragment offset != 0) has no transport header:
-//!    ports 0, no TCP flags.
-//! 3. IPv6 (RFC 8200): up to [`MAX_IPV6_EXT_HEADERS`] extension headers (hop-by-hop,
-//!    routing, destination options, AH, fragment) are walked to the upper-layer
-//!    protocol; a non-first fragment has ports 0. `ip_len` = payload length + 40.
-//! 4. TCP (ports and the flag byte), UDP (ports), ICMP / ICMPv6 (type, code; ports
-//!    0). A transport header cut short by the capture's snap length is treated as
-//!    absent (ports 0, no flags), as the XDP program's bounds checks do.
-//! 5. [`FlowKey::new`] and [`FlowStats::account`]: the same key and accounting code
-//!    the XDP program runs.
+//! [`parse_frame`] (frames it rejects are skipped and counted), then
+//! [`FlowKey::new`] and [`FlowStats::account`]: the same key and accounting code
+//! the XDP program runs.
 //!
 //! # Export passes
 //! Like the daemon, the meter walks its flow table every `poll` interval (default
@@ -38,28 +31,16 @@
 //! kernel's monotonic clock in the daemon), so `unix_offset_ns` is 0 and
 //! [`FlowRecord::start_ms`] is the capture time of the flow's first packet.
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    io::{BufReader, Read},
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::HashMap, path::Path, time::Duration};
 
-use fw_common::flow::{FAMILY_V4, FAMILY_V6, FlowKey, FlowStats, PacketMeta, proto, v4_mapped};
-use pcap_file::{
-    DataLink, PcapError,
-    pcap::PcapReader,
-    pcapng::{Block, PcapNgReader, blocks::interface_description::InterfaceDescriptionOption},
-};
+use fw_common::flow::{FlowKey, FlowStats};
 use tad_wire::{EndReason, FlowRecord};
 
 use crate::export::{self, Timeouts};
-
-/// Most VLAN tags walked in an Ethernet header (QinQ).
-pub const MAX_VLAN_TAGS: usize = 2;
-/// Most IPv6 extension headers walked before giving up on finding the transport.
-pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+pub use crate::{
+    capture::{CapturedFrame, MeterError, for_each_frame},
+    parse::{LinkType, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, ParsedPacket, parse_frame},
+};
 
 /// Meter settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +65,7 @@ impl Default for MeterOptions {
 pub struct TimedRecord {
     /// Capture time of the export pass (Unix time, ns).
     pub at_ns: u64,
+    /// The record as the daemon would publish it.
     pub record: FlowRecord,
 }
 
@@ -98,224 +80,6 @@ pub struct MeterStats {
     pub skipped: u64,
     /// Records emitted.
     pub records: u64,
-}
-
-/// Errors reading a capture.
-#[derive(Debug, thiserror::Error)]
-pub enum MeterError {
-    #[error("cannot open capture {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("capture {path} is neither pcap nor pcapng (magic {magic:02x?})")]
-    UnknownFormat { path: PathBuf, magic: [u8; 4] },
-    #[error("capture {path} is malformed: {source}")]
-    Format {
-        path: PathBuf,
-        #[source]
-        source: PcapError,
-    },
-    #[error(
-        "capture {path}: link type {linktype} is not supported (Ethernet, Linux SLL/SLL2, raw IP, loopback are)"
-    )]
-    Linktype { path: PathBuf, linktype: u32 },
-}
-
-/// Link layers the meter decodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LinkType {
-    Ethernet,
-    LinuxSll,
-    LinuxSll2,
-    /// Raw IPv4 or IPv6, version from the first nibble.
-    RawIp,
-    /// BSD loopback: 4-byte address family (either byte order).
-    Loopback,
-}
-
-impl LinkType {
-    /// The decoder for a pcap link type, if supported.
-    pub fn of(dl: DataLink) -> Option<LinkType> {
-        match dl {
-            DataLink::ETHERNET => Some(LinkType::Ethernet),
-            DataLink::LINUX_SLL => Some(LinkType::LinuxSll),
-            DataLink::LINUX_SLL2 => Some(LinkType::LinuxSll2),
-            DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => Some(LinkType::RawIp),
-            DataLink::NULL | DataLink::LOOP => Some(LinkType::Loopback),
-            _ => None,
-        }
-    }
-}
-
-/// What the parser extracted from one frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ParsedPacket {
-    /// Source address (map encoding: IPv4-mapped for IPv4).
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    /// Ports, host byte order; 0 for ICMP, non-first fragments, missing headers.
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub family: u8,
-    pub vlan_id: u16,
-    pub meta: PacketMeta,
-}
-
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const ETH_P_QINQ: u16 = 0x9100;
-
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
-}
-
-/// Parses one frame of the given link type down to the flow key fields. `None` for
-/// frames that are not IPv4/IPv6 or whose IP header is cut short.
-pub fn parse_frame(link: LinkType, frame: &[u8]) -> Option<ParsedPacket> {
-    let (ethertype, l3, vlan_id) = match link {
-        LinkType::Ethernet => {
-            let mut ethertype = be16(frame, 12)?;
-            let mut off = 14;
-            let mut vlan = 0u16;
-            for _ in 0..MAX_VLAN_TAGS {
-                if !matches!(ethertype, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ) {
-                    break;
-                }
-                vlan = be16(frame, off)? & 0x0fff;
-                ethertype = be16(frame, off + 2)?;
-                off += 4;
-            }
-            (ethertype, off, vlan)
-        }
-        LinkType::LinuxSll => (be16(frame, 14)?, 16, 0),
-        LinkType::LinuxSll2 => (be16(frame, 0)?, 20, 0),
-        LinkType::RawIp => match frame.first()? >> 4 {
-            4 => (ETH_P_IPV4, 0, 0),
-            6 => (ETH_P_IPV6, 0, 0),
-            _ => return None,
-        },
-        LinkType::Loopback => {
-            let fam = frame.get(..4)?;
-            let le = u32::from_le_bytes([fam[0], fam[1], fam[2], fam[3]]);
-            let be = u32::from_be_bytes([fam[0], fam[1], fam[2], fam[3]]);
-            // AF_INET is 2 everywhere; AF_INET6 is 10 (Linux), 24/28/30 (BSDs, macOS).
-            let ethertype = match (le, be) {
-                (2, _) | (_, 2) => ETH_P_IPV4,
-                (10 | 24 | 28 | 30, _) | (_, 10 | 24 | 28 | 30) => ETH_P_IPV6,
-                _ => return None,
-            };
-            (ethertype, 4, 0)
-        }
-    };
-    let ip = frame.get(l3..)?;
-    match ethertype {
-        ETH_P_IPV4 => parse_ipv4(ip, vlan_id),
-        ETH_P_IPV6 => parse_ipv6(ip, vlan_id),
-        _ => None,
-    }
-}
-
-fn parse_ipv4(ip: &[u8], vlan_id: u16) -> Option<ParsedPacket> {
-    let h = ip.get(..20)?;
-    if h[0] >> 4 != 4 {
-        return None;
-    }
-    let ihl = ((h[0] & 0x0f) as usize) * 4;
-    if ihl < 20 {
-        return None;
-    }
-    let total_len = be16(h, 2)?;
-    let frag_off = be16(h, 6)? & 0x1fff;
-    let src = v4_mapped([h[12], h[13], h[14], h[15]]);
-    let dst = v4_mapped([h[16], h[17], h[18], h[19]]);
-    let l4 = if frag_off == 0 { ip.get(ihl..) } else { None };
-    Some(transport(src, dst, h[9], FAMILY_V4, vlan_id, total_len, l4))
-}
-
-fn parse_ipv6(ip: &[u8], vlan_id: u16) -> Option<ParsedPacket> {
-    let h = ip.get(..40)?;
-    if h[0] >> 4 != 6 {
-        return None;
-    }
-    let ip_len = be16(h, 4)?.saturating_add(40);
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&h[8..24]);
-    dst.copy_from_slice(&h[24..40]);
-    let mut next = h[6];
-    let mut off = 40usize;
-    let mut l4_ok = true;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
-        let len = match next {
-            // Hop-by-hop, routing, destination options: (hdr ext len + 1) * 8 bytes.
-            0 | 43 | 60 => (*ip.get(off + 1)? as usize + 1) * 8,
-            // Fragment header: 8 bytes; offset in the upper 13 bits of bytes 2-3.
-            44 => {
-                if be16(ip, off + 2)? >> 3 != 0 {
-                    l4_ok = false;
-                }
-                8
-            }
-            // Authentication header: (payload len + 2) * 4 bytes.
-            51 => (*ip.get(off + 1)? as usize + 2) * 4,
-            _ => break,
-        };
-        next = *ip.get(off)?;
-        off += len;
-    }
-    if matches!(next, 0 | 43 | 44 | 51 | 60) {
-        // Chain longer than the bound: no transport header.
-        l4_ok = false;
-    }
-    let l4 = if l4_ok { ip.get(off..) } else { None };
-    Some(transport(src, dst, next, FAMILY_V6, vlan_id, ip_len, l4))
-}
-
-fn transport(
-    src: [u8; 16],
-    dst: [u8; 16],
-    proto_nr: u8,
-    family: u8,
-    vlan_id: u16,
-    ip_len: u16,
-    l4: Option<&[u8]>,
-) -> ParsedPacket {
-    let mut p = ParsedPacket {
-        src,
-        dst,
-        sport: 0,
-        dport: 0,
-        proto: proto_nr,
-        family,
-        vlan_id,
-        meta: PacketMeta {
-            ip_len,
-            ..Default::default()
-        },
-    };
-    let Some(l4) = l4 else { return p };
-    match proto_nr {
-        proto::TCP if l4.len() >= 20 => {
-            p.sport = u16::from_be_bytes([l4[0], l4[1]]);
-            p.dport = u16::from_be_bytes([l4[2], l4[3]]);
-            p.meta.is_tcp = true;
-            p.meta.tcp_flags = l4[13];
-        }
-        proto::UDP if l4.len() >= 8 => {
-            p.sport = u16::from_be_bytes([l4[0], l4[1]]);
-            p.dport = u16::from_be_bytes([l4[2], l4[3]]);
-        }
-        proto::ICMP | proto::ICMPV6 if l4.len() >= 4 => {
-            p.meta.icmp = Some((l4[0], l4[1]));
-        }
-        _ => {}
-    }
-    p
 }
 
 struct Entry {
@@ -342,6 +106,7 @@ pub struct Meter {
 }
 
 impl Meter {
+    /// An empty flow table; the export clock starts at the first packet.
     pub fn new(opts: MeterOptions) -> Self {
         Meter {
             opts,
@@ -476,139 +241,6 @@ impl Meter {
     }
 }
 
-/// One frame as stored in a capture.
-#[derive(Clone, Copy, Debug)]
-pub struct CapturedFrame<'a> {
-    /// Capture time, Unix ns (pcapng timestamps scaled by the interface's
-    /// `if_tsresol`; a Simple Packet Block, which has none, gets the previous time).
-    pub ts_ns: u64,
-    /// The interface's link type.
-    pub linktype: DataLink,
-    /// Length of the frame on the wire, bytes (`data` may be shorter: snap length).
-    pub orig_len: u32,
-    /// The captured bytes.
-    pub data: &'a [u8],
-}
-
-/// Calls `f` with every frame of a pcap or pcapng file (told apart by the magic
-/// number), in file order: the one capture reader of the project (the meter, the
-/// replay tool and the kernel-equivalence test use it). A record cut short at the
-/// end of the file ends the capture; an error from `f` stops the walk.
-pub fn for_each_frame(
-    path: &Path,
-    mut f: impl FnMut(CapturedFrame<'_>) -> Result<(), MeterError>,
-) -> Result<(), MeterError> {
-    let open_err = |source| MeterError::Open {
-        path: path.to_owned(),
-        source,
-    };
-    let fmt_err = |source| MeterError::Format {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(open_err)?;
-    let mut magic = [0u8; 4];
-    file.read_exact(&mut magic).map_err(open_err)?;
-    let reader = BufReader::new(File::open(path).map_err(open_err)?);
-    let mut last_ts_ns = 0u64;
-    match magic {
-        [0x0a, 0x0d, 0x0d, 0x0a] => {
-            let mut r = PcapNgReader::new(reader).map_err(fmt_err)?;
-            // Per interface: link type and timestamp units per second.
-            let mut ifaces: Vec<(DataLink, u64)> = Vec::new();
-            while let Some(block) = r.next_block() {
-                let block = match block {
-                    Ok(b) => b,
-                    Err(PcapError::IncompleteBuffer) => break,
-                    Err(e) => return Err(fmt_err(e)),
-                };
-                match block {
-                    Block::SectionHeader(_) => ifaces.clear(),
-                    Block::InterfaceDescription(idb) => {
-                        let mut units = 1_000_000u64;
-                        for o in &idb.options {
-                            if let InterfaceDescriptionOption::IfTsResol(r) = o {
-                                let exp = (*r & 0x7f) as u32;
-                                units = if r & 0x80 != 0 {
-                                    2u64.checked_pow(exp).unwrap_or(u64::MAX)
-                                } else {
-                                    10u64.checked_pow(exp).unwrap_or(u64::MAX)
-                                };
-                            }
-                        }
-                        ifaces.push((idb.linktype, units));
-                    }
-                    Block::EnhancedPacket(epb) => {
-                        let Some(&(linktype, units)) = ifaces.get(epb.interface_id as usize) else {
-                            return Err(fmt_err(PcapError::InvalidInterfaceId(epb.interface_id)));
-                        };
-                        // pcap-file stores the raw tick count in a Duration's ns.
-                        let ticks = epb.timestamp.as_nanos();
-                        last_ts_ns = (ticks * 1_000_000_000 / units.max(1) as u128) as u64;
-                        f(CapturedFrame {
-                            ts_ns: last_ts_ns,
-                            linktype,
-                            orig_len: epb.original_len,
-                            data: &epb.data,
-                        })?;
-                    }
-                    Block::SimplePacket(spb) => {
-                        if let Some(&(linktype, _)) = ifaces.first() {
-                            f(CapturedFrame {
-                                ts_ns: last_ts_ns,
-                                linktype,
-                                orig_len: spb.original_len,
-                                data: &spb.data,
-                            })?;
-                        }
-                    }
-                    Block::Packet(pb) => {
-                        if let Some(&(linktype, units)) = ifaces.get(pb.interface_id as usize) {
-                            last_ts_ns = (pb.timestamp as u128 * 1_000_000_000
-                                / units.max(1) as u128)
-                                as u64;
-                            f(CapturedFrame {
-                                ts_ns: last_ts_ns,
-                                linktype,
-                                orig_len: pb.original_len,
-                                data: &pb.data,
-                            })?;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        [0xd4, 0xc3, 0xb2, 0xa1]
-        | [0xa1, 0xb2, 0xc3, 0xd4]
-        | [0x4d, 0x3c, 0xb2, 0xa1]
-        | [0xa1, 0xb2, 0x3c, 0x4d] => {
-            let mut r = PcapReader::new(reader).map_err(fmt_err)?;
-            let linktype = r.header().datalink;
-            while let Some(pkt) = r.next_packet() {
-                let pkt = match pkt {
-                    Ok(p) => p,
-                    Err(PcapError::IncompleteBuffer) => break,
-                    Err(e) => return Err(fmt_err(e)),
-                };
-                f(CapturedFrame {
-                    ts_ns: pkt.timestamp.as_nanos() as u64,
-                    linktype,
-                    orig_len: pkt.orig_len,
-                    data: &pkt.data,
-                })?;
-            }
-        }
-        other => {
-            return Err(MeterError::UnknownFormat {
-                path: path.to_owned(),
-                magic: other,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Streams the records of a capture to `emit`, in export order (non-decreasing
 /// `at_ns`), ending with the forced flush. Returns what the meter saw.
 ///
@@ -642,202 +274,25 @@ pub fn records_from_pcap(path: &Path, opts: &MeterOptions) -> Result<Vec<TimedRe
 
 #[cfg(test)]
 mod tests {
-    use std::{borrow::Cow, net::IpAddr};
+    use std::{borrow::Cow, fs::File, path::PathBuf};
 
     use fw_common::flow::tcp_flags::{ACK, RST, SYN};
     use pcap_file::{
+        DataLink,
         pcap::{PcapHeader, PcapPacket, PcapWriter},
         pcapng::{
             PcapNgWriter,
             blocks::{
                 enhanced_packet::EnhancedPacketBlock,
-                interface_description::InterfaceDescriptionBlock,
+                interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
             },
         },
     };
 
     use super::*;
+    use crate::test_frames::{eth, ipv4, tcp, udp};
 
     const S: u64 = 1_000_000_000;
-
-    fn ipv4(
-        src: [u8; 4],
-        dst: [u8; 4],
-        proto_nr: u8,
-        frag_off: u16,
-        options: usize,
-        l4: &[u8],
-    ) -> Vec<u8> {
-        let ihl = 20 + options;
-        let total = (ihl + l4.len()) as u16;
-        let mut h = vec![0u8; ihl];
-        h[0] = 0x40 | (ihl / 4) as u8;
-        h[2..4].copy_from_slice(&total.to_be_bytes());
-        h[6..8].copy_from_slice(&frag_off.to_be_bytes());
-        h[8] = 64;
-        h[9] = proto_nr;
-        h[12..16].copy_from_slice(&src);
-        h[16..20].copy_from_slice(&dst);
-        h.extend_from_slice(l4);
-        h
-    }
-
-    fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-        let mut t = vec![0u8; 20];
-        t[0..2].copy_from_slice(&sport.to_be_bytes());
-        t[2..4].copy_from_slice(&dport.to_be_bytes());
-        t[12] = 5 << 4;
-        t[13] = flags;
-        t
-    }
-
-    fn udp(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
-        let mut u = vec![0u8; 8 + payload];
-        u[0..2].copy_from_slice(&sport.to_be_bytes());
-        u[2..4].copy_from_slice(&dport.to_be_bytes());
-        u[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
-        u
-    }
-
-    fn eth(ethertype: u16, vlans: &[u16], payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; 12];
-        for v in vlans {
-            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
-            f.extend_from_slice(&v.to_be_bytes());
-        }
-        f.extend_from_slice(&ethertype.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-
-    fn addr(p: &ParsedPacket) -> (IpAddr, IpAddr) {
-        (
-            tad_wire::addr_from_map(p.src, p.family),
-            tad_wire::addr_from_map(p.dst, p.family),
-        )
-    }
-
-    #[test]
-    fn ipv4_with_options_vlan_and_fragments() {
-        let seg = tcp(40000, 22, SYN);
-        let ip = ipv4([192, 0, 2, 1], [198, 51, 100, 2], 6, 0, 8, &seg);
-        let p = parse_frame(LinkType::Ethernet, &eth(ETH_P_IPV4, &[0x2005, 0x0064], &ip)).unwrap();
-        assert_eq!(addr(&p).0.to_string(), "192.0.2.1");
-        assert_eq!(
-            (p.sport, p.dport, p.proto, p.vlan_id),
-            (40000, 22, 6, 100),
-            "innermost VLAN id"
-        );
-        assert_eq!(
-            (p.meta.ip_len, p.meta.tcp_flags, p.meta.is_tcp),
-            (48, SYN, true)
-        );
-        // A non-first fragment has no ports, whatever its payload looks like.
-        let frag = ipv4(
-            [192, 0, 2, 1],
-            [198, 51, 100, 2],
-            17,
-            185,
-            0,
-            &udp(53, 53, 20),
-        );
-        let p = parse_frame(LinkType::Ethernet, &eth(ETH_P_IPV4, &[], &frag)).unwrap();
-        assert_eq!((p.sport, p.dport, p.meta.ip_len), (0, 0, 48));
-        // First fragment (MF set, offset 0) keeps its ports.
-        let first = ipv4(
-            [192, 0, 2, 1],
-            [198, 51, 100, 2],
-            17,
-            0x2000,
-            0,
-            &udp(5353, 53, 20),
-        );
-        assert_eq!(
-            parse_frame(LinkType::Ethernet, &eth(ETH_P_IPV4, &[], &first))
-                .unwrap()
-                .sport,
-            5353
-        );
-        // ARP and truncated headers are skipped.
-        assert!(parse_frame(LinkType::Ethernet, &eth(0x0806, &[], &[0u8; 28])).is_none());
-        assert!(parse_frame(LinkType::Ethernet, &eth(ETH_P_IPV4, &[], &ip[..19])).is_none());
-        // Transport header cut by the snap length: accounted without ports.
-        let p = parse_frame(LinkType::Ethernet, &eth(ETH_P_IPV4, &[], &ip[..30])).unwrap();
-        assert_eq!((p.sport, p.meta.is_tcp, p.meta.ip_len), (0, false, 48));
-    }
-
-    fn ipv6(next: u8, ext: &[u8], l4: &[u8]) -> Vec<u8> {
-        let mut h = vec![0u8; 40];
-        h[0] = 0x60;
-        h[4..6].copy_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
-        h[6] = next;
-        h[8..24].copy_from_slice(
-            &"2001:db8::1"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
-        );
-        h[24..40].copy_from_slice(
-            &"2001:db8::2"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
-        );
-        h.extend_from_slice(ext);
-        h.extend_from_slice(l4);
-        h
-    }
-
-    #[test]
-    fn ipv6_extension_headers_and_fragments() {
-        // Hop-by-hop (8 bytes) -> destination options (16 bytes) -> TCP.
-        let mut ext = vec![60, 0, 0, 0, 0, 0, 0, 0];
-        ext.extend_from_slice(&[6, 1]);
-        ext.extend_from_slice(&[0; 14]);
-        let pkt = ipv6(0, &ext, &tcp(1234, 443, SYN));
-        let p = parse_frame(LinkType::Ethernet, &eth(ETH_P_IPV6, &[], &pkt)).unwrap();
-        assert_eq!(
-            (p.proto, p.sport, p.dport, p.family),
-            (6, 1234, 443, FAMILY_V6)
-        );
-        assert_eq!(p.meta.ip_len as usize, pkt.len());
-        assert_eq!(addr(&p).1.to_string(), "2001:db8::2");
-        // Fragment header with a non-zero offset: upper protocol known, no ports.
-        let frag = [17, 0, 0x05, 0x00, 0, 0, 0, 1];
-        let p = parse_frame(LinkType::RawIp, &ipv6(44, &frag, &udp(53, 53, 0))).unwrap();
-        assert_eq!((p.proto, p.sport, p.dport), (17, 0, 0));
-        // ICMPv6 echo request.
-        let p = parse_frame(LinkType::RawIp, &ipv6(58, &[], &[128, 0, 0, 0, 0, 1, 0, 1])).unwrap();
-        assert_eq!((p.meta.icmp, p.sport), (Some((128, 0)), 0));
-        // A chain longer than the bound: no transport header.
-        let long: Vec<u8> = (0..MAX_IPV6_EXT_HEADERS + 1)
-            .flat_map(|_| [60u8, 0, 0, 0, 0, 0, 0, 0])
-            .collect();
-        let p = parse_frame(LinkType::RawIp, &ipv6(60, &long, &tcp(1, 2, SYN))).unwrap();
-        assert_eq!((p.sport, p.meta.is_tcp), (0, false));
-    }
-
-    #[test]
-    fn cooked_and_loopback_link_types() {
-        let ip = ipv4([192, 0, 2, 1], [192, 0, 2, 2], 17, 0, 0, &udp(1, 2, 0));
-        let mut sll = vec![0u8; 14];
-        sll.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
-        sll.extend_from_slice(&ip);
-        let mut sll2 = ETH_P_IPV4.to_be_bytes().to_vec();
-        sll2.extend_from_slice(&[0u8; 18]);
-        sll2.extend_from_slice(&ip);
-        let mut lo = 2u32.to_le_bytes().to_vec();
-        lo.extend_from_slice(&ip);
-        for (lt, f) in [
-            (LinkType::LinuxSll, sll),
-            (LinkType::LinuxSll2, sll2),
-            (LinkType::Loopback, lo),
-            (LinkType::RawIp, ip.clone()),
-        ] {
-            let p = parse_frame(lt, &f).unwrap_or_else(|| panic!("{lt:?}"));
-            assert_eq!((p.sport, p.dport), (1, 2), "{lt:?}");
-        }
-    }
 
     fn collect(m: &mut Meter, pkts: &[(u64, Vec<u8>)], end: bool) -> Vec<TimedRecord> {
         let mut out = Vec::new();
@@ -913,7 +368,11 @@ mod tests {
         let c = [192, 0, 2, 1];
         let s = [192, 0, 2, 2];
         let frames = [
-            eth(ETH_P_IPV4, &[], &ipv4(c, s, 6, 0, 0, &tcp(40000, 80, SYN))),
+            eth(
+                fw_common::proto::ETH_P_IP,
+                &[],
+                &ipv4(c, s, 6, 0, 0, &tcp(40000, 80, SYN)),
+            ),
             eth(0x0806, &[], &[0u8; 28]),
         ];
         let t0 = 1_600_000_000 * S + 123_456_789;

@@ -44,12 +44,12 @@ pub const FAMILY_V4: u8 = 4;
 /// `FlowKey::family` for IPv6.
 pub const FAMILY_V6: u8 = 6;
 
-/// IANA protocol numbers used by the program.
+/// Short names of the IP protocol numbers a [`FlowKey::proto`] is compared with
+/// most: [`crate::proto`]'s `IPPROTO_*`, re-exported (no second set of values).
 pub mod proto {
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const ICMPV6: u8 = 58;
+    pub use crate::proto::{
+        IPPROTO_ICMP as ICMP, IPPROTO_ICMPV6 as ICMPV6, IPPROTO_TCP as TCP, IPPROTO_UDP as UDP,
+    };
 }
 
 /// Normalised bidirectional flow key. 40 bytes.

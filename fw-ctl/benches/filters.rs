@@ -61,9 +61,6 @@
 //!
 //! Options: `--json FILE`, `--runs N` (default 3), `--window-ms MS` (default 3000).
 
-#[path = "../tests/kernel/mod.rs"]
-mod kernel;
-
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -82,7 +79,8 @@ use std::{
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
 use fw_common::{counters::CounterSlot, filter::BlockEntry, maps as m};
-use kernel::{Harness, XDP_DROP, XDP_PASS, machine};
+use fw_ctl::bench_env::machine;
+use fw_testkit::{Harness, XDP_DROP, XDP_PASS};
 use serde_json::{Value, json};
 
 /// Generator side of the veth pair.
@@ -978,10 +976,10 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("{tool} not found (cargo xtask setup installs netsniff-ng, ipset, iptables, nftables, iproute2)"))?;
     }
     ensure!(
-        kernel::cpus() >= 2,
+        fw_testkit::cpus() >= 2,
         "needs at least 2 CPUs (generator on CPU {GEN_CPU}, this process on CPU {BENCH_CPU})"
     );
-    kernel::pin_to_cpu(BENCH_CPU);
+    fw_testkit::pin_to_cpu(BENCH_CPU);
     catch_signals();
     let started = Instant::now();
     let tb = Testbed::new()?;

@@ -29,9 +29,6 @@
 //! the all-due pass; the LRU's per-CPU free-list caching can leave a refilled map up
 //! to 128 entries short of `n`), each keyed `64k`, `256k`, `1m`.
 
-#[path = "../tests/kernel/mod.rs"]
-mod kernel;
-
 use std::{collections::BTreeMap, time::Instant};
 
 use aya::maps::{PerCpuHashMap, PerCpuValues};
@@ -41,7 +38,7 @@ use fw_common::{
     maps as m,
 };
 use fw_ctl::{daemon::exporter::Exporter, kernel::Pinned};
-use kernel::*;
+use fw_testkit::*;
 
 const ROUNDS: usize = 5;
 const SIZES: [(&str, u32); 3] = [("64k", 65_536), ("256k", 262_144), ("1m", 1_048_576)];

@@ -9,9 +9,6 @@
 //! so it runs [`NEW_FLOWS`] distinct frames once each and averages the kernel's
 //! per-run times.
 
-#[path = "../tests/kernel/mod.rs"]
-mod kernel;
-
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::maps::{LpmTrie, lpm_trie::Key};
@@ -21,7 +18,8 @@ use fw_common::{
     flow::tcp_flags as tf,
     maps as m,
 };
-use kernel::*;
+use fw_ctl::bench_env::machine;
+use fw_testkit::*;
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;

@@ -3,8 +3,11 @@
 //! (`#[serde(default)]`) and an unknown key is an error (`deny_unknown_fields`).
 //! [`GatewayFile::check`] validates what serde cannot (prefixes, ranges) and names
 //! every problem it finds; `fw-ctl config check FILE` prints them.
+//! [`GatewayFile::load`] reads the file through the loader every role shares
+//! (`tad_bus::config_file`), so `TAD_GATEWAY_<SECTION>__<KEY>` variables override it.
 
 use std::{
+    io,
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -13,7 +16,7 @@ use std::{
 use flow_meter::export::Timeouts;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use tad_bus::BusConfig;
+use tad_bus::{BusConfig, config_file::ConfigFileError};
 use tad_wire::MAX_TTL_S;
 
 use crate::{
@@ -21,6 +24,10 @@ use crate::{
     error::{CtlError, Result},
     pin::{AttachMode, DEFAULT_INSTANCE, PinDir},
 };
+
+/// Prefix of the environment variables that override `gateway.toml`:
+/// `TAD_GATEWAY_<SECTION>__<KEY>` or `TAD_GATEWAY_<KEY>` for a top-level key.
+pub const ENV_PREFIX: &str = "TAD_GATEWAY_";
 
 /// Observe (IDS) or enforce (IPS), as written in the file and on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -235,13 +242,28 @@ impl Verdicts {
 }
 
 impl GatewayFile {
-    /// Reads and parses a file (TOML syntax, types, unknown keys), then [`Self::check`].
+    /// Reads `path` the way every role reads its file
+    /// ([`tad_bus::config_file::load`]): the defaults, then the TOML file, then
+    /// environment overrides [`ENV_PREFIX`]`<SECTION>__<KEY>` (e.g.
+    /// `TAD_GATEWAY_EXPORT__POLL_INTERVAL_MS=500`, `TAD_GATEWAY_INSTANCE=lab`);
+    /// then [`Self::check`].
+    ///
+    /// # Errors
+    /// [`CtlError::File`] when the file does not exist; [`CtlError::Config`] for
+    /// TOML syntax, a wrong type or an unknown key (in the file or in a
+    /// `TAD_GATEWAY_` variable; the message names it), and for every problem
+    /// [`Self::check`] finds, joined with `; `.
     pub fn load(path: &Path) -> Result<GatewayFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| CtlError::file(path, e))?;
-        let cfg = Self::parse(&text).map_err(|why| CtlError::Config {
-            path: path.to_path_buf(),
-            why,
-        })?;
+        let cfg: GatewayFile =
+            tad_bus::config_file::load(path, ENV_PREFIX).map_err(|e| match e {
+                ConfigFileError::Missing { path } => {
+                    CtlError::file(path, io::Error::from_raw_os_error(libc::ENOENT))
+                }
+                ConfigFileError::Invalid { path, source } => CtlError::Config {
+                    path,
+                    why: source.to_string(),
+                },
+            })?;
         let problems = cfg.check();
         if !problems.is_empty() {
             return Err(CtlError::Config {
@@ -252,9 +274,13 @@ impl GatewayFile {
         Ok(cfg)
     }
 
-    /// Parses TOML text (no semantic checks).
+    /// Parses TOML text over the defaults, without environment overrides or
+    /// semantic checks (`fw-ctl config check`, tests).
+    ///
+    /// # Errors
+    /// The message of a syntax, type or unknown-key error, naming the key.
     pub fn parse(text: &str) -> std::result::Result<GatewayFile, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        tad_bus::config_file::parse(text).map_err(|e| e.to_string())
     }
 
     /// Every semantic problem, each naming the key; empty when valid.
@@ -455,6 +481,70 @@ mod tests {
         assert!(p.contains("gateway_id"), "{p}");
         assert!(p.contains("192.0.2.300/24"), "{p}");
         assert!(p.contains("syn_burst"), "{p}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            "instance = \"from-file\"\nbus_enabled = false\n[export]\npoll_interval_ms = 2000\npartitions = 3\n",
+        )
+        .unwrap();
+        // SAFETY: no other test of this crate reads TAD_GATEWAY_* variables or
+        // loads a file through `GatewayFile::load`; they are removed again below.
+        unsafe {
+            std::env::set_var("TAD_GATEWAY_EXPORT__POLL_INTERVAL_MS", "500");
+            std::env::set_var("TAD_GATEWAY_INSTANCE", "from-env");
+        }
+        let loaded = GatewayFile::load(&path);
+        // SAFETY: as above.
+        unsafe {
+            std::env::remove_var("TAD_GATEWAY_EXPORT__POLL_INTERVAL_MS");
+            std::env::remove_var("TAD_GATEWAY_INSTANCE");
+        }
+        let c = loaded.unwrap();
+        assert_eq!(
+            c.export.poll_interval_ms, 500,
+            "a section key from the environment"
+        );
+        assert_eq!(
+            c.instance, "from-env",
+            "a top-level key from the environment"
+        );
+        assert_eq!(
+            c.export.partitions, 3,
+            "keys not overridden come from the file"
+        );
+        assert!(!c.bus_enabled);
+        assert_eq!(
+            c.verdicts,
+            Verdicts::default(),
+            "absent keys are the defaults"
+        );
+    }
+
+    #[test]
+    fn load_reports_a_missing_file_and_check_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent.toml");
+        let e = GatewayFile::load(&missing).unwrap_err();
+        assert!(matches!(e, CtlError::File { .. }), "{e}");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "bus_enabled = false\n[limits]\npps = 10\n").unwrap();
+        let e = GatewayFile::load(&bad).unwrap_err();
+        assert!(
+            matches!(&e, CtlError::Config { why, .. } if why.contains("limits.burst")),
+            "{e}"
+        );
+        let unknown = dir.path().join("unknown.toml");
+        std::fs::write(&unknown, "[export]\nidle_timeout = 3\n").unwrap();
+        let e = GatewayFile::load(&unknown).unwrap_err();
+        assert!(
+            matches!(&e, CtlError::Config { why, .. } if why.contains("idle_timeout")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,19 +11,32 @@
 //! [`kernel`] (pinned map access), [`lists`] and [`control`] (allow/block rules and
 //! operations), [`state`] (the persistent block state file), [`feed`] (threat
 //! lists), [`config`] (gateway.toml), [`daemon`] (export, verdicts, bus), [`cli`]
-//! (one module per verb), [`cidr`] and [`clock`] (prefix, TTL and clock helpers).
+//! (one module per verb), [`cidr`] and [`clock`] (prefix, TTL and clock helpers),
+//! [`bench_env`] (the machine line of every benchmark figure).
+//!
+//! Feature `ebpf` (default): builds the XDP program and embeds it ([`object`]), and
+//! with it everything that loads it: [`loader::load`], the daemon (which loads the
+//! program when the instance is not loaded) and the CLI. Without it
+//! (`default-features = false`) this is the pinned-map library (pin layout, map
+//! access, lists, config, state file, feeds), which compiles on stable without
+//! bpf-linker: xtask depends on it that way because it must build before
+//! `cargo xtask setup` has installed bpf-linker and nightly.
 
+pub mod bench_env;
 pub mod cidr;
+#[cfg(feature = "ebpf")]
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+#[cfg(feature = "ebpf")]
 pub mod daemon;
 pub mod error;
 pub mod feed;
 pub mod kernel;
 pub mod lists;
 pub mod loader;
+#[cfg(feature = "ebpf")]
 pub mod object;
 pub mod pin;
 pub mod state;

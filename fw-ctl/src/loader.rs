@@ -11,35 +11,38 @@
 
 use std::{
     collections::BTreeSet,
-    fs, io,
+    fs,
     path::Path,
     time::{Duration, Instant},
 };
 
-use aya::{
-    EbpfLoader,
-    programs::{
-        ProgramError, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-    },
-};
+use aya::programs::links::{FdLink, PinnedLink};
 use fw_common::{
-    config::{GatewayConfig, MODE_ENFORCE, MODE_OBSERVE},
     filter::{AllowEntry, ORIGIN_CONFIG},
     maps as names,
 };
 use ipnet::IpNet;
 use serde::Serialize;
+// Only the load path needs the embedded object (feature `ebpf`, see Cargo.toml).
+#[cfg(feature = "ebpf")]
+use {
+    aya::{
+        EbpfLoader,
+        programs::{ProgramError, Xdp, XdpMode},
+    },
+    fw_common::config::{GatewayConfig, MODE_ENFORCE, MODE_OBSERVE},
+    std::io,
+};
 
 use crate::{
     config::{Limits, MapSizes, own_addresses},
     error::{CtlError, Result},
-    kernel::Pinned,
     lists::Lists,
-    object::EBPF_OBJECT,
     pin::{self, AttachMode, PinDir},
-    state::{self, RestoreReport},
+    state::RestoreReport,
 };
+#[cfg(feature = "ebpf")]
+use crate::{kernel::Pinned, object::EBPF_OBJECT, state};
 
 /// What to load.
 #[derive(Clone, Debug)]
@@ -74,6 +77,7 @@ pub struct LoadReport {
     pub restored: Option<RestoreReport>,
 }
 
+#[cfg(feature = "ebpf")]
 /// Removes what a failed load created (in reverse), leaving kept maps alone.
 struct Cleanup<'a> {
     dir: &'a PinDir,
@@ -83,6 +87,7 @@ struct Cleanup<'a> {
     armed: bool,
 }
 
+#[cfg(feature = "ebpf")]
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if !self.armed {
@@ -107,6 +112,7 @@ pub fn preflight(dir: &PinDir, what: &str) -> Result<()> {
     pin::require_bpffs(bpffs)
 }
 
+#[cfg(feature = "ebpf")]
 fn attach_error(iface: &str, mode: AttachMode, e: ProgramError) -> CtlError {
     let io = match e {
         ProgramError::SyscallError(s) => s.io_error,
@@ -128,12 +134,14 @@ fn attach_error(iface: &str, mode: AttachMode, e: ProgramError) -> CtlError {
     }
 }
 
+#[cfg(feature = "ebpf")]
 /// Loads, attaches and pins (see the module docs).
 pub fn load(opts: &LoadOptions) -> Result<LoadReport> {
     let dir = PinDir::new(&opts.instance)?;
     load_in(&dir, opts)
 }
 
+#[cfg(feature = "ebpf")]
 /// [`load`] with an explicit pin directory.
 pub fn load_in(dir: &PinDir, opts: &LoadOptions) -> Result<LoadReport> {
     if opts.interfaces.is_empty() {

@@ -3,8 +3,6 @@
 //! source blocked from userspace stops getting through, unblocked it passes
 //! again, and its flow is read back from the map. Needs root.
 
-mod kernel;
-
 use std::{
     fs::File,
     os::fd::AsRawFd,
@@ -18,7 +16,7 @@ use fw_common::{
     flow::{FAMILY_V4, proto, v4_mapped},
     maps as m,
 };
-use kernel::*;
+use fw_testkit::*;
 
 /// Two namespaces joined by a veth pair; removed on drop (also on panic).
 struct Pair {

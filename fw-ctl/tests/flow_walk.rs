@@ -3,8 +3,6 @@
 //! several batches and after deletions. Needs root (loads the XDP object, pins its
 //! maps in a private bpffs directory).
 
-mod kernel;
-
 use std::collections::HashMap;
 
 use aya::maps::{PerCpuHashMap, PerCpuValues};
@@ -13,7 +11,7 @@ use fw_common::{
     maps as m,
 };
 use fw_ctl::kernel::{FLOW_BATCH, Pinned};
-use kernel::*;
+use fw_testkit::*;
 
 /// Flow `i`: 198.18.x.y:(1024 + i % 50000) -> 192.0.2.10:53, UDP.
 fn key(i: u32) -> FlowKey {

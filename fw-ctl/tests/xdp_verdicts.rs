@@ -4,15 +4,13 @@
 //! limits at and one past their burst, truncation at every offset, and the exact
 //! flow entry of a scripted TCP conversation.
 
-mod kernel;
-
 use fw_common::{
     config::{FLAG_NO_FLOW_ACCOUNTING, GatewayConfig, MODE_OBSERVE},
     counters::CounterSlot,
     filter::{BlockEntry, ORIGIN_MANUAL},
     flow::{FAMILY_V4, FAMILY_V6, FlowKey, SIDE_A, SIDE_B, tcp_flags as tf, v4_mapped},
 };
-use kernel::*;
+use fw_testkit::*;
 
 const ATTACKER4: &str = "198.51.100.66";
 const VICTIM4: &str = "192.0.2.10";

@@ -1,13 +1,16 @@
 //! The gateway's XDP program, attached to the LAN-facing interface.
 //!
 //! Per packet, in this order (each packet lands in exactly one counter slot):
-//! 1. parse Ethernet, up to two VLAN tags (802.1Q / 802.1ad / 0x9100), IPv4 (options;
-//!    non-first fragments carry no ports) or IPv6 (hop-by-hop, routing, fragment
-//!    and destination-options headers skipped, at most [`MAX_IPV6_EXT`]), then TCP,
-//!    UDP, ICMP or ICMPv6. Frames without a complete Ethernet and IP header are
-//!    passed and counted as malformed; a truncated transport header does not
-//!    exempt the packet from source filtering, it only leaves the flow without
-//!    ports;
+//! 1. parse Ethernet, up to `MAX_VLAN_TAGS` (2) VLAN tags (802.1Q / 802.1ad /
+//!    0x9100), IPv4 (options; non-first fragments carry no ports) or IPv6 (the
+//!    extension headers `fw_common::proto::walk_ipv6_ext` walks: hop-by-hop,
+//!    routing, fragment, destination options and AH, at most
+//!    `MAX_IPV6_EXT_HEADERS`), then TCP, UDP, ICMP or ICMPv6. The userspace meter
+//!    (`flow-meter`) parses with the same `fw_common::proto` rules, so its flow
+//!    keys are the kernel's. Frames without a complete Ethernet and IP header
+//!    (IPv4 options included) are passed and counted as malformed; a truncated
+//!    extension or transport header does not exempt the packet from source
+//!    filtering, it only leaves the flow without ports;
 //! 2. allowlist (LPM on the source): pass;
 //! 3. blocklist, entries with an expiry: first the exact-match host map (single
 //!    addresses, /32 or /128), then the LPM trie of shorter prefixes (see
@@ -30,6 +33,9 @@
 // offers no fetch_add, but BPF has a native atomic add (BPF_ATOMIC | BPF_ADD).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
+// Map keys are passed by reference on purpose: a key by value (what this lint
+// suggests) is copied onto the 512-byte BPF stack, the flow key out of scratch.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 use core::{intrinsics::AtomicOrdering, mem};
 
@@ -44,8 +50,12 @@ use fw_common::{
     config::GatewayConfig,
     counters::{COUNTER_SLOTS, CounterSlot, CounterValue, Reason, Verdict},
     filter::{AllowEntry, BlockEntry},
-    flow::{FAMILY_V4, FAMILY_V6, FlowKey, FlowStats, PacketMeta, proto, tcp_flags, v4_mapped},
+    flow::{FAMILY_V4, FAMILY_V6, FlowKey, FlowStats, PacketMeta, tcp_flags, v4_mapped},
     maps as m,
+    proto::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        IPV6_HLEN, MAX_VLAN_TAGS, is_vlan_tpid, walk_ipv6_ext,
+    },
     rate::{RateKey, RateState, gcra_admit},
 };
 
@@ -86,17 +96,6 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// Runtime configuration, index 0.
 #[map(name = "CONFIG")]
 static CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
-
-/// Most IPv6 extension headers skipped before giving up on the transport header.
-const MAX_IPV6_EXT: usize = 6;
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-/// Pre-standard QinQ outer tag, still sent by some switches.
-const ETH_P_QINQ: u16 = 0x9100;
 
 #[xdp]
 pub fn fw(ctx: XdpContext) -> u32 {
@@ -244,10 +243,10 @@ fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> CounterSlot {
         return CounterSlot::dropping(Reason::Blocklist, observe);
     }
     // 3. Per-source rate limits.
-    if cfg.syn_rate_pps != 0 || cfg.pkt_rate_pps != 0 {
-        if let Some(reason) = rate_limit(cfg, p, clock.now()) {
-            return CounterSlot::dropping(reason, observe);
-        }
+    if (cfg.syn_rate_pps != 0 || cfg.pkt_rate_pps != 0)
+        && let Some(reason) = rate_limit(cfg, p, clock.now())
+    {
+        return CounterSlot::dropping(reason, observe);
     }
     CounterSlot::PassNoMatch
 }
@@ -321,8 +320,8 @@ fn parse(ctx: &XdpContext, p: &mut Parsed) -> bool {
     };
     let mut off = ETH_HLEN;
     let mut vlan_id = 0u16;
-    for _ in 0..2 {
-        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ {
+    for _ in 0..MAX_VLAN_TAGS {
+        if is_vlan_tpid(ethertype) {
             let (Some(tci), Some(inner)) = (be16(ctx, off), be16(ctx, off + 2)) else {
                 count(CounterSlot::PassMalformed, len);
                 return false;
@@ -389,45 +388,19 @@ fn parse_v6(ctx: &XdpContext, off: usize, p: &mut Parsed) -> Option<()> {
     let payload_len = u16::from_be_bytes([h[4], h[5]]);
     p.src.copy_from_slice(&h[8..24]);
     p.dst.copy_from_slice(&h[24..40]);
-    let mut next = h[6];
-    let mut l4 = off + 40;
-    let mut first_fragment = true;
-    for _ in 0..MAX_IPV6_EXT {
-        match next {
-            // Hop-by-hop options, routing, destination options (RFC 8200 4.3-4.6):
-            // length in 8-octet units, not counting the first 8.
-            0 | 43 | 60 => {
-                // One bounds check for both bytes, so the verifier sees it.
-                let Some(e) = ptr_at::<[u8; 2]>(ctx, l4) else {
-                    break;
-                };
-                let [nh, units] = unsafe { *e };
-                next = nh;
-                l4 += (units as usize + 1) * 8;
-            }
-            // Fragment header (RFC 8200 4.5), 8 octets.
-            44 => {
-                let Some(e) = ptr_at::<[u8; 4]>(ctx, l4) else {
-                    break;
-                };
-                let e = unsafe { *e };
-                let (nh, fo) = (e[0], u16::from_be_bytes([e[2], e[3]]));
-                next = nh;
-                l4 += 8;
-                if fo & 0xfff8 != 0 {
-                    first_fragment = false;
-                    break;
-                }
-            }
-            _ => break,
-        }
-    }
+    let next = h[6];
+    // The walk's offsets count from the end of the fixed header.
+    let ext = off + IPV6_HLEN;
+    let up = walk_ipv6_ext(next, |at| {
+        // One bounds check for both octets, so the verifier sees it.
+        ptr_at::<[u8; 2]>(ctx, ext + at).map(|e| unsafe { *e })
+    });
     p.src4 = [0; 4];
     p.family = FAMILY_V6;
-    p.proto = next;
-    p.meta.ip_len = payload_len.saturating_add(40);
-    if first_fragment {
-        parse_l4(ctx, l4, p);
+    p.proto = up.proto;
+    p.meta.ip_len = payload_len.saturating_add(IPV6_HLEN as u16);
+    if up.transport {
+        parse_l4(ctx, ext + up.offset, p);
     }
     Some(())
 }
@@ -437,7 +410,7 @@ fn parse_v6(ctx: &XdpContext, off: usize, p: &mut Parsed) -> Option<()> {
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, off: usize, p: &mut Parsed) {
     match p.proto {
-        proto::TCP => {
+        IPPROTO_TCP => {
             if let Some(t) = ptr_at::<[u8; 20]>(ctx, off) {
                 let t = unsafe { &*t };
                 p.sport = u16::from_be_bytes([t[0], t[1]]);
@@ -446,14 +419,14 @@ fn parse_l4(ctx: &XdpContext, off: usize, p: &mut Parsed) {
                 p.meta.is_tcp = true;
             }
         }
-        proto::UDP => {
+        IPPROTO_UDP => {
             if let Some(u) = ptr_at::<[u8; 8]>(ctx, off) {
                 let u = unsafe { &*u };
                 p.sport = u16::from_be_bytes([u[0], u[1]]);
                 p.dport = u16::from_be_bytes([u[2], u[3]]);
             }
         }
-        proto::ICMP | proto::ICMPV6 => {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             if let Some(i) = ptr_at::<[u8; 4]>(ctx, off) {
                 let i = unsafe { &*i };
                 p.meta.icmp = Some((i[0], i[1]));

@@ -122,7 +122,7 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
         None
     };
     if !a.no_build {
-        crate::build()?;
+        crate::build::run()?;
     }
     let _ = testbed::down();
     let tb = Testbed::up(3)?;

@@ -4,6 +4,16 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 
+/// The package set of every cargo build, test and bench xtask runs: the whole
+/// workspace but the eBPF crate (built for bpfel by fw-ctl's build script).
+///
+/// Cargo unifies features over the packages it is asked to build, so `-p fw-ctl
+/// -p detector` and `--workspace` compile the shared dependencies with different
+/// feature sets and each rebuilds them. Selecting the same set everywhere
+/// (`cargo xtask build/test/bench` as much as a plain `cargo test --workspace
+/// --exclude fw-ebpf`) lets one build of the dependencies serve all of them.
+pub const WORKSPACE: &[&str] = &["--workspace", "--exclude", "fw-ebpf"];
+
 /// The workspace root (the directory holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

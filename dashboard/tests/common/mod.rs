@@ -5,9 +5,9 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use dashboard::{
+    app::App,
     audit::AuditLog,
     config::Config,
-    ingest::App,
     metrics::Metrics,
     publish::{Publisher, RecordingPublisher},
     store::Store,

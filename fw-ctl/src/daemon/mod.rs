@@ -36,10 +36,10 @@ use std::{
 
 use fw_common::counters::CounterSlot;
 use serde::{Deserialize, Serialize};
-use tad_bus::{BusClient, BusMetrics, ConnectionState, PublishOptions, QoS};
+use tad_bus::{BusClient, BusMetrics, ConnectionState, PublishOptions, QoS, RawPayload};
 use tad_wire::{
     CounterEntry, CountersSnapshot, FlowBatch, FlowRecord, InterfaceStatus, MapFill, Mode, NodeId,
-    NodeStatus, Role, SCHEMA_VERSION, WireError, partition_of, topic,
+    NodeStatus, Role, SCHEMA_VERSION, partition_of, topic,
 };
 use tokio::sync::mpsc;
 
@@ -58,17 +58,6 @@ use crate::{
     pin::PinDir,
     state,
 };
-
-/// A payload taken as raw bytes from the bus, so the enforcer does its own
-/// decoding and can count, and where possible ack, malformed messages.
-#[derive(Debug)]
-pub struct Raw(pub Vec<u8>);
-
-impl tad_bus::Inbound for Raw {
-    fn decode_from(_topic: &str, payload: &[u8]) -> std::result::Result<Self, WireError> {
-        Ok(Raw(payload.to_vec()))
-    }
-}
 
 /// The daemon's runtime status, written to the status file every second.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -423,8 +412,10 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
     let (bus, mut verdicts, mut commands) = if cfg.bus_enabled {
         let mut b = tad_bus::BusClient::builder(bus_cfg)
             .map_err(|e| CtlError::Runtime(format!("bus: {e}")))?;
-        let v = b.subscribe::<Raw>(&topic::verdicts(&gw), QoS::AtLeastOnce);
-        let c = b.subscribe::<Raw>(&topic::commands(&gw), QoS::AtLeastOnce);
+        // Raw bytes: the enforcer decodes them itself so it can count, and where
+        // possible ack, malformed messages.
+        let v = b.subscribe::<RawPayload>(&topic::verdicts(&gw), QoS::AtLeastOnce);
+        let c = b.subscribe::<RawPayload>(&topic::commands(&gw), QoS::AtLeastOnce);
         b.status(node_status(&gw, &dir, &maps));
         // start(): connect in the background and keep retrying, so the gateway runs
         // (and filters) while the broker is down.

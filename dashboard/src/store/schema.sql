@@ -1,0 +1,100 @@
+-- The dashboard store's schema (SQLite), applied by `Store::open` on every start:
+-- every statement is idempotent (IF NOT EXISTS). Times are Unix ms, rates pps.
+CREATE TABLE IF NOT EXISTS samples (
+    gateway_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    pass_pps REAL NOT NULL,
+    drop_blocklist_pps REAL NOT NULL,
+    drop_syn_rate_pps REAL NOT NULL,
+    drop_pkt_rate_pps REAL NOT NULL,
+    would_drop_pps REAL NOT NULL,
+    flows_per_s REAL NOT NULL,
+    alerts_per_min REAL NOT NULL,
+    flows_exported INTEGER NOT NULL,
+    records_dropped_total INTEGER NOT NULL,
+    counters TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_at ON samples(at_ms);
+CREATE INDEX IF NOT EXISTS samples_gw_at ON samples(gateway_id, at_ms);
+CREATE TABLE IF NOT EXISTS flows (
+    gateway_id TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    start_ms INTEGER NOT NULL,
+    src TEXT NOT NULL, dst TEXT NOT NULL,
+    sport INTEGER NOT NULL, dport INTEGER NOT NULL, proto INTEGER NOT NULL,
+    packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL,
+    end_reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flows_received ON flows(received_ms);
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    gateway_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    audit_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_at ON alerts(at_ms);
+CREATE TABLE IF NOT EXISTS verdicts (
+    id TEXT PRIMARY KEY,
+    gateway_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    audit_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verdicts_at ON verdicts(at_ms);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    gateway_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    audit_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_at ON commands(at_ms);
+CREATE TABLE IF NOT EXISTS acks (
+    id TEXT NOT NULL,
+    gateway_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS acks_at ON acks(at_ms);
+CREATE TABLE IF NOT EXISTS devices (
+    address TEXT PRIMARY KEY,
+    name TEXT,
+    detector_id TEXT,
+    score REAL, level TEXT,
+    behavioural REAL, vulnerability REAL, reputation REAL,
+    reason TEXT,
+    scored_ms INTEGER,
+    last_seen_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    online INTEGER,
+    status_at_ms INTEGER,
+    version TEXT,
+    mode TEXT,
+    interfaces TEXT NOT NULL DEFAULT '[]',
+    maps TEXT NOT NULL DEFAULT '[]',
+    last_counters_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    gateway_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    action TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    origin_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER,
+    request_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (gateway_id, target)
+);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
