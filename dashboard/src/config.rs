@@ -17,14 +17,10 @@ use crate::validate::check_threshold_key;
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path} does not exist")]
-    Missing { path: PathBuf },
-    #[error("config file {path}: {source}")]
-    Invalid {
-        path: PathBuf,
-        #[source]
-        source: Box<figment::Error>,
-    },
+    /// Missing file, syntax, type or unknown key ([`tad_bus::config_file`]).
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    /// A value [`Config::check`] refuses.
     #[error("config file {path}: {what}")]
     Value { path: PathBuf, what: String },
 }
@@ -184,10 +180,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the file and the bad key or value.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = config_file::load(path, Self::ENV_PREFIX).map_err(|e| match e {
-            ConfigFileError::Missing { path } => ConfigError::Missing { path },
-            ConfigFileError::Invalid { path, source } => ConfigError::Invalid { path, source },
-        })?;
+        let cfg: Config = config_file::load(path, Self::ENV_PREFIX)?;
         cfg.check().map_err(|what| ConfigError::Value {
             path: path.to_owned(),
             what,
@@ -279,7 +272,7 @@ mod tests {
             assert!(err.contains("max_ttl_s"), "{err}");
             assert!(matches!(
                 Config::load(Path::new("none.toml")),
-                Err(ConfigError::Missing { .. })
+                Err(ConfigError::File(ConfigFileError::Missing { .. }))
             ));
             Ok(())
         });

@@ -128,6 +128,18 @@ impl PinDir {
         }
     }
 
+    /// The attached interfaces as every status report gives them (`fw-ctl status`,
+    /// the daemon's retained `NodeStatus`), sorted by name.
+    pub fn interface_status(&self) -> Vec<tad_wire::InterfaceStatus> {
+        self.links()
+            .into_iter()
+            .map(|(name, m, _)| tad_wire::InterfaceStatus {
+                name,
+                xdp_mode: m.as_str().into(),
+            })
+            .collect()
+    }
+
     /// The attached interfaces and their modes, from the link pins, sorted by name.
     pub fn links(&self) -> Vec<(String, AttachMode, PathBuf)> {
         let mut out = Vec::new();

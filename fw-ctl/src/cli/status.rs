@@ -45,15 +45,7 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<()> {
     let st = Status {
         instance: ctx.dir.instance.clone(),
         pin_dir: ctx.dir.root.display().to_string(),
-        interfaces: ctx
-            .dir
-            .links()
-            .into_iter()
-            .map(|(name, m, _)| InterfaceStatus {
-                name,
-                xdp_mode: m.as_str().into(),
-            })
-            .collect(),
+        interfaces: ctx.dir.interface_status(),
         mode: if cfg.observe() { "observe" } else { "enforce" }.into(),
         limits: Limits {
             syn_pps: cfg.syn_rate_pps,

@@ -38,8 +38,8 @@ use fw_common::counters::CounterSlot;
 use serde::{Deserialize, Serialize};
 use tad_bus::{BusClient, BusMetrics, ConnectionState, PublishOptions, QoS, RawPayload};
 use tad_wire::{
-    CounterEntry, CountersSnapshot, FlowBatch, FlowRecord, InterfaceStatus, MapFill, Mode, NodeId,
-    NodeStatus, Role, SCHEMA_VERSION, partition_of, topic,
+    CounterEntry, CountersSnapshot, FlowBatch, FlowRecord, MapFill, Mode, NodeId, NodeStatus, Role,
+    SCHEMA_VERSION, partition_of, topic,
 };
 use tokio::sync::mpsc;
 
@@ -189,14 +189,7 @@ fn node_status(gw: &NodeId, dir: &PinDir, maps: &Pinned) -> NodeStatus {
         online: true,
         at_ms: clock::unix_ms(),
         mode,
-        interfaces: dir
-            .links()
-            .into_iter()
-            .map(|(name, m, _)| InterfaceStatus {
-                name,
-                xdp_mode: m.as_str().into(),
-            })
-            .collect(),
+        interfaces: dir.interface_status(),
         maps: Vec::new(),
         version: env!("CARGO_PKG_VERSION").into(),
     }
