@@ -1,9 +1,10 @@
 //! Detector configuration: one TOML file (`detector.toml`; commented example in
 //! `detector/detector.toml.example`). Every section and field has a default, and an
 //! unknown key anywhere is an error. Loaded through the shared loader
-//! (`tad_bus::config_file`): defaults, then the file, then environment overrides
-//! `TAD_DETECTOR_<SECTION>__<KEY>` (e.g. `TAD_DETECTOR_POLICY__BLOCK_CONFIDENCE=0.9`),
-//! then [`Config::validate`].
+//! (`tad_bus::config_file`): the file, then environment overrides
+//! `TAD_DETECTOR_<SECTION>__<KEY>` (e.g. `TAD_DETECTOR_POLICY__BLOCK_CONFIDENCE=0.9`);
+//! keys given by neither take their serde defaults (a table the file gives replaces
+//! its default table whole); then [`Config::validate`].
 //!
 //! One job, kept in one file: the schema (every section with its defaults and
 //! units), its loading, its range checks and the runtime threshold changes.
