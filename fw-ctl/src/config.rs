@@ -243,10 +243,10 @@ impl Verdicts {
 
 impl GatewayFile {
     /// Reads `path` the way every role reads its file
-    /// ([`tad_bus::config_file::load`]): the defaults, then the TOML file, then
-    /// environment overrides [`ENV_PREFIX`]`<SECTION>__<KEY>` (e.g.
-    /// `TAD_GATEWAY_EXPORT__POLL_INTERVAL_MS=500`, `TAD_GATEWAY_INSTANCE=lab`);
-    /// then [`Self::check`].
+    /// ([`tad_bus::config_file::load`]): the TOML file, then environment overrides
+    /// [`ENV_PREFIX`]`<SECTION>__<KEY>` (e.g.
+    /// `TAD_GATEWAY_EXPORT__POLL_INTERVAL_MS=500`, `TAD_GATEWAY_INSTANCE=lab`), keys
+    /// given by neither at their serde defaults; then [`Self::check`].
     ///
     /// # Errors
     /// [`CtlError::File`] when the file does not exist; [`CtlError::Config`] for
