@@ -7,9 +7,15 @@
 //!
 //! | role | write | read |
 //! |---|---|---|
-//! | gateway `<gw>` | `tad/v1/gw/<gw>/{flows/#,counters,status,acks}` | `tad/v1/gw/<gw>/{verdicts,commands}` |
-//! | detector `<det>` | `tad/v1/det/<det>/#`, `tad/v1/gw/+/verdicts` | `tad/v1/gw/+/flows/#`, `tad/v1/gw/+/acks`, `tad/v1/settings/#` |
-//! | dashboard `<id>` | `tad/v1/gw/+/commands`, `tad/v1/settings/thresholds`, `tad/v1/dash/<id>/status` | `tad/v1/#` |
+//! | gateway `<gw>` | `tad/v1/gw/<gw>/{flows/#,counters,status,acks,state,state/delta}` | `tad/v1/gw/<gw>/{verdicts,commands}/+` |
+//! | detector `<det>` | `tad/v1/det/<det>/#`, `tad/v1/gw/+/verdicts/<det>` | `tad/v1/gw/+/flows/#`, `tad/v1/gw/+/acks`, `tad/v1/settings/#` |
+//! | dashboard `<id>` | `tad/v1/gw/+/commands/<id>`, `tad/v1/settings/thresholds`, `tad/v1/dash/<id>/status` | `tad/v1/#` |
+//!
+//! The identity level at the end of a verdict or command topic is the client's own
+//! id, written literally into its `user` block: detector `detector-2` cannot
+//! publish on `tad/v1/gw/gateway-1/verdicts/detector-1`, so the topic names the
+//! certificate that published it (and the payload's JWS signature, checked by the
+//! gateway, names it again).
 //!
 //! Anything not listed is denied (Mosquitto's ACL default). With MQTT v5 a denied
 //! QoS 1 publish is answered with PUBACK reason 0x87 (not authorized); a denied
@@ -78,18 +84,20 @@ pub fn rules_for(node_id: &str) -> Result<Vec<AclRule>, BrokerConfigError> {
             w(format!("{r}/gw/{node_id}/counters")),
             w(format!("{r}/gw/{node_id}/status")),
             w(format!("{r}/gw/{node_id}/acks")),
-            rd(format!("{r}/gw/{node_id}/verdicts")),
-            rd(format!("{r}/gw/{node_id}/commands")),
+            w(format!("{r}/gw/{node_id}/state")),
+            w(format!("{r}/gw/{node_id}/state/delta")),
+            rd(format!("{r}/gw/{node_id}/verdicts/+")),
+            rd(format!("{r}/gw/{node_id}/commands/+")),
         ],
         Role::Detector => vec![
             w(format!("{r}/det/{node_id}/#")),
-            w(format!("{r}/gw/+/verdicts")),
+            w(format!("{r}/gw/+/verdicts/{node_id}")),
             rd(format!("{r}/gw/+/flows/#")),
             rd(format!("{r}/gw/+/acks")),
             rd(format!("{r}/settings/#")),
         ],
         Role::Dashboard => vec![
-            w(format!("{r}/gw/+/commands")),
+            w(format!("{r}/gw/+/commands/{node_id}")),
             w(format!("{r}/settings/thresholds")),
             w(format!("{r}/dash/{node_id}/status")),
             rd(format!("{r}/#")),
@@ -119,13 +127,13 @@ pub fn render_acl(nodes: &[String]) -> Result<String, BrokerConfigError> {
         }
         let role = match role_of(n)? {
             Role::Gateway => {
-                "gateway: publishes its own flows, counters, status, acks; reads its own verdicts and commands"
+                "gateway: publishes its own flows, counters, status, acks, enforced state; reads its own verdicts and commands"
             }
             Role::Detector => {
-                "detector: reads flows, acks and settings; writes its alerts/trust/status and verdicts"
+                "detector: reads flows, acks and settings; writes its alerts/trust/status/settings and verdicts under its own id"
             }
             Role::Dashboard => {
-                "dashboard: reads everything; writes commands, thresholds and its own status"
+                "dashboard: reads everything; writes commands under its own id, thresholds and its own status"
             }
         };
         let _ = write!(out, "\n# {role}\nuser {n}\n");
@@ -287,11 +295,34 @@ mod tests {
         let r = rules_for("gateway-1").unwrap();
         assert!(allowed(&r, Access::Write, "tad/v1/gw/gateway-1/flows/0"));
         assert!(allowed(&r, Access::Write, "tad/v1/gw/gateway-1/status"));
-        assert!(!allowed(&r, Access::Write, "tad/v1/gw/gateway-1/verdicts"));
+        assert!(allowed(&r, Access::Write, "tad/v1/gw/gateway-1/state"));
+        assert!(allowed(
+            &r,
+            Access::Write,
+            "tad/v1/gw/gateway-1/state/delta"
+        ));
+        assert!(!allowed(
+            &r,
+            Access::Write,
+            "tad/v1/gw/gateway-1/verdicts/detector-1"
+        ));
         assert!(!allowed(&r, Access::Write, "tad/v1/gw/gateway-2/flows/0"));
-        assert!(allowed(&r, Access::Read, "tad/v1/gw/gateway-1/verdicts"));
-        assert!(allowed(&r, Access::Read, "tad/v1/gw/gateway-1/commands"));
-        assert!(!allowed(&r, Access::Read, "tad/v1/gw/gateway-2/verdicts"));
+        assert!(!allowed(&r, Access::Write, "tad/v1/gw/gateway-2/state"));
+        assert!(allowed(
+            &r,
+            Access::Read,
+            "tad/v1/gw/gateway-1/verdicts/detector-1"
+        ));
+        assert!(allowed(
+            &r,
+            Access::Read,
+            "tad/v1/gw/gateway-1/commands/dashboard"
+        ));
+        assert!(!allowed(
+            &r,
+            Access::Read,
+            "tad/v1/gw/gateway-2/verdicts/detector-1"
+        ));
         assert!(!allowed(&r, Access::Read, "tad/v1/gw/gateway-1/flows/0"));
     }
 
@@ -299,17 +330,51 @@ mod tests {
     fn detector_and_dashboard_rules() {
         let d = rules_for("detector-1").unwrap();
         assert!(allowed(&d, Access::Read, "tad/v1/gw/gateway-7/flows/3"));
-        assert!(allowed(&d, Access::Write, "tad/v1/gw/gateway-7/verdicts"));
+        assert!(allowed(
+            &d,
+            Access::Write,
+            "tad/v1/gw/gateway-7/verdicts/detector-1"
+        ));
+        assert!(
+            !allowed(&d, Access::Write, "tad/v1/gw/gateway-7/verdicts/detector-2"),
+            "a detector publishes verdicts only under its own id"
+        );
+        assert!(allowed(
+            &d,
+            Access::Write,
+            "tad/v1/det/detector-1/settings/schema"
+        ));
         assert!(allowed(&d, Access::Write, "tad/v1/det/detector-1/alerts"));
         assert!(!allowed(&d, Access::Write, "tad/v1/det/detector-2/alerts"));
-        assert!(!allowed(&d, Access::Write, "tad/v1/gw/gateway-7/commands"));
-        assert!(!allowed(&d, Access::Read, "tad/v1/gw/gateway-7/commands"));
+        assert!(!allowed(
+            &d,
+            Access::Write,
+            "tad/v1/gw/gateway-7/commands/detector-1"
+        ));
+        assert!(!allowed(
+            &d,
+            Access::Read,
+            "tad/v1/gw/gateway-7/commands/dashboard"
+        ));
         let b = rules_for("dashboard").unwrap();
         assert!(allowed(&b, Access::Read, "tad/v1/det/detector-1/alerts"));
-        assert!(allowed(&b, Access::Write, "tad/v1/gw/gateway-1/commands"));
+        assert!(allowed(
+            &b,
+            Access::Write,
+            "tad/v1/gw/gateway-1/commands/dashboard"
+        ));
+        assert!(!allowed(
+            &b,
+            Access::Write,
+            "tad/v1/gw/gateway-1/commands/dashboard-2"
+        ));
         assert!(allowed(&b, Access::Write, "tad/v1/settings/thresholds"));
         assert!(allowed(&b, Access::Write, "tad/v1/dash/dashboard/status"));
-        assert!(!allowed(&b, Access::Write, "tad/v1/gw/gateway-1/verdicts"));
+        assert!(!allowed(
+            &b,
+            Access::Write,
+            "tad/v1/gw/gateway-1/verdicts/dashboard"
+        ));
     }
 
     #[test]

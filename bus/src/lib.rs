@@ -19,6 +19,7 @@ pub mod broker;
 pub mod client;
 pub mod config_file;
 pub mod pki;
+pub mod signing;
 pub mod testing;
 
 pub use client::{
@@ -26,3 +27,4 @@ pub use client::{
     Overflow, PublishOptions, RawPayload, Received, Subscription,
 };
 pub use rumqttc::v5::mqttbytes::QoS;
+pub use signing::{SignError, Signed, Signer, Unverified, Verifier};

@@ -45,6 +45,7 @@ pub const DEFAULT_NODES: &[&str] = &[
     "detector-1",
     "detector-2",
     "dashboard",
+    "dashboard-2",
 ];
 
 /// How long [`TestBroker::start`] waits for the broker to accept TLS.

@@ -11,7 +11,7 @@ use rumqttc::{
     v5::{AsyncClient, Event, Incoming, MqttOptions},
 };
 use tad_bus::{
-    AnyMessage, BusClient, BusError, PublishOptions, QoS,
+    AnyMessage, BusClient, BusError, PublishOptions, QoS, RawPayload, Signer, Verifier,
     pki::{CertificateAuthority, Validity},
     testing::{TestBroker, TestBrokerOptions},
 };
@@ -35,7 +35,8 @@ fn ack(id: &str, gw: &str) -> Ack {
 async fn mutual_tls_round_trip_verdict_and_ack() {
     let broker = TestBroker::start().expect("test broker");
     let mut gw = BusClient::builder(broker.config("gateway-1").unwrap()).unwrap();
-    let mut verdicts = gw.subscribe::<Verdict>(&topic::verdicts("gateway-1"), QoS::AtLeastOnce);
+    let mut verdicts =
+        gw.subscribe::<RawPayload>(&topic::verdicts_filter("gateway-1"), QoS::AtLeastOnce);
     let gw = gw.connect().await.expect("gateway connects");
     let mut det = BusClient::builder(broker.config("detector-1").unwrap()).unwrap();
     let mut acks = det.subscribe::<Ack>("tad/v1/gw/+/acks", QoS::AtLeastOnce);
@@ -43,18 +44,28 @@ async fn mutual_tls_round_trip_verdict_and_ack() {
     let det = det.connect().await.expect("detector connects");
 
     let v = verdict("v-1", "detector-1");
-    det.publish(
-        &topic::verdicts("gateway-1"),
+    let signer = Signer::from_bus_config(&broker.config("detector-1").unwrap()).unwrap();
+    det.publish_signed(
+        &topic::verdicts("gateway-1", "detector-1"),
+        &signer,
         &v,
         PublishOptions::verdict(60),
     )
     .await
     .unwrap();
     let got = next(&mut verdicts).await;
-    assert_eq!(got.message, v);
-    assert_eq!(got.topic, topic::verdicts("gateway-1"));
-    assert_eq!(got.content_type.as_deref(), Some(tad_wire::CONTENT_TYPE));
+    assert_eq!(got.topic, topic::verdicts("gateway-1", "detector-1"));
+    assert_eq!(
+        got.content_type.as_deref(),
+        Some(tad_wire::SIGNED_CONTENT_TYPE)
+    );
     assert!(!got.retained);
+    // The gateway's check: the signature verifies against the bus CA and names the
+    // certificate that published it.
+    let verifier = Verifier::from_bus_config(&broker.config("gateway-1").unwrap()).unwrap();
+    let signed = verifier.verify::<Verdict>(&got.message.0).unwrap();
+    assert_eq!(signed.message, v);
+    assert_eq!(signed.signer.as_str(), "detector-1");
 
     gw.publish(
         &topic::acks("gateway-1"),
@@ -182,7 +193,8 @@ async fn expired_certificate_is_refused() {
 async fn acl_denies_a_gateway_publishing_a_verdict() {
     let broker = TestBroker::start().expect("test broker");
     let mut gw = BusClient::builder(broker.config("gateway-1").unwrap()).unwrap();
-    let mut verdicts = gw.subscribe::<Verdict>(&topic::verdicts("gateway-1"), QoS::AtLeastOnce);
+    let mut verdicts =
+        gw.subscribe::<Verdict>(&topic::verdicts_filter("gateway-1"), QoS::AtLeastOnce);
     let gw = gw.connect().await.unwrap();
     let det = BusClient::connect(broker.config("detector-1").unwrap())
         .await
@@ -191,7 +203,7 @@ async fn acl_denies_a_gateway_publishing_a_verdict() {
     // The gateway may read its verdicts but not write them: neither as QoS 0
     // (dropped silently) nor as QoS 1 (PUBACK 0x87 not authorized).
     let forged = verdict("forged", "detector-1");
-    let t = topic::verdicts("gateway-1");
+    let t = topic::verdicts("gateway-1", "detector-1");
     gw.publish(
         &t,
         &forged,
@@ -222,6 +234,102 @@ async fn acl_denies_a_gateway_publishing_a_verdict() {
         "a forged verdict got through"
     );
     assert_eq!(det.metrics().denied, 0);
+}
+
+/// A client can publish verdicts and commands only under its own identity level:
+/// `detector-2` cannot write on `.../verdicts/detector-1`, `dashboard-2` cannot
+/// write on `.../commands/dashboard` (PUBACK 0x87), and their own topics work.
+#[tokio::test]
+async fn acl_confines_verdicts_and_commands_to_the_publishers_own_topic() {
+    let broker = TestBroker::start().expect("test broker");
+    let mut gw = BusClient::builder(broker.config("gateway-1").unwrap()).unwrap();
+    let mut verdicts =
+        gw.subscribe::<RawPayload>(&topic::verdicts_filter("gateway-1"), QoS::AtLeastOnce);
+    let mut commands =
+        gw.subscribe::<RawPayload>(&topic::commands_filter("gateway-1"), QoS::AtLeastOnce);
+    let _gw = gw.connect().await.unwrap();
+    let det2 = BusClient::connect(broker.config("detector-2").unwrap())
+        .await
+        .unwrap();
+    let dash2 = BusClient::connect(broker.config("dashboard-2").unwrap())
+        .await
+        .unwrap();
+    let s_det2 = Signer::from_bus_config(&broker.config("detector-2").unwrap()).unwrap();
+    let s_dash2 = Signer::from_bus_config(&broker.config("dashboard-2").unwrap()).unwrap();
+
+    // detector-2 writes a verdict in detector-1's name, on detector-1's topic.
+    det2.publish_signed(
+        &topic::verdicts("gateway-1", "detector-1"),
+        &s_det2,
+        &verdict("spoof", "detector-1"),
+        PublishOptions::reliable(),
+    )
+    .await
+    .unwrap();
+    until(
+        "the broker's refusal of detector-2 on detector-1's topic",
+        || det2.metrics().denied == 1,
+    )
+    .await;
+    let cmd = tad_wire::Command {
+        v: SCHEMA_VERSION,
+        id: "c-spoof".into(),
+        operator: "mallory".into(),
+        issued_at_ms: 1,
+        action: tad_wire::Action::Block,
+        target: "192.0.2.9/32".parse().unwrap(),
+        ttl_s: None,
+        reason: None,
+    };
+    dash2
+        .publish_signed(
+            &topic::commands("gateway-1", "dashboard"),
+            &s_dash2,
+            &cmd,
+            PublishOptions::reliable(),
+        )
+        .await
+        .unwrap();
+    until(
+        "the broker's refusal of dashboard-2 on dashboard's topic",
+        || dash2.metrics().denied == 1,
+    )
+    .await;
+
+    // Under their own ids both go through, and are the first the gateway sees.
+    det2.publish_signed(
+        &topic::verdicts("gateway-1", "detector-2"),
+        &s_det2,
+        &verdict("own", "detector-2"),
+        PublishOptions::reliable(),
+    )
+    .await
+    .unwrap();
+    let got = next(&mut verdicts).await;
+    assert_eq!(got.topic, topic::verdicts("gateway-1", "detector-2"));
+    dash2
+        .publish_signed(
+            &topic::commands("gateway-1", "dashboard-2"),
+            &s_dash2,
+            &tad_wire::Command {
+                id: "c-own".into(),
+                ..cmd
+            },
+            PublishOptions::reliable(),
+        )
+        .await
+        .unwrap();
+    let got = next(&mut commands).await;
+    assert_eq!(got.topic, topic::commands("gateway-1", "dashboard-2"));
+    assert!(
+        verdicts.try_recv().is_none(),
+        "a spoofed verdict got through"
+    );
+    assert!(
+        commands.try_recv().is_none(),
+        "a spoofed command got through"
+    );
+    assert_eq!((det2.metrics().denied, dash2.metrics().denied), (1, 1));
 }
 
 #[tokio::test]
@@ -428,7 +536,7 @@ async fn expired_verdicts_are_not_delivered_to_a_returning_gateway() {
     let broker = TestBroker::start().expect("test broker");
     let connect_gw = || async {
         let mut gw = BusClient::builder(broker.config("gateway-1").unwrap()).unwrap();
-        let v = gw.subscribe::<Verdict>(&topic::verdicts("gateway-1"), QoS::AtLeastOnce);
+        let v = gw.subscribe::<Verdict>(&topic::verdicts_filter("gateway-1"), QoS::AtLeastOnce);
         (gw.connect().await.unwrap(), v)
     };
     // The gateway's session (with its subscription) outlives its connection.
@@ -438,7 +546,7 @@ async fn expired_verdicts_are_not_delivered_to_a_returning_gateway() {
     let det = BusClient::connect(broker.config("detector-1").unwrap())
         .await
         .unwrap();
-    let t = topic::verdicts("gateway-1");
+    let t = topic::verdicts("gateway-1", "detector-1");
     det.publish(
         &t,
         &verdict("stale", "detector-1"),

@@ -38,12 +38,13 @@ async fn malformed_payload_is_rejected_counted_logged_once_and_consumer_continue
 
     let broker = TestBroker::start().expect("test broker");
     let mut gw = BusClient::builder(broker.config("gateway-1").unwrap()).unwrap();
-    let mut verdicts = gw.subscribe::<Verdict>(&topic::verdicts("gateway-1"), QoS::AtLeastOnce);
+    let mut verdicts =
+        gw.subscribe::<Verdict>(&topic::verdicts_filter("gateway-1"), QoS::AtLeastOnce);
     let gw = gw.connect().await.unwrap();
     let det = BusClient::connect(broker.config("detector-1").unwrap())
         .await
         .unwrap();
-    let t = topic::verdicts("gateway-1");
+    let t = topic::verdicts("gateway-1", "detector-1");
 
     let mut future_version = verdict("v-next", "detector-1");
     future_version.v = 2;

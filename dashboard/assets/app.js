@@ -69,6 +69,19 @@ function duration(s) {
 }
 
 const shortHash = (hash) => h('span', { class: 'hash', title: hash }, hash.slice(0, 16) + '…');
+// A hash linking to its audit record (GET /api/v1/audit/{hash} on the Audit page).
+const auditLink = (hash) => h('a', {
+  class: 'hash', title: hash, href: `/audit?hash=${encodeURIComponent(hash)}`,
+}, hash.slice(0, 16) + '…');
+
+// A token form (sessionStorage, this tab only): `formId`, its result `resultId`.
+function tokenForm(formId, resultId) {
+  document.getElementById(formId).addEventListener('submit', (e) => {
+    e.preventDefault();
+    sessionStorage.setItem('tad-token', new FormData(e.target).get('token'));
+    showResult(document.getElementById(resultId), true, 'Token set for this tab.');
+  });
+}
 
 function throttle(fn, ms) {
   let timer = null;
@@ -169,7 +182,7 @@ function alertRow(a, withGateway, fresh) {
       h('div', { class: 'hint' }, `${a.explanation.rule}, window ${a.explanation.window_s} s: ` +
         Object.entries(a.explanation.observed).map(([k, v]) =>
           `${k} ${v} (threshold ${a.explanation.thresholds[k] ?? '–'})`).join('; '))),
-    h('td', {}, shortHash(a.audit_hash)));
+    h('td', {}, auditLink(a.audit_hash)));
 }
 
 // ------------------------------------------------------------ pages
@@ -217,7 +230,10 @@ async function overview() {
       `${gws.filter((n) => n.online).length} / ${gws.length}`;
   };
   const refreshBlocks = async () => {
-    document.getElementById('card-blocks').textContent = (await getJson('/blocks')).length;
+    const b = await getJson('/blocks');
+    const now = Date.now();
+    document.getElementById('card-blocks').textContent =
+      b.blocks.filter((x) => x.expires_at_ms === null || x.expires_at_ms > now).length;
   };
   await Promise.all([refreshNodes(), refreshBlocks()]);
   on('status', throttle(refreshNodes, 500));
@@ -265,34 +281,61 @@ async function fillGatewaySelect(select, keepFirst) {
 }
 
 async function blocksPage() {
+  // Everything here comes from GET /blocks: the entries of each gateway's
+  // published state (never a guess from verdicts or commands) and the commands
+  // the gateways' state does not show yet.
   const tbody = document.getElementById('blocks');
-  let rows = [];
+  const pending = document.getElementById('pending');
+  const stateLine = document.getElementById('blocks-state');
+  let data = { blocks: [], pending: [], gateways: [] };
   const fetchedAt = { t: Date.now() };
   const draw = () => {
     const elapsed = Math.floor((Date.now() - fetchedAt.t) / 1000);
-    tbody.replaceChildren(...(rows.length ? rows.map((b) => h('tr', { 'data-target': b.target },
+    // An entry whose expiry passed is gone, whether or not the delta arrived yet.
+    const rows = data.blocks.filter((b) => b.ttl_left_s === null || b.ttl_left_s - elapsed > 0);
+    tbody.replaceChildren(...(rows.length ? rows.map((b) => h('tr', {
+      'data-prefix': b.prefix, 'data-origin': b.origin, 'data-gateway': b.gateway_id,
+    },
       h('td', {}, b.gateway_id),
-      h('td', {}, b.target),
-      h('td', {}, b.action),
-      h('td', {}, `${b.origin}: ${b.origin_id}`),
-      h('td', {}, b.reason),
-      h('td', { title: b.error || '' }, b.state.replace('_', ' ')),
+      h('td', {}, b.prefix),
+      h('td', {}, h('span', { class: `badge origin-${b.origin}` }, b.origin)),
+      h('td', {}, b.reason.replace(/_/g, ' ')),
+      h('td', {}, b.rule || '–'),
+      h('td', {}, b.by || '–'),
+      h('td', { title: fmtTime(b.created_ms) }, b.created_ms ? ago(b.created_ms) : 'unknown'),
       h('td', {}, b.ttl_left_s === null ? 'permanent' : duration(Math.max(0, b.ttl_left_s - elapsed))),
+      h('td', {}, fmtNum(b.hits)),
       h('td', {}, h('button', {
         class: 'small',
         onclick: async (e) => {
           e.target.disabled = true;
           try {
-            await mutate('DELETE', `/blocks?gateway_id=${encodeURIComponent(b.gateway_id)}&target=${encodeURIComponent(b.target)}`);
+            await mutate('DELETE', `/blocks?gateway_id=${encodeURIComponent(b.gateway_id)}&target=${encodeURIComponent(b.prefix)}`);
           } catch (err) {
             alert(`Unblock failed: ${err.message}`);
           }
           e.target.disabled = false;
         },
       }, 'Unblock'))))
-      : [h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'Nothing blocked.'))]));
+      : [h('tr', {}, h('td', { colspan: 10, class: 'empty' },
+        data.gateways.length ? 'Nothing blocked.' : 'No gateway has published its state yet.'))]));
+    pending.replaceChildren(...(data.pending.length ? data.pending.map((p) => h('tr', {
+      'data-target': p.target, 'data-status': p.status, 'data-command': p.command_id,
+    },
+      h('td', {}, p.gateway_id),
+      h('td', {}, p.action),
+      h('td', {}, p.target),
+      h('td', {}, p.operator),
+      h('td', { title: fmtTime(p.issued_at_ms) }, ago(p.issued_at_ms)),
+      h('td', { title: p.error || '' }, p.status === 'refused'
+        ? h('span', { class: 'badge offline' }, `refused: ${p.error || 'no reason given'}`)
+        : p.status === 'acked' ? `acked (${(p.outcome || '').replace('_', ' ')}), not in the state yet`
+          : 'sent, no answer yet')))
+      : [h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'Nothing pending.'))]));
+    stateLine.textContent = data.gateways.map((g) =>
+      `${g.gateway_id}: state rev ${g.rev}, read ${ago(g.at_ms)}${g.synced ? '' : ' (waiting for the next snapshot)'}`).join(' · ');
   };
-  const load = async () => { rows = await getJson('/blocks'); fetchedAt.t = Date.now(); draw(); };
+  const load = async () => { data = await getJson('/blocks'); fetchedAt.t = Date.now(); draw(); };
   await load();
   setInterval(draw, 1000);
   on('blocks', throttle(load, 300));
@@ -312,38 +355,131 @@ async function blocksPage() {
     } catch (err) { showResult(out, false, err.message); }
   });
 
-  const thr = document.getElementById('thresholds');
-  const loadThresholds = async () => {
-    const t = await getJson('/thresholds');
-    const entries = Object.entries((t && t.values) || {});
-    thr.replaceChildren(...(entries.length ? entries.map(([k, v]) => h('li', {},
-      h('span', {}, `${k} = ${v}`),
-      h('button', {
-        type: 'button', class: 'small',
-        onclick: async () => {
-          try { await mutate('DELETE', `/thresholds?key=${encodeURIComponent(k)}`); loadThresholds(); }
-          catch (err) { showResult(document.getElementById('threshold-result'), false, err.message); }
-        },
-      }, 'remove')))
-      : [h('li', { class: 'empty' }, 'Detector defaults in force.')]));
-  };
-  await loadThresholds();
-  document.getElementById('threshold-form').addEventListener('submit', async (e) => {
-    e.preventDefault();
-    const f = new FormData(e.target);
-    const out = document.getElementById('threshold-result');
-    try {
-      await mutate('POST', '/thresholds', { values: { [f.get('key').trim()]: Number(f.get('value')) } });
-      showResult(out, true, 'Sent to the detectors.');
-      loadThresholds();
-    } catch (err) { showResult(out, false, err.message); }
-  });
   const tokenForm = document.getElementById('token-form');
   tokenForm.addEventListener('submit', (e) => {
     e.preventDefault();
     sessionStorage.setItem('tad-token', new FormData(e.target).get('token'));
     showResult(document.getElementById('token-result'), true, 'Token set for this tab.');
   });
+}
+
+const STATUS_BADGE = { applied: 'online', refused: 'offline', pending: 'sev-medium', none: 'unknown' };
+
+async function settingsPage() {
+  const tbodyDet = document.getElementById('settings-detectors');
+  const tbodyKeys = document.getElementById('settings-keys');
+  const select = document.getElementById('settings-key');
+  const range = document.getElementById('settings-range');
+  const out = document.getElementById('settings-result');
+  let keys = new Map(); // key -> { kind, min, max, defaults: [], unit, help }
+  const describe = (k) => {
+    const s = keys.get(k);
+    return s ? `${s.kind}, ${s.min} … ${s.max}${s.unit ? ' ' + s.unit : ''}; default ${s.defaults.join(' / ')}` : '';
+  };
+  const remove = async (k) => {
+    try {
+      await mutate('DELETE', `/thresholds/${encodeURIComponent(k)}`);
+      showResult(out, true, `Removed ${k}: the detectors' default applies again.`);
+      load();
+    } catch (err) { showResult(out, false, err.message); }
+  };
+  const load = async () => {
+    const v = await getJson('/thresholds');
+    document.getElementById('settings-current').textContent = v.id
+      ? `Settings ${v.id} by ${v.operator}, ${fmtTime(v.issued_at_ms)}: ${Object.keys(v.values).length} override(s).`
+      : 'No overrides set: every detector runs its defaults.';
+    tbodyDet.replaceChildren(...(v.detectors.length ? v.detectors.map((d) => h('tr', { 'data-detector': d.detector_id, 'data-status': d.status },
+      h('td', {}, d.detector_id, d.has_schema ? null : h('div', { class: 'hint' }, 'no schema')),
+      h('td', {}, h('span', { class: `badge ${STATUS_BADGE[d.status] || 'unknown'}` }, d.status)),
+      h('td', {}, d.ack && d.ack.error ? d.ack.error : '–'),
+      h('td', {}, d.ack ? fmtTime(d.ack.at_ms) : '–'),
+      h('td', {}, d.ack ? auditLink(d.ack.audit_hash) : '–')))
+      : [h('tr', {}, h('td', { colspan: 5, class: 'empty' }, 'No detector has published its settings schema yet.'))]));
+    // Union of the schemas' keys; the range every detector accepts.
+    keys = new Map();
+    for (const sc of v.schemas) {
+      for (const k of sc.keys) {
+        const cur = keys.get(k.key);
+        if (!cur) keys.set(k.key, { ...k, defaults: [k.default], count: 1 });
+        else {
+          cur.min = Math.max(cur.min, k.min);
+          cur.max = Math.min(cur.max, k.max);
+          if (!cur.defaults.includes(k.default)) cur.defaults.push(k.default);
+          cur.count += 1;
+        }
+      }
+    }
+    const inForce = (k) => {
+      const vals = [...new Set(v.detectors.filter((d) => d.ack && d.ack.effective && k in d.ack.effective)
+        .map((d) => d.ack.effective[k]))];
+      return vals.length ? vals.join(' / ') : '–';
+    };
+    const rows = [...keys.entries()].sort(([a], [b]) => a.localeCompare(b));
+    tbodyKeys.replaceChildren(...(rows.length ? rows.map(([k, s]) => h('tr', { 'data-key': k, class: k in v.values ? 'set' : '' },
+      h('td', {}, k, s.count < v.schemas.length ? h('div', { class: 'hint' }, 'not every detector has it') : null),
+      h('td', {}, s.kind),
+      h('td', {}, `${s.min} … ${s.max}${s.unit ? ' ' + s.unit : ''}`),
+      h('td', {}, s.defaults.join(' / ')),
+      h('td', { class: 'value-set' }, k in v.values ? String(v.values[k]) : '–'),
+      h('td', { class: 'value-in-force' }, inForce(k)),
+      h('td', { class: 'hint' }, s.help),
+      h('td', {}, k in v.values ? h('button', { type: 'button', class: 'small', onclick: () => remove(k) }, 'remove') : null)))
+      : [h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'No keys known yet.'))]));
+    const chosen = select.value;
+    select.replaceChildren(...rows.map(([k]) => h('option', { value: k }, k)));
+    if (keys.has(chosen)) select.value = chosen;
+    range.textContent = describe(select.value);
+  };
+  await load();
+  select.addEventListener('change', () => { range.textContent = describe(select.value); });
+  // Acks arrive on the bus: refresh while the page is open.
+  setInterval(() => { load().catch(() => {}); }, 2000);
+  document.getElementById('settings-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    try {
+      const r = await mutate('POST', '/thresholds', { values: { [f.get('key')]: Number(f.get('value')) } });
+      showResult(out, true, `Sent (settings ${r.settings.id}); awaiting ${r.awaiting.join(', ') || 'no detector'}.`);
+      load();
+    } catch (err) { showResult(out, false, err.message); }
+  });
+  tokenForm('settings-token-form', 'settings-token-result');
+}
+
+async function auditPage() {
+  const form = document.getElementById('audit-form');
+  const box = document.getElementById('audit-entry');
+  const show = async (hash) => {
+    const res = await fetch(`${API}/audit/${encodeURIComponent(hash)}`, { headers: { accept: 'application/json' } });
+    const data = await res.json().catch(() => ({}));
+    if (!res.ok) {
+      box.replaceChildren(h('p', { class: 'result err' }, data.error || `HTTP ${res.status}`));
+      return;
+    }
+    const ver = data.verification;
+    box.replaceChildren(h('div', { class: 'panel', 'data-index': data.index, 'data-verified': String(ver.ok) },
+      h('dl', {},
+        h('dt', {}, 'Position'), h('dd', {}, `record ${data.index} (seq ${data.entry.seq})`),
+        h('dt', {}, 'Kind'), h('dd', {}, data.entry.kind),
+        h('dt', {}, 'Written'), h('dd', {}, fmtTime(data.entry.at_ms)),
+        h('dt', {}, 'Hash'), h('dd', { class: 'hash' }, data.entry.hash),
+        h('dt', {}, 'Previous'), h('dd', {}, /^0+$/.test(data.entry.prev) ? 'none (first record)' : auditLink(data.entry.prev)),
+        h('dt', {}, 'Chain up to it'), h('dd', {}, ver.ok
+          ? h('span', { class: 'badge online' }, `verified (${ver.checked} records)`)
+          : h('span', { class: 'badge offline', title: ver.error }, `broken at record ${ver.first_broken}: ${ver.error}`))),
+      h('pre', { class: 'audit-data' }, JSON.stringify(data.entry.data, null, 2))));
+  };
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const hash = new FormData(form).get('hash').trim();
+    history.replaceState(null, '', `/audit?hash=${encodeURIComponent(hash)}`);
+    show(hash);
+  });
+  const hash = new URLSearchParams(location.search).get('hash');
+  if (hash) {
+    form.hash.value = hash;
+    await show(hash);
+  }
 }
 
 function toLocalInput(ms) {
@@ -419,6 +555,7 @@ async function gatewaysPage() {
 
 const PAGES = {
   overview, devices, alerts: alertsPage, blocks: blocksPage, history: historyPage, gateways: gatewaysPage,
+  settings: settingsPage, audit: auditPage,
 };
 
 async function main() {

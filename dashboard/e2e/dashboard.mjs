@@ -2,8 +2,11 @@
 // (tests/browser.rs starts the server, feeds it and reads this script's stdout).
 //
 // Protocol on stdout, one line each: `loaded` once the overview has drawn its first
-// data (the Rust side then publishes a new alert and keeps feeding samples), then
-// `ok <json>` or `fail <reason>` at the end. Exit code 0 only on success.
+// data (the Rust side then publishes a new alert and keeps feeding samples);
+// `blocks-shown` once the Blocks page shows the gateway state's CLI and feed
+// entries and the one about to expire (the Rust side then ingests the gateway's
+// delta removing that one as expired); then `ok <json>` or `fail <reason>` at the
+// end. Exit code 0 only on success.
 //
 // Env: DASHBOARD_URL (http://127.0.0.1:PORT), SCREENSHOT_DIR, CHROMIUM (default
 // /usr/bin/chromium), ALERT_ID (id of the alert the Rust side sends after `loaded`),
@@ -71,7 +74,6 @@ try {
   const checks = {
     devices: '#devices tr[data-address="192.0.2.10"]',
     alerts: `#alerts tr[data-alert-id="${alertId}"]`,
-    blocks: '#blocks tr[data-target="192.0.2.66/32"]',
     gateways: '#gateways .node[data-node="gateway-1"] .badge.online',
     history: '#history-packets canvas',
   };
@@ -81,15 +83,30 @@ try {
     await page.waitForSelector(sel, { timeout: WAIT_MS });
     await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
   }
-  // An operator blocks a source through the form (token, same-origin POST).
+  // The Blocks page is the gateway's state: a CLI block and feed entries, each
+  // with its origin; the entry that expired before the snapshot is not there.
   await page.goto(`${url}/blocks`, { waitUntil: 'load' });
   await page.waitForSelector('body[data-ready="true"]', { timeout: WAIT_MS });
+  await page.waitForSelector('#blocks tr[data-prefix="192.0.2.66/32"][data-origin="cli"]', { timeout: WAIT_MS });
+  await page.waitForSelector('#blocks tr[data-prefix="198.51.100.0/24"][data-origin="feed"]', { timeout: WAIT_MS });
+  const expiring = page.locator('#blocks tr[data-prefix="203.0.113.0/24"]');
+  await expiring.waitFor({ timeout: WAIT_MS });
+  const staleShown = await page.locator('#blocks tr[data-prefix="203.0.113.77/32"]').count();
+  const cliText = await page.locator('#blocks tr[data-prefix="192.0.2.66/32"]').textContent();
+  console.log('blocks-shown');
+  // The gateway's delta removes the expiring entry: it disappears live.
+  await expiring.waitFor({ state: 'detached', timeout: WAIT_MS });
+  await page.screenshot({ path: `${shots}/blocks.png`, fullPage: true });
+
+  // An operator blocks a source through the form (token, same-origin POST): it
+  // is pending (sent, not in the gateway's state), not listed as a block.
   await page.fill('#token-form input[name="token"]', process.env.API_TOKEN);
   await page.click('#token-form button');
   await page.fill('#block-form input[name="target"]', '198.51.100.77');
   await page.fill('#block-form input[name="reason"]', 'browser test');
   await page.click('#block-form button');
-  await page.waitForSelector('#blocks tr[data-target="198.51.100.77/32"]', { timeout: WAIT_MS });
+  await page.waitForSelector('#pending tr[data-target="198.51.100.77/32"][data-status="sent"]', { timeout: WAIT_MS });
+  const formBlockListed = await page.locator('#blocks tr[data-prefix="198.51.100.77/32"]').count();
   const blockResult = await page.locator('#block-result').textContent();
   await page.screenshot({ path: `${shots}/blocks-after-form.png`, fullPage: true });
 
@@ -102,6 +119,9 @@ try {
   else if (before.canvas < 1) fail('overview chart has no canvas');
   else if (historyPoints < 1) fail('history chart is empty');
   else if (!/^Sent/.test(blockResult || '')) fail(`block form said: ${blockResult}`);
+  else if (staleShown !== 0) fail('an entry past its expiry is listed');
+  else if (!/root/.test(cliText || '')) fail(`CLI row does not name its maker: ${cliText}`);
+  else if (formBlockListed !== 0) fail('a command the gateway has not shown is listed as a block');
   else if (errors.length) fail(`page errors: ${errors.join(' | ')}`);
   else console.log(`ok ${JSON.stringify({ before, after, historyPoints })}`);
 } catch (e) {

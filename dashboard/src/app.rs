@@ -14,7 +14,7 @@ use crate::{
     config::Config,
     influx::InfluxSink,
     metrics::{Metrics, inc},
-    publish::Publisher,
+    publish::{Keys, Publisher},
     store::{AlertView, SeriesPoint, Store},
 };
 
@@ -31,7 +31,7 @@ pub enum LiveEvent {
     Trust(TrustUpdate),
     /// A node's status changed.
     Status(NodeStatus),
-    /// The block list changed (verdict, command or ack).
+    /// The blocks resource changed (a gateway's state, a command or an ack).
     Blocks,
 }
 
@@ -66,6 +66,10 @@ pub struct App {
     pub influx: Option<InfluxSink>,
     /// Set to `true` when the server shuts down; live-event streams end then.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Signs commands and verifies verdicts/commands ([`App::with_keys`]); none
+    /// without a `[bus]` table: then verdicts and commands heard are refused and
+    /// commands are recorded unsigned (nothing is sent anyway).
+    pub keys: Option<Keys>,
 }
 
 impl std::fmt::Debug for App {
@@ -94,6 +98,24 @@ impl App {
             publisher,
             influx,
             closing: tokio::sync::watch::channel(false).0,
+            keys: None,
+        }
+    }
+
+    /// The same app signing and verifying with `keys`.
+    pub fn with_keys(mut self, keys: Keys) -> App {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The dashboard's bus identity: the signing certificate's CN, else the
+    /// configured `bus.node_id`, else `dashboard`. The last level of the command
+    /// topics it publishes on.
+    pub fn own_id(&self) -> &str {
+        match (&self.keys, &self.config.bus) {
+            (Some(k), _) => k.id(),
+            (None, Some(b)) => &b.node_id,
+            (None, None) => "dashboard",
         }
     }
 

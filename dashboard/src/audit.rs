@@ -1,6 +1,7 @@
 //! Tamper-evident audit log: an append-only JSON Lines file holding every alert,
-//! verdict and operator command (block, unblock, threshold change) the dashboard
-//! saw or issued, chained with SHA-256 (FIPS 180-4).
+//! verdict, operator command (block, unblock, threshold change), gateway and
+//! detector ack, refusal and gateway state change the dashboard saw or issued,
+//! chained with SHA-256 (FIPS 180-4).
 //!
 //! # Record format
 //! One JSON object per line, fields in this order:
@@ -11,9 +12,12 @@
 //!
 //! - `seq`: position in the log, starting at 0 and incremented by one per record;
 //! - `at_ms`: Unix time the record was written, ms;
-//! - `kind`: `alert`, `verdict`, `command` or `thresholds`;
+//! - `kind`: one of [`RecordKind`] in snake_case (`alert`, `verdict`, `command`,
+//!   `thresholds`, `ack`, `settings_ack`, `settings_schema`, `refusal`,
+//!   `gateway_state`);
 //! - `prev`: the `hash` of the previous record (64 zeros for the first);
-//! - `data`: the message as received or sent (the `tad_wire` JSON);
+//! - `data`: the message as received or sent (the `tad_wire` JSON), or for a
+//!   `thresholds` change the operator with the old and new value sets;
 //! - `hash`: lowercase hex SHA-256 of the line's bytes up to (not including)
 //!   `,"hash":` followed by a closing `}`, i.e. of the record without its hash.
 //!
@@ -23,6 +27,10 @@
 //! the first line where either happens. A rewrite of the tail with recomputed
 //! hashes is only detectable against a copy of an earlier head hash, which the
 //! dashboard shows (`GET /api/v1/audit/head`) for operators to note elsewhere.
+//!
+//! One record is found by its hash with [`locate`] (`GET /api/v1/audit/{hash}`):
+//! its position in the chain and a verification of every record from the first
+//! up to it.
 
 use std::{
     fs::{File, OpenOptions},
@@ -46,7 +54,20 @@ pub enum RecordKind {
     Alert,
     Verdict,
     Command,
+    /// A threshold change: who, the old and the new value set (issued here), or
+    /// a `ThresholdSettings` heard on the bus from another dashboard.
     Thresholds,
+    /// A gateway's `Ack` of a verdict or command.
+    Ack,
+    /// A detector's `SettingsAck` (applied / refused and why).
+    SettingsAck,
+    /// A detector's settings schema, when it is new or its keys changed.
+    SettingsSchema,
+    /// A verdict or command heard on the bus and refused (signature, identity).
+    Refusal,
+    /// A change of what a gateway enforces (state snapshot or delta: entries
+    /// added/changed/removed, refusal counters that went up).
+    GatewayState,
 }
 
 /// Errors opening or appending to the log.
@@ -162,6 +183,11 @@ impl AuditLog {
         &self.head
     }
 
+    /// The file the log is written to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Appends one record and syncs it to disk; returns its hash (hex).
     ///
     /// # Errors
@@ -244,6 +270,104 @@ fn check_line(line: &str, seq: u64, prev: &str) -> Result<String, String> {
         }
     }
     Ok(computed)
+}
+
+/// Length of a record hash: 64 lowercase hex digits (SHA-256).
+pub const HASH_HEX_LEN: usize = 64;
+
+/// Checks that `s` is a record hash: exactly [`HASH_HEX_LEN`] hex digits (either
+/// case); returns it in lowercase, as the log writes it.
+///
+/// # Errors
+/// A message saying what is wrong: the length, or the first non-hex character
+/// and its position.
+pub fn parse_hash(s: &str) -> Result<String, String> {
+    if let Some((i, c)) = s.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "audit hash {s:?} is not hex: {c:?} at position {i} (expected {HASH_HEX_LEN} hex digits)"
+        ));
+    }
+    if s.len() != HASH_HEX_LEN {
+        return Err(format!(
+            "audit hash {s:?} has {} hex digits, expected {HASH_HEX_LEN} (SHA-256)",
+            s.len()
+        ));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+/// Whether the chain holds from the first record up to a located one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChainCheck {
+    /// Every record from index 0 up to and including the located one verifies
+    /// (its hash, `seq` and `prev`).
+    pub ok: bool,
+    /// Records checked: the located index + 1.
+    pub checked: u64,
+    /// 0-based index of the first record that fails, when one at or before the
+    /// located one does.
+    pub first_broken: Option<u64>,
+    /// Why that record fails.
+    pub error: Option<String>,
+}
+
+/// One record found by its hash ([`locate`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Located {
+    /// Position in the chain: 0-based line index (equal to the record's `seq`
+    /// while the chain is intact).
+    pub index: u64,
+    /// The record as written: `seq`, `at_ms`, `kind`, `prev`, `data`, `hash`.
+    pub entry: serde_json::Value,
+    /// The chain from the first record up to this one.
+    pub verification: ChainCheck,
+}
+
+/// Finds the record whose stored `hash` is `hash` (lowercase hex, see
+/// [`parse_hash`]) among the first `max_records` lines of the log at `path`, and
+/// verifies the chain from the first line up to it (stopping at the first fault,
+/// which [`ChainCheck::first_broken`] names). Lines past `max_records` are not
+/// read: give the head's record count, so a line being appended is never seen
+/// half-written. A line that is not a record cannot be found, but still counts
+/// as a fault for the records after it.
+///
+/// # Errors
+/// [`VerifyError::Io`] if the file cannot be read; `Ok(None)` when no record
+/// within `max_records` has that hash.
+pub fn locate(path: &Path, hash: &str, max_records: u64) -> Result<Option<Located>, VerifyError> {
+    let io = |source| VerifyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let reader = BufReader::new(File::open(path).map_err(io)?);
+    let mut prev = GENESIS_HASH.to_owned();
+    let mut fault: Option<(u64, String)> = None;
+    for (i, line) in (0..max_records).zip(reader.lines()) {
+        let line = line.map_err(io)?;
+        if fault.is_none() {
+            match check_line(&line, i, &prev) {
+                Ok(h) => prev = h,
+                Err(what) => fault = Some((i, what)),
+            }
+        }
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if entry.get("hash").and_then(|h| h.as_str()) == Some(hash) {
+            let (first_broken, error) = fault.map_or((None, None), |(i, e)| (Some(i), Some(e)));
+            return Ok(Some(Located {
+                index: i,
+                entry,
+                verification: ChainCheck {
+                    ok: first_broken.is_none(),
+                    checked: i + 1,
+                    first_broken,
+                    error,
+                },
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Verifies a whole log from its first line.
@@ -404,6 +528,63 @@ mod tests {
         lines.swap(2, 3);
         rewrite(&path, &lines);
         assert_eq!(fault(&path).line, 3);
+    }
+
+    #[test]
+    fn hashes_are_parsed_naming_the_problem() {
+        let good = "ab".repeat(32);
+        assert_eq!(parse_hash(&good.to_uppercase()).unwrap(), good);
+        let e = parse_hash("abc").unwrap_err();
+        assert!(e.contains("3 hex digits, expected 64"), "{e}");
+        let e = parse_hash(&format!("{}zz", "a".repeat(62))).unwrap_err();
+        assert!(e.contains("not hex: 'z' at position 62"), "{e}");
+        assert!(parse_hash("").unwrap_err().contains("0 hex digits"));
+    }
+
+    fn hash_of(line: &str) -> String {
+        serde_json::from_str::<serde_json::Value>(line).unwrap()["hash"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_record_is_located_with_its_position_and_a_verified_chain() {
+        let (_dir, path, lines) = log_with(5);
+        let found = locate(&path, &hash_of(&lines[3]), 5).unwrap().unwrap();
+        assert_eq!(found.index, 3);
+        assert_eq!(found.entry["seq"], 3);
+        assert_eq!(found.entry["data"]["id"], "a-3");
+        assert_eq!(
+            found.verification,
+            ChainCheck {
+                ok: true,
+                checked: 4,
+                first_broken: None,
+                error: None
+            }
+        );
+        assert!(locate(&path, &"0".repeat(64), 5).unwrap().is_none());
+        // Only the first `max_records` lines are searched.
+        assert!(locate(&path, &hash_of(&lines[3]), 3).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_tampered_record_before_or_at_the_located_one_is_named() {
+        let (_dir, path, mut lines) = log_with(5);
+        let target = hash_of(&lines[4]);
+        lines[1] = lines[1].replace("0.5", "0.9");
+        rewrite(&path, &lines);
+        let v = locate(&path, &target, 5).unwrap().unwrap().verification;
+        assert!(!v.ok);
+        assert_eq!(v.first_broken, Some(1));
+        assert!(v.error.unwrap().contains("modified"));
+        // The edited record itself is found by its (stored) hash and named.
+        let own = locate(&path, &hash_of(&lines[1]), 5).unwrap().unwrap();
+        assert_eq!((own.index, own.verification.first_broken), (1, Some(1)));
+        // A record before the edit still verifies.
+        let before = locate(&path, &hash_of(&lines[0]), 5).unwrap().unwrap();
+        assert!(before.verification.ok);
     }
 
     #[test]

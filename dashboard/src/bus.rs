@@ -1,12 +1,14 @@
 //! The dashboard's side of the MQTT/TLS bus (`tad_bus`): subscribes to
-//! `tad/v1/#` and feeds every message to [`App::ingest`]; publishes what the API
-//! queued ([`Outbound`], QoS 1, thresholds retained). Its own retained status and
-//! Last Will are handled by `tad_bus`.
+//! `tad/v1/#` (gateway state snapshots and deltas, signed verdicts and commands,
+//! alerts, counters, ...) and feeds every message to [`App::ingest`]; publishes
+//! what the API queued ([`Outbound`], QoS 1, thresholds retained, commands signed
+//! with the dashboard's certificate key via `BusClient::publish_signed`). Its own
+//! retained status and Last Will are handled by `tad_bus`.
 
 use std::{sync::Arc, time::Duration};
 
 use tad_bus::{BusClient, BusConfig, BusError, PublishOptions, QoS, RawPayload};
-use tad_wire::TOPIC_ROOT;
+use tad_wire::{Command, TOPIC_ROOT};
 use tokio::sync::mpsc;
 
 use crate::{app::App, publish::Outbound};
@@ -21,13 +23,30 @@ pub fn filter() -> String {
 /// resolves, then leaves cleanly (offline status, disconnect).
 ///
 /// # Errors
-/// [`BusError`] for a bad bus config (node id, certificate files).
+/// [`BusError`] for a bad bus config (node id, certificate files), or
+/// [`BusError::Config`] when `app` has no signing [`Keys`](crate::publish::Keys)
+/// (`server::open_app` loads them from the same `[bus]` table) or they name
+/// another identity than `cfg.node_id`.
 pub async fn run(
     app: Arc<App>,
     cfg: BusConfig,
     mut outbound: mpsc::Receiver<Outbound>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), BusError> {
+    let Some(keys) = app.keys.clone() else {
+        return Err(BusError::Config {
+            what: "no signing keys loaded for the dashboard (bus.cert_file/key_file)".into(),
+        });
+    };
+    if keys.id() != cfg.node_id {
+        return Err(BusError::Config {
+            what: format!(
+                "bus.node_id {:?} differs from the signing certificate's identity {:?}",
+                cfg.node_id,
+                keys.id()
+            ),
+        });
+    }
     let mut builder = BusClient::builder(cfg)?;
     // Kept as bytes: `App::ingest` decodes them by topic and checks the ids in
     // them against the topic.
@@ -44,7 +63,18 @@ pub async fn run(
                 } else {
                     PublishOptions::reliable()
                 };
-                if let Err(error) = bus.publish_bytes(&m.topic, m.payload, opts).await {
+                let res = if m.signed {
+                    match tad_wire::decode::<Command>(&m.payload) {
+                        Ok(c) => bus.publish_signed(&m.topic, &keys.signer, &c, opts).await,
+                        Err(error) => {
+                            tracing::error!(%error, topic = %m.topic, "unsignable outbound message");
+                            continue;
+                        }
+                    }
+                } else {
+                    bus.publish_bytes(&m.topic, m.payload, opts).await
+                };
+                if let Err(error) = res {
                     tracing::error!(%error, topic = %m.topic, "publish failed");
                 }
             }

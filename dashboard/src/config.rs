@@ -12,8 +12,6 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tad_bus::config_file::{self, ConfigFileError};
 
-use crate::validate::check_threshold_key;
-
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -143,11 +141,15 @@ pub struct ApiConfig {
     pub gateways: Vec<String>,
     /// Longest block TTL the API accepts, seconds (at most 30 days, the wire limit).
     pub max_ttl_s: u64,
-    /// Detector threshold keys the API accepts (`section.name`); empty accepts any
-    /// well-formed key (the detector still rejects keys it does not know).
-    pub threshold_keys: Vec<String>,
-    /// Largest threshold value accepted.
-    pub max_threshold: f64,
+    /// Removed: the keys the thresholds API accepts are the ones every detector's
+    /// published settings schema (`tad/v1/det/<det>/settings/schema`) lists. Only
+    /// parsed so that [`Config::check`] can refuse a config still setting it with
+    /// a message saying so (instead of a bare "unknown field").
+    #[serde(default, skip_serializing)]
+    pub threshold_keys: Option<Removed>,
+    /// Removed: value ranges come from the detectors' settings schemas too.
+    #[serde(default, skip_serializing)]
+    pub max_threshold: Option<Removed>,
     /// Messages waiting for the bus; when full, API requests that would publish
     /// get 503 and change nothing.
     pub outbound_queue: usize,
@@ -162,11 +164,24 @@ impl Default for ApiConfig {
         ApiConfig {
             gateways: Vec::new(),
             max_ttl_s: tad_wire::MAX_TTL_S,
-            threshold_keys: Vec::new(),
-            max_threshold: 1e9,
+            threshold_keys: None,
+            max_threshold: None,
             outbound_queue: 64,
             block_width: tad_wire::WidthPolicy::default(),
         }
+    }
+}
+
+/// A removed config key: deserialises from any value, so the config parser
+/// accepts it and [`Config::check`] can refuse it with a message naming what
+/// replaced it. Never serialised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed;
+
+impl<'de> Deserialize<'de> for Removed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(Removed)
     }
 }
 
@@ -208,8 +223,17 @@ impl Config {
         for g in &self.api.gateways {
             tad_wire::NodeId::parse(g).map_err(|e| format!("api.gateways: {e}"))?;
         }
-        for k in &self.api.threshold_keys {
-            check_threshold_key(k).map_err(|e| format!("api.threshold_keys: {e}"))?;
+        for (key, set) in [
+            ("threshold_keys", self.api.threshold_keys.is_some()),
+            ("max_threshold", self.api.max_threshold.is_some()),
+        ] {
+            if set {
+                return Err(format!(
+                    "api.{key} was removed: the detectors publish the keys they accept and \
+                     their ranges (settings schema), and the thresholds API checks against \
+                     that; delete api.{key} from the config"
+                ));
+            }
         }
         Ok(())
     }
@@ -262,6 +286,39 @@ mod tests {
             assert!(Config::load(Path::new("d.toml")).is_err());
             Ok(())
         });
+    }
+
+    #[test]
+    fn removed_threshold_keys_are_refused_saying_what_replaced_them() {
+        Jail::expect_with(|jail| {
+            for body in [
+                "[api]\nthreshold_keys = [\"portscan.vertical_ports\"]\n",
+                "[api]\nthreshold_keys = []\n",
+                "[api]\nmax_threshold = 1e9\n",
+            ] {
+                jail.create_file("d.toml", body)?;
+                let err = Config::load(Path::new("d.toml")).unwrap_err().to_string();
+                let key = if body.contains("max_threshold") {
+                    "api.max_threshold"
+                } else {
+                    "api.threshold_keys"
+                };
+                assert!(err.contains(&format!("{key} was removed")), "{err}");
+                assert!(err.contains("settings schema"), "{err}");
+            }
+            jail.create_file("d.toml", "")?;
+            jail.set_env("TAD_DASHBOARD_API__THRESHOLD_KEYS", "[\"a.b\"]");
+            let err = Config::load(Path::new("d.toml")).unwrap_err().to_string();
+            assert!(err.contains("api.threshold_keys was removed"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_config_serialises_without_the_removed_keys() {
+        let text = serde_json::to_string(&Config::default()).unwrap();
+        assert!(!text.contains("threshold_keys"), "{text}");
+        assert!(!text.contains("max_threshold"), "{text}");
     }
 
     #[test]

@@ -3,12 +3,17 @@
 //! alerts, verdicts and operator commands to a hash-chained audit log
 //! ([`audit`]), optionally exports InfluxDB line protocol ([`influx`]), and serves
 //! the web pages and JSON API ([`api`], [`web`]) through which operators watch
-//! traffic and block or unblock sources (published as commands, [`publish`]).
+//! traffic and block or unblock sources (published as commands signed with the
+//! dashboard's certificate key, [`publish`]). Verdicts and commands heard are
+//! believed only once their signature and identity verify ([`ingest`]); the
+//! block list is only what each gateway publishes as its state (`store`'s
+//! `gateway_state`), never a guess from verdicts or commands.
 //!
 //! The shared state is [`app::App`]. Data flow: bus message → [`app::App::ingest`]
 //! ([`ingest`]) → store + audit + live event
 //! (SSE) → pages. Operator action → [`api`] → [`publish::Publisher`] → bus, and
-//! store + audit.
+//! store + audit. Detector settings ([`settings`]): schemas and acks in, threshold
+//! changes checked against every schema before they are sent.
 // warp composes every route into one nested type; release builds need more
 // recursion than the default 128 to prove it Unpin.
 #![recursion_limit = "256"]
@@ -23,6 +28,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod publish;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod validate;
 pub mod web;

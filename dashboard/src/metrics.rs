@@ -1,15 +1,22 @@
 //! The dashboard's own counters, served at `/metrics` in the Prometheus text
-//! exposition format (version 0.0.4).
+//! exposition format (version 0.0.4), and the block gauges built from what the
+//! gateways enforce ([`render_blocks`]).
 
 use std::{
+    collections::BTreeMap,
     fmt::Write,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use crate::store::RowCounts;
+use tad_wire::{BlockOrigin, RefusalReason};
+
+use crate::store::{BlockView, HeldState, PendingCommand, PendingStatus, RowCounts};
 
 /// Message kinds counted on ingestion.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 14] = [
     "counters",
     "flows",
     "status",
@@ -19,6 +26,10 @@ pub const KINDS: [&str; 10] = [
     "alert",
     "trust",
     "thresholds",
+    "state",
+    "state_delta",
+    "settings_schema",
+    "settings_ack",
     "unknown",
 ];
 
@@ -40,6 +51,8 @@ pub struct Metrics {
     pub influx_dropped: AtomicU64,
     pub influx_errors: AtomicU64,
     pub pruned_rows: AtomicU64,
+    /// Signed messages refused, by (kind, reason).
+    refused: Mutex<BTreeMap<(&'static str, RefusalReason), u64>>,
 }
 
 /// Adds one.
@@ -55,6 +68,27 @@ impl Metrics {
             .position(|k| *k == kind)
             .unwrap_or(KINDS.len() - 1);
         inc(&self.messages[i]);
+    }
+
+    /// Counts one refused signed message of `kind` (`verdict`, `command`).
+    pub fn refused(&self, kind: &'static str, reason: RefusalReason) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((kind, reason))
+            .or_default() += 1;
+    }
+
+    /// Signed messages of `kind` refused for `reason` so far.
+    pub fn refusals(&self, kind: &str, reason: RefusalReason) -> u64 {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((k, r), _)| *k == kind && *r == reason)
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     /// Messages ingested of `kind`.
@@ -150,6 +184,22 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE tad_dashboard_{name} counter");
             let _ = writeln!(out, "tad_dashboard_{name} {}", get(c));
         }
+        out.push_str(
+            "# HELP tad_dashboard_refused_total Signed verdicts/commands refused, by kind and reason.\n",
+        );
+        out.push_str("# TYPE tad_dashboard_refused_total counter\n");
+        for ((kind, reason), n) in self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "tad_dashboard_refused_total{{kind=\"{kind}\",reason=\"{}\"}} {n}",
+                label(reason)
+            );
+        }
         out.push_str("# HELP tad_dashboard_sse_clients Connected live-event clients.\n");
         out.push_str("# TYPE tad_dashboard_sse_clients gauge\n");
         let _ = writeln!(out, "tad_dashboard_sse_clients {}", get(&self.sse_clients));
@@ -167,13 +217,107 @@ impl Metrics {
                 ("commands", r.commands),
                 ("acks", r.acks),
                 ("devices", r.devices),
-                ("blocks", r.blocks),
+                ("gateway_state", r.gateway_state),
             ] {
                 let _ = writeln!(out, "tad_dashboard_rows{{table=\"{t}\"}} {n}");
             }
         }
         out
     }
+}
+
+/// A unit enum's serde name (`bad_signature`), for a label value.
+fn label<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The block gauges, from what the gateways enforce (the held states, their
+/// unexpired entries) and the commands not shown yet:
+/// `tad_dashboard_blocks{gateway,origin}`, `tad_dashboard_pending_commands{status}`,
+/// `tad_dashboard_gateway_state_rev{gateway}`, `tad_dashboard_gateway_state_at_ms{gateway}`
+/// and `tad_dashboard_gateway_refusals{gateway,reason}` (the gateway's own counters).
+pub fn render_blocks(
+    states: &[HeldState],
+    blocks: &[BlockView],
+    pending: &[PendingCommand],
+) -> String {
+    let mut out = String::new();
+    let mut by: BTreeMap<(&str, BlockOrigin), u64> = BTreeMap::new();
+    for h in states {
+        for o in [
+            BlockOrigin::Cli,
+            BlockOrigin::Feed,
+            BlockOrigin::Verdict,
+            BlockOrigin::Command,
+            BlockOrigin::Config,
+        ] {
+            by.insert((h.state.gateway_id.as_str(), o), 0);
+        }
+    }
+    for b in blocks {
+        *by.entry((b.gateway_id.as_str(), b.origin)).or_default() += 1;
+    }
+    out.push_str("# HELP tad_dashboard_blocks Blocklist entries a gateway enforces (from its published state), by origin.\n");
+    out.push_str("# TYPE tad_dashboard_blocks gauge\n");
+    for ((gw, origin), n) in &by {
+        let _ = writeln!(
+            out,
+            "tad_dashboard_blocks{{gateway=\"{gw}\",origin=\"{}\"}} {n}",
+            label(origin)
+        );
+    }
+    out.push_str("# HELP tad_dashboard_pending_commands Commands sent that the gateway state does not show, by status.\n");
+    out.push_str("# TYPE tad_dashboard_pending_commands gauge\n");
+    for st in [
+        PendingStatus::Sent,
+        PendingStatus::Acked,
+        PendingStatus::Refused,
+    ] {
+        let n = pending.iter().filter(|p| p.status == st).count();
+        let _ = writeln!(
+            out,
+            "tad_dashboard_pending_commands{{status=\"{}\"}} {n}",
+            label(&st)
+        );
+    }
+    out.push_str(
+        "# HELP tad_dashboard_gateway_state_rev Revision of the state held per gateway.\n",
+    );
+    out.push_str("# TYPE tad_dashboard_gateway_state_rev gauge\n");
+    for h in states {
+        let _ = writeln!(
+            out,
+            "tad_dashboard_gateway_state_rev{{gateway=\"{}\"}} {}",
+            h.state.gateway_id, h.state.rev
+        );
+    }
+    out.push_str(
+        "# HELP tad_dashboard_gateway_state_at_ms When the gateway read the held state, Unix ms.\n",
+    );
+    out.push_str("# TYPE tad_dashboard_gateway_state_at_ms gauge\n");
+    for h in states {
+        let _ = writeln!(
+            out,
+            "tad_dashboard_gateway_state_at_ms{{gateway=\"{}\"}} {}",
+            h.state.gateway_id, h.state.at_ms
+        );
+    }
+    out.push_str("# HELP tad_dashboard_gateway_refusals Verdicts/commands the gateway refused since it started, by reason.\n");
+    out.push_str("# TYPE tad_dashboard_gateway_refusals gauge\n");
+    for h in states {
+        for (r, n) in &h.state.refusals {
+            let _ = writeln!(
+                out,
+                "tad_dashboard_gateway_refusals{{gateway=\"{}\",reason=\"{}\"}} {n}",
+                h.state.gateway_id,
+                label(r)
+            );
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -186,7 +330,11 @@ mod tests {
         m.message("alert");
         m.message("alert");
         m.message("nonsense");
+        m.refused("verdict", RefusalReason::IdentityMismatch);
         let text = m.render(None, 7);
+        assert!(text.contains(
+            "tad_dashboard_refused_total{kind=\"verdict\",reason=\"identity_mismatch\"} 1\n"
+        ));
         assert!(text.contains("tad_dashboard_messages_total{kind=\"alert\"} 2\n"));
         assert!(text.contains("tad_dashboard_messages_total{kind=\"unknown\"} 1\n"));
         assert!(text.contains("tad_dashboard_audit_records 7\n"));

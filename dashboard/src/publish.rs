@@ -1,13 +1,26 @@
-//! What the dashboard sends to the bus: operator commands (to one gateway) and
-//! threshold settings (retained, to every detector). The API hands messages to a
-//! [`Publisher`]; in the daemon that is a [`ChannelPublisher`] feeding the MQTT
-//! client task, in tests a [`RecordingPublisher`] that keeps them for inspection.
+//! What the dashboard sends to the bus: operator commands (to one gateway,
+//! signed with the dashboard's own certificate key) and threshold settings
+//! (retained, to every detector). The API hands messages to a [`Publisher`]; in
+//! the daemon that is a [`ChannelPublisher`] feeding the MQTT client task, in
+//! tests a [`RecordingPublisher`] that keeps them for inspection.
+//!
+//! [`Keys`] is the dashboard's signing material: its [`Signer`] (the bus
+//! client certificate and key) signs every command (a JWS, `tad_bus::signing`),
+//! and its [`Verifier`] (the bus CA) checks the verdicts and commands the
+//! dashboard hears before it believes them (`ingest.rs`).
 
-use std::sync::{
-    Mutex,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
+use tad_bus::{
+    BusConfig,
+    signing::{SignError, Signer, Verifier},
+};
 use tad_wire::{Command, ThresholdSettings};
 use tokio::sync::mpsc;
 
@@ -15,19 +28,25 @@ use tokio::sync::mpsc;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outbound {
     pub topic: String,
-    /// JSON payload (`tad_wire::encode`).
+    /// JSON payload (`tad_wire::encode`): what is published, or, when `signed`,
+    /// the message the bus task signs (the payload on the bus is then its JWS).
     pub payload: Vec<u8>,
     /// Retained on the broker (threshold settings are).
     pub retain: bool,
+    /// Sent as a JWS signed with the dashboard's certificate key
+    /// (`BusClient::publish_signed`); only commands are.
+    pub signed: bool,
 }
 
 impl Outbound {
-    /// A command for gateway `gw`, on `topic::commands(gw)`.
-    pub fn command(gw: &str, c: &Command) -> Outbound {
+    /// A command for gateway `gw` from dashboard `dash` (this dashboard's bus
+    /// identity), on `topic::commands(gw, dash)`, to be signed.
+    pub fn command(gw: &str, dash: &str, c: &Command) -> Outbound {
         Outbound {
-            topic: tad_wire::topic::commands(gw),
+            topic: tad_wire::topic::commands(gw, dash),
             payload: tad_wire::encode(c),
             retain: false,
+            signed: true,
         }
     }
 
@@ -37,7 +56,66 @@ impl Outbound {
             topic: tad_wire::topic::thresholds(),
             payload: tad_wire::encode(t),
             retain: true,
+            signed: false,
         }
+    }
+}
+
+/// A key or certificate of the `[bus]` table that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// The client certificate / key pair (`bus.cert_file`, `bus.key_file`).
+    #[error("signing key: bus.cert_file {cert} / bus.key_file {key}: {source}")]
+    Signer {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: SignError,
+    },
+    /// The CA bundle (`bus.ca_file`).
+    #[error("verifying CA: bus.ca_file {ca}: {source}")]
+    Verifier {
+        ca: PathBuf,
+        #[source]
+        source: SignError,
+    },
+}
+
+/// The dashboard's signing material (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Keys {
+    /// Signs commands; its id (the certificate's CN) is the dashboard's identity
+    /// and the last level of the command topics it publishes on.
+    pub signer: Arc<Signer>,
+    /// Verifies signed verdicts and commands against the bus CA.
+    pub verifier: Verifier,
+}
+
+impl Keys {
+    /// Loads the signer (`cert_file` + `key_file`, which must belong together)
+    /// and the verifier (`ca_file`) of a bus configuration.
+    ///
+    /// # Errors
+    /// [`KeysError`] naming the file(s) that could not be read or used.
+    pub fn from_bus_config(cfg: &BusConfig) -> Result<Keys, KeysError> {
+        let signer = Signer::from_bus_config(cfg).map_err(|source| KeysError::Signer {
+            cert: cfg.cert_file.clone(),
+            key: cfg.key_file.clone(),
+            source,
+        })?;
+        let verifier = Verifier::from_bus_config(cfg).map_err(|source| KeysError::Verifier {
+            ca: cfg.ca_file.clone(),
+            source,
+        })?;
+        Ok(Keys {
+            signer: Arc::new(signer),
+            verifier,
+        })
+    }
+
+    /// The dashboard's bus identity (the signing certificate's CN).
+    pub fn id(&self) -> &str {
+        self.signer.id().as_str()
     }
 }
 
@@ -122,7 +200,44 @@ impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
 
 #[cfg(test)]
 mod tests {
+    use tad_bus::pki::{CertificateAuthority, Validity};
+
     use super::*;
+
+    #[test]
+    fn keys_that_cannot_sign_are_an_error_naming_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate("test CA", Validity::days(1)).unwrap();
+        let a = ca.issue_client("dashboard", Validity::days(1)).unwrap();
+        let b = ca.issue_client("dashboard-2", Validity::days(1)).unwrap();
+        let path = |n: &str| dir.path().join(n);
+        std::fs::write(path("ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(path("a.pem"), &a.cert_pem).unwrap();
+        std::fs::write(path("a.key"), &a.key_pem).unwrap();
+        std::fs::write(path("b.key"), &b.key_pem).unwrap();
+        let cfg = |cert: &str, key: &str, ca: &str| BusConfig {
+            node_id: "dashboard".into(),
+            ca_file: path(ca),
+            cert_file: path(cert),
+            key_file: path(key),
+            ..BusConfig::default()
+        };
+        let k = Keys::from_bus_config(&cfg("a.pem", "a.key", "ca.pem")).unwrap();
+        assert_eq!(k.id(), "dashboard");
+        // Another node's key with this certificate.
+        let e = Keys::from_bus_config(&cfg("a.pem", "b.key", "ca.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b.key") && e.contains("does not belong"), "{e}");
+        let e = Keys::from_bus_config(&cfg("missing.pem", "a.key", "ca.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+        let e = Keys::from_bus_config(&cfg("a.pem", "a.key", "a.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bus.ca_file") && e.contains("a.key"), "{e}");
+    }
 
     #[tokio::test]
     async fn channel_publisher_refuses_when_full_and_keeps_order() {
@@ -131,6 +246,7 @@ mod tests {
             topic: t.into(),
             payload: vec![],
             retain: false,
+            signed: false,
         };
         p.publish(m("a")).unwrap();
         p.publish(m("b")).unwrap();

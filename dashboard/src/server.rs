@@ -12,7 +12,7 @@ use crate::{
     config::Config,
     influx::{InfluxSink, InfluxTargets},
     metrics::Metrics,
-    publish::Publisher,
+    publish::{Keys, KeysError, Publisher},
     store::{Store, StoreError},
 };
 
@@ -33,10 +33,14 @@ pub enum StartError {
     },
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The `[bus]` certificate, key or CA cannot sign or verify.
+    #[error(transparent)]
+    Keys(#[from] KeysError),
 }
 
-/// Opens the store (creating parent directories), the audit log (verifying it)
-/// and the Influx export task if configured. Must run inside a tokio runtime
+/// Opens the store (creating parent directories), the audit log (verifying it),
+/// the signing keys of the `[bus]` table if there is one ([`Keys`]) and the
+/// Influx export task if configured. Must run inside a tokio runtime
 /// when the export is enabled.
 pub fn open_app(config: Config, publisher: Arc<dyn Publisher>) -> Result<App, StartError> {
     for path in [&config.storage.db_path, &config.storage.audit_log] {
@@ -57,6 +61,7 @@ pub fn open_app(config: Config, publisher: Arc<dyn Publisher>) -> Result<App, St
             path: config.storage.db_path.clone(),
             source,
         })?;
+    let keys = config.bus.as_ref().map(Keys::from_bus_config).transpose()?;
     let audit = AuditLog::open(&config.storage.audit_log)?;
     let metrics = Arc::new(Metrics::default());
     let influx = config.influx.enabled.then(|| {
@@ -69,7 +74,11 @@ pub fn open_app(config: Config, publisher: Arc<dyn Publisher>) -> Result<App, St
             metrics.clone(),
         )
     });
-    Ok(App::new(config, store, audit, publisher, influx, metrics))
+    let app = App::new(config, store, audit, publisher, influx, metrics);
+    Ok(match keys {
+        Some(k) => app.with_keys(k),
+        None => app,
+    })
 }
 
 /// Serves the pages and API on `listener` until `shutdown` resolves; open live

@@ -1,14 +1,16 @@
-//! Checks of operator input the wire crate has no type for: detector threshold
-//! keys. Shared by the configuration (`api.threshold_keys`) and the thresholds
-//! API, so both accept and refuse the same keys with the same message. Gateway
-//! ids go through [`tad_wire::NodeId::parse`], block targets through
-//! [`tad_wire::Target`] and [`tad_wire::WidthPolicy`].
+//! Checks of operator input the wire crate has no type for: the shape of a
+//! detector threshold key, checked by the thresholds API before the key is looked
+//! up in the detectors' settings schemas (which decide whether it exists and its
+//! range: [`crate::settings::check_values`]), so a malformed key is refused with
+//! one clear message and never echoed into a schema lookup. Gateway ids go through
+//! [`tad_wire::NodeId::parse`], block targets through [`tad_wire::Target`] and
+//! [`tad_wire::WidthPolicy`].
 
 /// Longest threshold key accepted, bytes.
 pub const MAX_THRESHOLD_KEY_LEN: usize = 96;
 
 /// A detector threshold key: dotted lowercase path such as
-/// `portscan.vertical_ports` (2-4 segments of `[a-z0-9_]`, at most
+/// `portscan.vertical_ports` or `trust.risky_ports.22` (2-4 segments of `[a-z0-9_]`, at most
 /// [`MAX_THRESHOLD_KEY_LEN`] characters).
 ///
 /// # Errors

@@ -1,6 +1,6 @@
 //! The pages and their assets, compiled into the binary. One HTML shell serves
 //! every page path (`/`, `/devices`, `/alerts`, `/blocks`, `/history`,
-//! `/gateways`); `app.js` draws the page the path names from the JSON API and
+//! `/gateways`, `/settings`, `/audit?hash=<hex>`); `app.js` draws the page the path names from the JSON API and
 //! keeps it live over SSE. uPlot (MIT, vendored from npm with its licence in
 //! `assets/vendor/uplot/`) draws the charts.
 
@@ -20,7 +20,9 @@ const FAVICON_SVG: &str = include_str!("../assets/favicon.svg");
 const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
 
 /// Paths that serve the page shell.
-pub const PAGES: [&str; 5] = ["devices", "alerts", "blocks", "history", "gateways"];
+pub const PAGES: [&str; 7] = [
+    "devices", "alerts", "blocks", "history", "gateways", "settings", "audit",
+];
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     let mut res = body.into_response();

@@ -6,18 +6,8 @@ mod common;
 use common::*;
 use dashboard::api::routes;
 use serde_json::{Value, json};
-use tad_wire::{Action, Command, ThresholdSettings, now_ms, topic};
+use tad_wire::{Action, BlockOrigin, Command, ThresholdSettings, now_ms, topic};
 use warp::{http::StatusCode, test::request};
-
-async fn get(f: &Fixture, path: &str) -> (StatusCode, Value) {
-    let res = request()
-        .method("GET")
-        .path(path)
-        .reply(&routes(f.app.clone()))
-        .await;
-    let body = serde_json::from_slice(res.body()).unwrap_or(Value::Null);
-    (res.status(), body)
-}
 
 fn audit_lines(f: &Fixture) -> usize {
     std::fs::read_to_string(f.dir.path().join("audit.jsonl"))
@@ -38,8 +28,8 @@ async fn snapshot(f: &Fixture) -> Snapshot {
     Snapshot {
         published: f.publisher.sent().len(),
         audit: audit_lines(f),
-        blocks: get(f, "/api/v1/blocks").await.1,
-        thresholds: get(f, "/api/v1/thresholds").await.1,
+        blocks: get(&f.app, "/api/v1/blocks").await.1,
+        thresholds: get(&f.app, "/api/v1/thresholds").await.1,
     }
 }
 
@@ -133,14 +123,16 @@ async fn unauthorized_carries_a_bearer_challenge() {
 }
 
 #[tokio::test]
-async fn block_with_token_publishes_a_command_and_records_it() {
+async fn block_with_token_publishes_a_signed_command_pending_until_the_gateway_state_shows_it() {
     let f = fixture();
     known_gateway(&f.app);
     let (status, body) = post(&f, "/api/v1/blocks", Some(&bearer()), &block_body()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let sent = f.publisher.sent();
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].topic, topic::commands(GW));
+    // On the dashboard's own command topic, to be signed with its key.
+    assert_eq!(sent[0].topic, topic::commands(GW, "dashboard"));
+    assert!(sent[0].signed);
     assert!(!sent[0].retain);
     let cmd: Command = tad_wire::decode(&sent[0].payload).unwrap();
     assert_eq!(cmd.action, Action::Block);
@@ -149,21 +141,20 @@ async fn block_with_token_publishes_a_command_and_records_it() {
     assert_eq!(cmd.reason.as_deref(), Some("operator test"));
     assert_eq!(body["command"]["id"], cmd.id.as_str());
 
-    // The block is listed as pending with its time left, and audited.
-    let (_, blocks) = get(&f, "/api/v1/blocks").await;
-    let b = &blocks[0];
-    assert_eq!(b["target"], "192.0.2.66/32");
-    assert_eq!(b["origin"], "operator");
-    assert_eq!(b["state"], "pending");
-    assert!(
-        (599..=600).contains(&b["ttl_left_s"].as_u64().unwrap()),
-        "{b}"
-    );
-    let (_, commands) = get(&f, "/api/v1/commands").await;
+    // Not a block yet: the gateway has not shown it. Listed as pending, audited.
+    let (_, blocks) = get(&f.app, "/api/v1/blocks").await;
+    assert_eq!(blocks["blocks"], json!([]), "{blocks}");
+    let p = &blocks["pending"][0];
+    assert_eq!(p["command_id"], cmd.id.as_str());
+    assert_eq!(p["target"], "192.0.2.66/32");
+    assert_eq!(p["status"], "sent");
+    assert_eq!(p["outcome"], Value::Null);
+    assert_eq!(p["audit_hash"], body["audit_hash"]);
+    let (_, commands) = get(&f.app, "/api/v1/commands").await;
     assert_eq!(commands[0]["audit_hash"], body["audit_hash"]);
     assert_eq!(audit_lines(&f), 1);
 
-    // The gateway's ack moves it to applied.
+    // The gateway's ack: still pending (acked) until its state shows the entry.
     let ack = tad_wire::Ack {
         v: 1,
         id: cmd.id.clone(),
@@ -176,14 +167,47 @@ async fn block_with_token_publishes_a_command_and_records_it() {
     f.app
         .ingest(&topic::acks(GW), &tad_wire::encode(&ack))
         .unwrap();
-    assert_eq!(get(&f, "/api/v1/blocks").await.1[0]["state"], "applied");
-    // Our own command echoed by the broker is not recorded twice.
+    let (_, blocks) = get(&f.app, "/api/v1/blocks").await;
+    assert_eq!(blocks["pending"][0]["status"], "acked");
+    assert_eq!(blocks["pending"][0]["outcome"], "applied");
+    assert_eq!(blocks["blocks"], json!([]));
+    let mut e = entry(
+        "192.0.2.66/32",
+        BlockOrigin::Command,
+        "dashboard@dashboard",
+        Some(now_ms() + 600_000),
+    );
+    e.rule = Some("operator test".into());
     f.app
-        .ingest(&topic::commands(GW), &sent[0].payload)
+        .ingest(
+            &topic::gateway_state(GW),
+            &tad_wire::encode(&gw_state(1, now_ms(), vec![e])),
+        )
         .unwrap();
-    assert_eq!(audit_lines(&f), 1);
+    let (_, blocks) = get(&f.app, "/api/v1/blocks").await;
+    let b = &blocks["blocks"][0];
+    assert_eq!(b["prefix"], "192.0.2.66/32");
+    assert_eq!(b["origin"], "command");
+    assert_eq!(b["gateway_id"], GW);
+    assert!(
+        (599..=600).contains(&b["ttl_left_s"].as_u64().unwrap()),
+        "{b}"
+    );
+    assert_eq!(blocks["pending"], json!([]), "{blocks}");
+    assert_eq!(blocks["gateways"][0]["rev"], 1);
+    // 1 command + 1 ack (every ack is audited) + 1 gateway state change.
+    assert_eq!(audit_lines(&f), 3);
+
+    // Our own command echoed by the broker (signed by us) is not recorded twice.
+    f.app
+        .ingest(
+            &topic::commands(GW, "dashboard"),
+            &sign_as("dashboard", &cmd),
+        )
+        .unwrap();
+    assert_eq!(audit_lines(&f), 3);
     assert_eq!(
-        get(&f, "/api/v1/commands")
+        get(&f.app, "/api/v1/commands")
             .await
             .1
             .as_array()
@@ -192,7 +216,8 @@ async fn block_with_token_publishes_a_command_and_records_it() {
         1
     );
 
-    // Unblock removes it and publishes an unblock command.
+    // Unblock publishes an unblock command; the entry stays until the gateway's
+    // state drops it.
     let res = request()
         .method("DELETE")
         .path(&format!(
@@ -204,8 +229,88 @@ async fn block_with_token_publishes_a_command_and_records_it() {
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let unblock: Command = tad_wire::decode(&f.publisher.sent()[1].payload).unwrap();
     assert_eq!(unblock.action, Action::Unblock);
-    assert_eq!(get(&f, "/api/v1/blocks").await.1, json!([]));
-    assert_eq!(audit_lines(&f), 2);
+    let (_, blocks) = get(&f.app, "/api/v1/blocks").await;
+    assert_eq!(blocks["blocks"].as_array().unwrap().len(), 1);
+    assert_eq!(blocks["pending"][0]["action"], "unblock");
+    let mut d = gw_delta(2, now_ms());
+    d.removed = vec![tad_wire::RemovedBlock {
+        prefix: "192.0.2.66/32".parse().unwrap(),
+        cause: tad_wire::RemovalCause::Removed,
+    }];
+    f.app
+        .ingest(&topic::gateway_state_delta(GW), &tad_wire::encode(&d))
+        .unwrap();
+    let (_, blocks) = get(&f.app, "/api/v1/blocks").await;
+    assert_eq!(blocks["blocks"], json!([]));
+    assert_eq!(blocks["pending"], json!([]));
+    // + the unblock command, + the delta.
+    assert_eq!(audit_lines(&f), 5);
+}
+
+#[tokio::test]
+async fn a_refused_command_is_listed_as_refused_never_as_a_block() {
+    let f = fixture();
+    known_gateway(&f.app);
+    f.app
+        .ingest(
+            &topic::gateway_state(GW),
+            &tad_wire::encode(&gw_state(0, now_ms(), vec![])),
+        )
+        .unwrap();
+    let (status, body) = post(&f, "/api/v1/blocks", Some(&bearer()), &block_body()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["command"]["id"].as_str().unwrap().to_owned();
+    let ack = tad_wire::Ack {
+        v: 1,
+        id: id.clone(),
+        gateway_id: GW.parse().unwrap(),
+        outcome: tad_wire::Outcome::Rejected,
+        error: Some("192.0.2.66/32 overlaps the allowlist".into()),
+        at_ms: now_ms(),
+        apply_us: 12,
+    };
+    f.app
+        .ingest(&topic::acks(GW), &tad_wire::encode(&ack))
+        .unwrap();
+    // A later state (no entry) does not make it go away silently either.
+    f.app
+        .ingest(
+            &topic::gateway_state_delta(GW),
+            &tad_wire::encode(&gw_delta(1, now_ms() + 10)),
+        )
+        .unwrap();
+    let (_, blocks) = get(&f.app, "/api/v1/blocks").await;
+    assert_eq!(blocks["blocks"], json!([]), "{blocks}");
+    let p = &blocks["pending"][0];
+    assert_eq!(p["command_id"], id.as_str());
+    assert_eq!(p["status"], "refused");
+    assert_eq!(p["outcome"], "rejected");
+    assert!(p["error"].as_str().unwrap().contains("allowlist"), "{p}");
+    let (_, devices) = get(&f.app, "/api/v1/devices").await;
+    assert!(
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["blocked"] == false)
+    );
+    let text = metrics_text(&f).await;
+    assert!(
+        text.contains("tad_dashboard_pending_commands{status=\"refused\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tad_dashboard_blocks{gateway=\"gateway-1\",origin=\"command\"} 0"),
+        "{text}"
+    );
+}
+
+async fn metrics_text(f: &Fixture) -> String {
+    let res = request()
+        .path("/metrics")
+        .reply(&routes(f.app.clone()))
+        .await;
+    String::from_utf8(res.body().to_vec()).unwrap()
 }
 
 #[tokio::test]
@@ -357,15 +462,46 @@ async fn refused_publish_is_503_and_records_nothing() {
 
 #[tokio::test]
 async fn thresholds_are_validated_merged_published_retained_and_removable() {
-    let f = fixture_with(|c| {
-        c.api.threshold_keys = vec![
-            "portscan.vertical_ports".into(),
-            "synflood.syn_rate_pps".into(),
-        ]
-    });
+    let f = fixture();
+    // The detector's schema decides which keys exist and their ranges.
+    let schema = tad_wire::SettingsSchema {
+        v: tad_wire::SCHEMA_VERSION,
+        detector_id: DET.parse().unwrap(),
+        at_ms: 1,
+        keys: vec![
+            tad_wire::SettingKey {
+                key: "portscan.vertical_ports".into(),
+                kind: tad_wire::SettingKind::Integer,
+                min: 1.0,
+                max: 65535.0,
+                default: 15.0,
+                unit: "ports".into(),
+                help: String::new(),
+            },
+            tad_wire::SettingKey {
+                key: "spike.min_pps".into(),
+                kind: tad_wire::SettingKind::Float,
+                min: 0.0,
+                max: 1e9,
+                default: 100.0,
+                unit: "pps".into(),
+                help: String::new(),
+            },
+        ],
+    };
+    f.app
+        .ingest(&topic::settings_schema(DET), &tad_wire::encode(&schema))
+        .unwrap();
     let before = snapshot(&f).await;
     for (body, needle) in [
-        (json!({"values": {"portscan.unknown": 3}}), "not one of"),
+        (
+            json!({"values": {"portscan.unknown": 3}}),
+            "unknown setting",
+        ),
+        (
+            json!({"values": {"synflood.syn_rate_pps": 3}}),
+            "synflood.syn_rate_pps: unknown setting",
+        ),
         (json!({"values": {"PortScan": 3}}), "section.name"),
         (
             json!({"values": {"portscan.vertical_ports": -1}}),
@@ -405,7 +541,7 @@ async fn thresholds_are_validated_merged_published_retained_and_removable() {
         &f,
         "/api/v1/thresholds",
         Some(&bearer()),
-        &json!({"values": {"synflood.syn_rate_pps": 500.5}}),
+        &json!({"values": {"spike.min_pps": 500.5}}),
     )
     .await;
     assert_eq!(s, StatusCode::ACCEPTED);
@@ -416,7 +552,7 @@ async fn thresholds_are_validated_merged_published_retained_and_removable() {
     let t: ThresholdSettings = tad_wire::decode(&sent[1].payload).unwrap();
     assert_eq!(t.values.len(), 2, "second settings carry the merged set");
     assert_eq!(
-        get(&f, "/api/v1/thresholds").await.1["values"]["synflood.syn_rate_pps"],
+        get(&f.app, "/api/v1/thresholds").await.1["values"]["spike.min_pps"],
         500.5
     );
 
@@ -428,10 +564,7 @@ async fn thresholds_are_validated_merged_published_retained_and_removable() {
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let t: ThresholdSettings = tad_wire::decode(&f.publisher.sent()[2].payload).unwrap();
-    assert_eq!(
-        t.values.keys().collect::<Vec<_>>(),
-        ["synflood.syn_rate_pps"]
-    );
+    assert_eq!(t.values.keys().collect::<Vec<_>>(), ["spike.min_pps"]);
     // Removing a key that is not set: 404, nothing sent.
     let res = request()
         .method("DELETE")
@@ -441,7 +574,8 @@ async fn thresholds_are_validated_merged_published_retained_and_removable() {
         .await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(f.publisher.sent().len(), 3);
-    assert_eq!(audit_lines(&f), 3);
+    // The schema, then the three changes.
+    assert_eq!(audit_lines(&f), 4);
 }
 
 #[tokio::test]
@@ -472,8 +606,22 @@ async fn reads_return_what_was_ingested() {
     )
     .unwrap();
     app.ingest(
-        &topic::verdicts(GW),
-        &tad_wire::encode(&verdict("v-1", now, "192.0.2.10/32")),
+        &topic::verdicts(GW, DET),
+        &sign_as(DET, &verdict("v-1", now, "192.0.2.10/32")),
+    )
+    .unwrap();
+    // The gateway enforces the detector's quarantine (its state says so).
+    let mut q = entry(
+        "192.0.2.10/32",
+        BlockOrigin::Verdict,
+        DET,
+        Some(now + 600_000),
+    );
+    q.reason = tad_wire::BlockReason::PortScan;
+    q.rule = Some("portscan.vertical".into());
+    app.ingest(
+        &topic::gateway_state(GW),
+        &tad_wire::encode(&gw_state(3, now, vec![q])),
     )
     .unwrap();
     app.ingest(
@@ -488,7 +636,7 @@ async fn reads_return_what_was_ingested() {
     .unwrap();
 
     // Alerts newest first, each with its audit hash.
-    let (s, alerts) = get(&f, "/api/v1/alerts").await;
+    let (s, alerts) = get(&f.app, "/api/v1/alerts").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(alerts[0]["id"], "a-2");
     assert_eq!(alerts[1]["id"], "a-1");
@@ -500,7 +648,7 @@ async fn reads_return_what_was_ingested() {
             .contains("22 ports")
     );
     assert_eq!(
-        get(&f, "/api/v1/alerts?limit=1")
+        get(&f.app, "/api/v1/alerts?limit=1")
             .await
             .1
             .as_array()
@@ -509,32 +657,45 @@ async fn reads_return_what_was_ingested() {
         1
     );
     assert_eq!(
-        get(&f, "/api/v1/alerts?limit=0").await.0,
+        get(&f.app, "/api/v1/alerts?limit=0").await.0,
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        get(&f, "/api/v1/alerts?bogus=1").await.0,
+        get(&f.app, "/api/v1/alerts?bogus=1").await.0,
         StatusCode::BAD_REQUEST
     );
 
     // Devices: the named, scored, blocked one sorts first (lowest score).
-    let (_, devices) = get(&f, "/api/v1/devices").await;
+    let (_, devices) = get(&f.app, "/api/v1/devices").await;
     assert_eq!(devices[0]["address"], "192.0.2.10");
     assert_eq!(devices[0]["name"], "thermostat");
     assert_eq!(devices[0]["level"], "critical");
     assert_eq!(devices[0]["blocked"], true);
     assert_eq!(devices[1]["blocked"], false);
 
-    // Blocks: the detector's quarantine.
-    let (_, blocks) = get(&f, "/api/v1/blocks").await;
-    assert_eq!(blocks[0]["origin"], "detector");
-    assert_eq!(blocks[0]["origin_id"], DET);
-    assert_eq!(blocks[0]["reason"], "port_scan");
-    assert_eq!(blocks[0]["action"], "quarantine");
+    // Blocks: the detector's quarantine, as the gateway enforces it.
+    let (_, blocks) = get(&f.app, "/api/v1/blocks").await;
+    let b = &blocks["blocks"][0];
+    assert_eq!(b["origin"], "verdict");
+    assert_eq!(b["by"], DET);
+    assert_eq!(b["reason"], "port_scan");
+    assert_eq!(b["rule"], "portscan.vertical");
+    assert_eq!(b["hits"], 42);
+    // The held state itself.
+    let (s, st) = get(&f.app, &format!("/api/v1/gateways/{GW}/state")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(st["rev"], 3);
+    assert_eq!(st["at_ms"], now);
+    assert_eq!(st["synced"], true);
+    assert_eq!(st["blocks"][0]["prefix"], "192.0.2.10/32");
+    assert_eq!(
+        get(&f.app, "/api/v1/gateways/gateway-9/state").await.0,
+        StatusCode::NOT_FOUND
+    );
 
     // History: the two samples, with derived rates.
     let (_, h) = get(
-        &f,
+        &f.app,
         &format!(
             "/api/v1/history?from_ms={}&to_ms={}&step_s=1",
             now - 10_000,
@@ -550,12 +711,12 @@ async fn reads_return_what_was_ingested() {
     assert_eq!(points[1]["flows_per_s"], 6.0);
     assert_eq!(points[1]["alerts_per_min"], 1.0);
     assert_eq!(
-        get(&f, "/api/v1/history?from_ms=10&to_ms=5").await.0,
+        get(&f.app, "/api/v1/history?from_ms=10&to_ms=5").await.0,
         StatusCode::BAD_REQUEST
     );
 
     // Gateways: online, mode, map fill from the latest counters.
-    let (_, nodes) = get(&f, "/api/v1/gateways").await;
+    let (_, nodes) = get(&f.app, "/api/v1/gateways").await;
     assert_eq!(nodes[0]["node_id"], GW);
     assert_eq!(nodes[0]["online"], true);
     assert_eq!(nodes[0]["mode"], "enforce");
@@ -566,13 +727,14 @@ async fn reads_return_what_was_ingested() {
         &tad_wire::encode(&status(GW, false, now)),
     )
     .unwrap();
-    assert_eq!(get(&f, "/api/v1/gateways").await.1[0]["online"], false);
+    assert_eq!(get(&f.app, "/api/v1/gateways").await.1[0]["online"], false);
 
     // Verdicts, audit head, health, metrics.
-    assert_eq!(get(&f, "/api/v1/verdicts").await.1[0]["id"], "v-1");
-    let (_, head) = get(&f, "/api/v1/audit/head").await;
-    assert_eq!(head["records"], 3);
-    let (s, health) = get(&f, "/health").await;
+    assert_eq!(get(&f.app, "/api/v1/verdicts").await.1[0]["id"], "v-1");
+    let (_, head) = get(&f.app, "/api/v1/audit/head").await;
+    // 2 alerts, 1 verdict, 1 gateway state change.
+    assert_eq!(head["records"], 4);
+    let (s, health) = get(&f.app, "/health").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(health["database"], "wal");
     let res = request()
@@ -594,6 +756,14 @@ async fn reads_return_what_was_ingested() {
         text.contains("tad_dashboard_rows{table=\"samples\"} 2"),
         "{text}"
     );
+    assert!(
+        text.contains("tad_dashboard_blocks{gateway=\"gateway-1\",origin=\"verdict\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tad_dashboard_gateway_state_rev{gateway=\"gateway-1\"} 3\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -610,7 +780,7 @@ async fn bad_bus_messages_are_refused_and_counted() {
     assert!(err.to_string().contains("gateway-2"), "{err}");
     assert!(app.ingest(&topic::alerts(DET), b"{not json").is_err());
     assert!(app.ingest("tad/v1/nonsense", b"{}").is_err());
-    assert_eq!(get(&f, "/api/v1/gateways").await.1, json!([]));
+    assert_eq!(get(&f.app, "/api/v1/gateways").await.1, json!([]));
     let res = request()
         .path("/metrics")
         .reply(&routes(f.app.clone()))
@@ -635,6 +805,8 @@ async fn pages_and_assets_are_served() {
         "/blocks",
         "/history",
         "/gateways",
+        "/settings",
+        "/audit",
     ] {
         let res = request().path(path).reply(&routes(f.app.clone())).await;
         assert_eq!(res.status(), StatusCode::OK, "{path}");
@@ -698,11 +870,15 @@ async fn every_read_is_documented_in_the_openapi_file() {
         assert_eq!(res.status(), StatusCode::OK, "{path}");
     }
     assert!(spec.contains("\n  /api/v1/events:\n"));
+    assert!(spec.contains("\n  /api/v1/gateways/{id}/state:\n"));
     for mutation in [
         "    post:\n      summary: Block",
         "    delete:\n      summary: Unblock",
         "    post:\n      summary: Set thresholds",
         "    delete:\n      summary: Remove one threshold",
+        "    put:\n      summary: Replace the whole threshold set",
+        "  /api/v1/thresholds/{key}:\n    delete:\n      summary: Remove one threshold",
+        "  /api/v1/audit/{hash}:\n    get:\n",
     ] {
         assert!(spec.contains(mutation), "{mutation}");
     }

@@ -1,6 +1,8 @@
 //! Headless Chromium against a running dashboard: the overview's charts move as
-//! samples arrive, a new alert appears at the top with its audit hash, and every
-//! page renders; screenshots land in `target/tmp/dashboard-e2e/`.
+//! samples arrive, a new alert appears at the top with its audit hash, the Blocks
+//! page shows the gateway state's CLI and feed entries and drops one the
+//! gateway's delta removes as expired, a block from the form is pending (not a
+//! block), and every page renders; screenshots land in `target/tmp/dashboard-e2e/`.
 //!
 //! Needs Debian's `chromium` and `npm ci` in `dashboard/e2e` (playwright-core);
 //! fails with those install steps when either is missing.
@@ -16,7 +18,7 @@ use std::{
 
 use common::*;
 use dashboard::server;
-use tad_wire::{now_ms, topic};
+use tad_wire::{BlockOrigin, RemovalCause, RemovedBlock, now_ms, topic};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Command,
@@ -102,8 +104,46 @@ async fn pages_render_live_data_in_chromium() {
     )
     .unwrap();
     app.ingest(
-        &topic::verdicts(GW),
-        &tad_wire::encode(&verdict("v-1", now, "192.0.2.66/32")),
+        &topic::verdicts(GW, DET),
+        &sign_as(DET, &verdict("v-1", now, "192.0.2.10/32")),
+    )
+    .unwrap();
+    // What gateway-1 enforces: a block made with `fw-ctl block`, two feed
+    // entries (one about to be swept), the detector's quarantine and one entry
+    // already past its expiry.
+    app.ingest(
+        &topic::gateway_state(GW),
+        &tad_wire::encode(&gw_state(
+            1,
+            now,
+            vec![
+                entry("192.0.2.66/32", BlockOrigin::Cli, "root", None),
+                entry(
+                    "198.51.100.0/24",
+                    BlockOrigin::Feed,
+                    "feed:spamhaus-drop.txt",
+                    Some(now + 86_400_000),
+                ),
+                entry(
+                    "203.0.113.0/24",
+                    BlockOrigin::Feed,
+                    "feed:spamhaus-drop.txt",
+                    Some(now + 3_600_000),
+                ),
+                entry(
+                    "192.0.2.10/32",
+                    BlockOrigin::Verdict,
+                    DET,
+                    Some(now + 600_000),
+                ),
+                entry(
+                    "203.0.113.77/32",
+                    BlockOrigin::Cli,
+                    "root",
+                    Some(now - 1_000),
+                ),
+            ],
+        )),
     )
     .unwrap();
 
@@ -144,6 +184,15 @@ async fn pages_render_live_data_in_chromium() {
                 let a = alert("a-live", now_ms(), "192.0.2.66");
                 app.ingest(&topic::alerts(DET), &tad_wire::encode(&a))
                     .unwrap();
+            } else if line == "blocks-shown" {
+                // The gateway's sweep removes the expired feed entry.
+                let mut d = gw_delta(2, now_ms());
+                d.removed = vec![RemovedBlock {
+                    prefix: "203.0.113.0/24".parse().unwrap(),
+                    cause: RemovalCause::Expired,
+                }];
+                app.ingest(&topic::gateway_state_delta(GW), &tad_wire::encode(&d))
+                    .unwrap();
             } else if line.starts_with("ok ") || line.starts_with("fail ") {
                 verdict = Some(line);
             }
@@ -164,11 +213,22 @@ async fn pages_render_live_data_in_chromium() {
         status.success() && verdict.starts_with("ok "),
         "browser check failed: {verdict}"
     );
-    // The form's block went out as a command to the gateway.
+    // The form's block went out as a signed command to the gateway.
     let sent = f.publisher.sent();
     let cmd: tad_wire::Command =
         tad_wire::decode(&sent.last().expect("a command").payload).unwrap();
-    assert_eq!(sent.last().unwrap().topic, topic::commands(GW));
+    assert_eq!(sent.last().unwrap().topic, topic::commands(GW, "dashboard"));
+    assert!(sent.last().unwrap().signed);
+    // What the page showed is what the store holds: the expired entries are gone.
+    let mut shown: Vec<String> = app
+        .store
+        .blocks(now_ms())
+        .unwrap()
+        .iter()
+        .map(|b| b.prefix.to_string())
+        .collect();
+    shown.sort();
+    assert_eq!(shown, ["192.0.2.10/32", "192.0.2.66/32", "198.51.100.0/24"]);
     assert_eq!(cmd.target.to_string(), "198.51.100.77/32");
     assert_eq!(cmd.ttl_s, Some(3600));
     for name in [

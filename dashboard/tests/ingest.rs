@@ -1,5 +1,7 @@
 //! Ingestion paths not covered through the API: flows and device last-seen,
-//! observe-only verdicts, retained thresholds from the bus, the Influx export.
+//! signed verdicts (verified, refused ones counted and audited, never shown),
+//! gateway state snapshots and deltas (the only source of blocks), retained
+//! thresholds from the bus, the Influx export.
 
 mod common;
 
@@ -11,15 +13,36 @@ use dashboard::{
     audit::{AuditLog, verify_file},
     config::Config,
     influx::{InfluxSink, InfluxTargets},
-    ingest::Ingested,
+    ingest::{IngestError, Ingested},
     metrics::Metrics,
     publish::RecordingPublisher,
-    store::{BlockState, Store},
+    store::Store,
 };
 use tad_wire::{
-    self, DirCounters, EndReason, FlowBatch, FlowRecord, SCHEMA_VERSION, ThresholdSettings, now_ms,
-    topic,
+    self, BlockOrigin, DirCounters, EndReason, FlowBatch, FlowRecord, RefusalReason, RemovalCause,
+    RemovedBlock, SCHEMA_VERSION, ThresholdSettings, now_ms, topic,
 };
+
+fn audit_records(f: &Fixture) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(f.dir.path().join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn prefixes(f: &Fixture) -> Vec<String> {
+    let mut p: Vec<String> = f
+        .app
+        .store
+        .blocks(now_ms())
+        .unwrap()
+        .iter()
+        .map(|b| b.prefix.to_string())
+        .collect();
+    p.sort();
+    p
+}
 
 fn flow(src: &str, dst: &str, start_ms: u64) -> FlowRecord {
     FlowRecord {
@@ -80,22 +103,23 @@ fn flows_are_summarised_and_refresh_device_last_seen() {
 }
 
 #[test]
-fn observe_only_verdicts_are_recorded_but_not_enforced() {
+fn signed_verdicts_are_stored_once_and_are_not_blocks() {
     let f = fixture();
     let mut v = verdict("v-obs", now_ms(), "192.0.2.10/32");
     v.observe_only = true;
-    f.app
-        .ingest(&topic::verdicts(GW), &tad_wire::encode(&v))
-        .unwrap();
-    let blocks = f.app.store.blocks(now_ms()).unwrap();
-    assert_eq!(blocks[0].state, BlockState::Observed);
+    let payload = sign_as(DET, &v);
+    assert_eq!(
+        f.app.ingest(&topic::verdicts(GW, DET), &payload).unwrap(),
+        Ingested::Stored("verdict")
+    );
+    assert_eq!(f.app.store.verdicts(10).unwrap()[0].verdict, v);
+    // What a detector asked for is not what the gateway enforces.
+    assert!(f.app.store.blocks(now_ms()).unwrap().is_empty());
     let dev = f.app.store.devices(now_ms()).unwrap();
     assert!(!dev[0].blocked);
     // Redelivery is not audited again.
     assert_eq!(
-        f.app
-            .ingest(&topic::verdicts(GW), &tad_wire::encode(&v))
-            .unwrap(),
+        f.app.ingest(&topic::verdicts(GW, DET), &payload).unwrap(),
         Ingested::Duplicate("verdict")
     );
     assert_eq!(
@@ -104,6 +128,249 @@ fn observe_only_verdicts_are_recorded_but_not_enforced() {
             .records,
         1
     );
+}
+
+#[test]
+fn forged_and_unsigned_verdicts_are_refused_counted_and_audited_never_shown() {
+    let f = fixture();
+    let v = verdict("v-forged", now_ms(), "192.0.2.20/32");
+    // detector-2, with a valid certificate, publishes on its own topic level a
+    // verdict naming detector-1.
+    let err = f
+        .app
+        .ingest(
+            &topic::verdicts(GW, "detector-2"),
+            &sign_as("detector-2", &v),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IngestError::Refused {
+                reason: RefusalReason::IdentityMismatch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The same signed by detector-2 but on detector-1's topic level.
+    let err = f
+        .app
+        .ingest(&topic::verdicts(GW, DET), &sign_as("detector-2", &v))
+        .unwrap_err();
+    assert!(err.to_string().contains("detector-2"), "{err}");
+    // Unsigned JSON, a tampered signature, a certificate from another CA.
+    assert!(
+        f.app
+            .ingest(&topic::verdicts(GW, DET), &tad_wire::encode(&v))
+            .is_err()
+    );
+    let mut tampered = sign_as(DET, &v);
+    let n = tampered.len();
+    tampered[n - 5] = if tampered[n - 5] == b'A' { b'B' } else { b'A' };
+    let err = f
+        .app
+        .ingest(&topic::verdicts(GW, DET), &tampered)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IngestError::Refused {
+                reason: RefusalReason::BadSignature,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let other =
+        tad_bus::pki::CertificateAuthority::generate("rogue CA", tad_bus::pki::Validity::days(1))
+            .unwrap();
+    let c = other
+        .issue_client(DET, tad_bus::pki::Validity::days(1))
+        .unwrap();
+    let rogue =
+        tad_bus::signing::Signer::from_pem(c.cert_pem.as_bytes(), c.key_pem.as_bytes()).unwrap();
+    assert!(
+        f.app
+            .ingest(&topic::verdicts(GW, DET), &rogue.sign(&v))
+            .is_err()
+    );
+
+    assert!(f.app.store.verdicts(10).unwrap().is_empty());
+    let m = &f.app.metrics;
+    assert_eq!(m.refusals("verdict", RefusalReason::IdentityMismatch), 2);
+    assert_eq!(m.refusals("verdict", RefusalReason::BadSignature), 3);
+    assert_eq!(m.messages("verdict"), 0);
+    let text = m.render(None, 0);
+    assert!(
+        text.contains(
+            "tad_dashboard_refused_total{kind=\"verdict\",reason=\"identity_mismatch\"} 2\n"
+        ),
+        "{text}"
+    );
+    // Each refusal is an audit record naming the claimed sender and why.
+    let records = audit_records(&f);
+    assert_eq!(records.len(), 5);
+    assert!(records.iter().all(|r| r["kind"] == "refusal"));
+    let first = &records[0]["data"];
+    assert_eq!(first["kind"], "verdict");
+    assert_eq!(first["claimed_sender"], "detector-2");
+    assert_eq!(first["claimed_signer"], "detector-2");
+    assert_eq!(first["message_id"], "v-forged");
+    assert_eq!(first["reason"], "identity_mismatch");
+    assert!(
+        first["error"].as_str().unwrap().contains("detector-1"),
+        "{first}"
+    );
+    assert_eq!(records[1]["data"]["claimed_sender"], DET);
+    assert_eq!(records[2]["data"]["reason"], "bad_signature");
+}
+
+#[test]
+fn commands_from_another_dashboard_are_verified_against_their_topic_level() {
+    let f = fixture();
+    let c = tad_wire::Command {
+        v: SCHEMA_VERSION,
+        id: "cmd-other".into(),
+        operator: "bob".into(),
+        issued_at_ms: now_ms(),
+        action: tad_wire::Action::Block,
+        target: "192.0.2.30".parse().unwrap(),
+        ttl_s: None,
+        reason: None,
+    };
+    // dashboard-2 signing, claiming to be dashboard: refused.
+    let err = f
+        .app
+        .ingest(
+            &topic::commands(GW, "dashboard"),
+            &sign_as("dashboard-2", &c),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("dashboard-2"), "{err}");
+    assert_eq!(
+        f.app
+            .metrics
+            .refusals("command", RefusalReason::IdentityMismatch),
+        1
+    );
+    assert!(f.app.store.commands(10).unwrap().is_empty());
+    // Under its own name it is recorded (audited, listed).
+    assert_eq!(
+        f.app
+            .ingest(
+                &topic::commands(GW, "dashboard-2"),
+                &sign_as("dashboard-2", &c)
+            )
+            .unwrap(),
+        Ingested::Stored("command")
+    );
+    assert_eq!(f.app.store.commands(10).unwrap()[0].command, c);
+}
+
+#[test]
+fn gateway_state_is_the_block_list_and_deltas_move_it() {
+    let f = fixture();
+    let now = now_ms();
+    let cli = entry("192.0.2.7/32", BlockOrigin::Cli, "root", None);
+    let feed = entry(
+        "198.51.100.0/24",
+        BlockOrigin::Feed,
+        "feed:spamhaus-drop.txt",
+        Some(now + 3_600_000),
+    );
+    let gone = entry("203.0.113.5/32", BlockOrigin::Verdict, DET, Some(now - 1));
+    let payload = tad_wire::encode(&gw_state(10, now, vec![cli, feed, gone]));
+    assert_eq!(
+        f.app.ingest(&topic::gateway_state(GW), &payload).unwrap(),
+        Ingested::Stored("state")
+    );
+    // The entry past its expiry is hidden.
+    assert_eq!(prefixes(&f), ["192.0.2.7/32", "198.51.100.0/24"]);
+    let records = audit_records(&f);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["kind"], "gateway_state");
+    assert_eq!(records[0]["data"]["via"], "snapshot");
+    assert_eq!(records[0]["data"]["upserted"].as_array().unwrap().len(), 3);
+    // The same snapshot again (retained, on reconnect) changes nothing, audits nothing.
+    f.app.ingest(&topic::gateway_state(GW), &payload).unwrap();
+    assert_eq!(audit_records(&f).len(), 1);
+
+    // The feed entry expires: the gateway's delta removes it.
+    let mut d = gw_delta(11, now + 1_000);
+    d.removed = vec![RemovedBlock {
+        prefix: "198.51.100.0/24".parse().unwrap(),
+        cause: RemovalCause::Expired,
+    }];
+    d.refusals = Some([(RefusalReason::BadSignature, 1)].into());
+    let dp = tad_wire::encode(&d);
+    assert_eq!(
+        f.app.ingest(&topic::gateway_state_delta(GW), &dp).unwrap(),
+        Ingested::Stored("state_delta")
+    );
+    assert_eq!(prefixes(&f), ["192.0.2.7/32"]);
+    let r = &audit_records(&f)[1];
+    assert_eq!(r["kind"], "gateway_state");
+    assert_eq!(r["data"]["via"], "delta");
+    assert_eq!(r["data"]["removed"][0]["prefix"], "198.51.100.0/24");
+    assert_eq!(r["data"]["removed"][0]["cause"], "expired");
+    assert_eq!(r["data"]["refusals_increased"]["bad_signature"], 1);
+    // Redelivered: already applied.
+    assert_eq!(
+        f.app.ingest(&topic::gateway_state_delta(GW), &dp).unwrap(),
+        Ingested::Duplicate("state_delta")
+    );
+    // A gap (rev 13 after 11) is ignored until the next snapshot.
+    let mut gap = gw_delta(13, now + 3_000);
+    gap.removed = vec![RemovedBlock {
+        prefix: "192.0.2.7/32".parse().unwrap(),
+        cause: RemovalCause::Removed,
+    }];
+    assert_eq!(
+        f.app
+            .ingest(&topic::gateway_state_delta(GW), &tad_wire::encode(&gap))
+            .unwrap(),
+        Ingested::Ignored
+    );
+    assert_eq!(prefixes(&f), ["192.0.2.7/32"]);
+    // A restarted gateway's snapshot at rev 0 replaces the held state.
+    f.app
+        .ingest(
+            &topic::gateway_state(GW),
+            &tad_wire::encode(&gw_state(0, now + 4_000, vec![])),
+        )
+        .unwrap();
+    assert!(prefixes(&f).is_empty());
+    let r = audit_records(&f).pop().unwrap();
+    assert_eq!(r["data"]["removed"][0], "192.0.2.7/32");
+    // A state from another gateway's topic is refused.
+    assert!(
+        f.app
+            .ingest(&topic::gateway_state("gateway-2"), &payload)
+            .is_err()
+    );
+}
+
+#[test]
+fn held_state_is_shown_after_a_restart_before_the_next_snapshot() {
+    let f = fixture();
+    let now = now_ms();
+    f.app
+        .ingest(
+            &topic::gateway_state(GW),
+            &tad_wire::encode(&gw_state(
+                5,
+                now - 5_000,
+                vec![entry("192.0.2.7/32", BlockOrigin::Cli, "root", None)],
+            )),
+        )
+        .unwrap();
+    let store = Store::open(&f.app.config.storage.db_path).unwrap();
+    let blocks = store.blocks(now).unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].state_at_ms, now - 5_000);
+    let held = store.gateway_state(GW).unwrap().unwrap();
+    assert_eq!((held.state.rev, held.synced), (5, false));
 }
 
 #[test]

@@ -11,9 +11,10 @@
 //!
 //! Thresholds can also be changed at runtime from a
 //! [`tad_wire::ThresholdSettings`] message: its keys are the dotted config
-//! paths of numeric fields (`portscan.vertical_ports`, `synflood.window_s`...), see
-//! [`Config::apply_thresholds`]. Unknown keys, non-numeric fields and values that
-//! fail validation reject the whole message and change nothing.
+//! paths of numeric fields (`portscan.vertical_ports`, `synflood.window_s`...),
+//! listed with their ranges in [`crate::settings`] (which also holds
+//! [`Config::apply_thresholds`] and the published settings schema). Unknown keys
+//! and values that fail validation refuse the whole message and change nothing.
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
@@ -36,10 +37,14 @@ pub enum ConfigError {
         #[source]
         source: Box<figment::Error>,
     },
-    #[error("invalid value: {0}")]
+    /// A value out of its range or breaking a cross-key rule; the message starts
+    /// with (or names) the key.
+    #[error("{0}")]
     Invalid(String),
+    /// A runtime threshold key this detector does not have (see
+    /// `crate::settings::thresholds` and the published settings schema).
     #[error(
-        "unknown threshold key `{0}` (keys are dotted numeric config paths such as portscan.vertical_ports)"
+        "{0}: unknown threshold key (the keys are those of this detector's settings schema, e.g. portscan.vertical_ports)"
     )]
     UnknownKey(String),
 }
@@ -423,17 +428,6 @@ impl Default for Policy {
     }
 }
 
-/// Sections whose numeric fields [`Config::apply_thresholds`] may change.
-pub const THRESHOLD_SECTIONS: [&str; 7] = [
-    "portscan",
-    "synflood",
-    "spike",
-    "bruteforce",
-    "ml",
-    "trust",
-    "policy",
-];
-
 impl Config {
     /// The bus settings with `node_id` defaulted to `detector.id`.
     pub fn bus_config(&self) -> tad_bus::BusConfig {
@@ -478,74 +472,15 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Range checks beyond the schema.
+    /// Range checks beyond the schema: the ranges and cross-key rules of the
+    /// runtime thresholds (`crate::settings`, the same table the settings schema is
+    /// published from), then the bus identity, service and partitions.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |s: String| Err(ConfigError::Invalid(s));
-        for (name, w) in [
-            ("portscan.window_s", self.portscan.window_s),
-            ("synflood.window_s", self.synflood.window_s),
-            ("bruteforce.window_s", self.bruteforce.window_s),
-            ("spike.interval_s", self.spike.interval_s),
-            ("ml.window_s", self.ml.window_s),
-        ] {
-            if !(w > 0.0 && w <= 86_400.0) {
-                return bad(format!("{name} = {w} must be in (0, 86400] s"));
-            }
-        }
-        for (name, n) in [
-            ("portscan.vertical_ports", self.portscan.vertical_ports),
-            ("portscan.horizontal_hosts", self.portscan.horizontal_hosts),
-            ("portscan.sweep_hosts", self.portscan.sweep_hosts),
-            ("portscan.low_ports", self.portscan.low_ports),
-            (
-                "synflood.per_source_half_open",
-                self.synflood.per_source_half_open,
-            ),
-            (
-                "synflood.per_victim_half_open",
-                self.synflood.per_victim_half_open,
-            ),
-            ("bruteforce.attempts", self.bruteforce.attempts),
-            ("bruteforce.http_attempts", self.bruteforce.http_attempts),
-            ("ml.min_flows", self.ml.min_flows),
-        ] {
-            if n == 0 {
-                return bad(format!("{name} must be at least 1"));
-            }
-        }
-        if !(self.spike.alpha > 0.0 && self.spike.alpha <= 1.0) {
-            return bad(format!(
-                "spike.alpha = {} must be in (0, 1]",
-                self.spike.alpha
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.policy.block_confidence) {
-            return bad(format!(
-                "policy.block_confidence = {} must be in [0, 1]",
-                self.policy.block_confidence
-            ));
-        }
-        let t = &self.trust;
-        let wsum = t.weight_behavioural + t.weight_vulnerability + t.weight_reputation;
-        if [
-            t.weight_behavioural,
-            t.weight_vulnerability,
-            t.weight_reputation,
-        ]
-        .iter()
-        .any(|w| *w < 0.0)
-            || (wsum - 1.0).abs() > 1e-6
-        {
-            return bad(format!(
-                "trust weights must be >= 0 and sum to 1 (sum is {wsum})"
-            ));
-        }
-        if self.policy.base_ttl_s == 0 || self.policy.max_ttl_s > tad_wire::MAX_TTL_S {
-            return bad(format!(
-                "policy TTLs must be in [1, {}] s",
-                tad_wire::MAX_TTL_S
-            ));
-        }
+        crate::settings::validate(self)?;
         if !self.bus.node_id.is_empty() && self.bus.node_id != self.detector.id.as_str() {
             return bad(format!(
                 "bus.node_id = {:?} differs from detector.id = {:?} (both are the certificate CN)",
@@ -569,47 +504,6 @@ impl Config {
                 self.partitions.count
             ));
         }
-        Ok(())
-    }
-
-    /// Applies runtime threshold changes (keys: dotted paths of numeric fields).
-    /// All or nothing: on any error the configuration is unchanged.
-    pub fn apply_thresholds(&mut self, values: &BTreeMap<String, f64>) -> Result<(), ConfigError> {
-        let mut tree = serde_json::to_value(&*self).expect("config serialises");
-        for (key, value) in values {
-            let section = key.split('.').next().unwrap_or("");
-            if !THRESHOLD_SECTIONS.contains(&section) {
-                return Err(ConfigError::UnknownKey(key.clone()));
-            }
-            if !value.is_finite() {
-                return Err(ConfigError::Invalid(format!(
-                    "{key} = {value} is not a number"
-                )));
-            }
-            let mut node = &mut tree;
-            for part in key.split('.') {
-                node = node
-                    .get_mut(part)
-                    .ok_or_else(|| ConfigError::UnknownKey(key.clone()))?;
-            }
-            let new = match node {
-                serde_json::Value::Number(n) if n.is_f64() => serde_json::json!(value),
-                serde_json::Value::Number(_) => {
-                    if value.fract() != 0.0 || *value < 0.0 {
-                        return Err(ConfigError::Invalid(format!(
-                            "{key} = {value} must be a non-negative whole number"
-                        )));
-                    }
-                    serde_json::json!(*value as u64)
-                }
-                _ => return Err(ConfigError::UnknownKey(key.clone())),
-            };
-            *node = new;
-        }
-        let cfg: Config = serde_json::from_value(tree)
-            .map_err(|e| ConfigError::Invalid(format!("threshold values: {e}")))?;
-        cfg.validate()?;
-        *self = cfg;
         Ok(())
     }
 

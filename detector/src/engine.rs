@@ -94,7 +94,11 @@ struct Quarantine {
 
 /// One detector instance's engine.
 pub struct Engine {
+    /// The configuration in force: `base` plus the runtime threshold overrides.
     cfg: Config,
+    /// The configuration the engine was made with (the loaded file), kept
+    /// unchanged: runtime overrides always apply to it.
+    base: Config,
     model: Option<Autoencoder>,
     part: Partitioner,
     rules: Rules,
@@ -115,6 +119,7 @@ impl Engine {
     pub fn new(cfg: Config, model: Option<Autoencoder>) -> Engine {
         let part = Partitioner::new(&cfg.partitions);
         Engine {
+            base: cfg.clone(),
             cfg,
             model,
             part,
@@ -131,6 +136,7 @@ impl Engine {
         }
     }
 
+    /// The configuration in force (the base config plus the runtime overrides).
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -144,18 +150,23 @@ impl Engine {
         self.trust.score_of(&self.cfg, dev)
     }
 
-    /// Applies runtime threshold changes (all or nothing, unknown keys rejected).
+    /// The configuration the engine was made with (the loaded file), which the
+    /// runtime overrides apply to.
+    pub fn base_config(&self) -> &Config {
+        &self.base
+    }
+
+    /// Makes `values` the whole set of runtime threshold overrides: the config in
+    /// force becomes the base config ([`Self::base_config`]) plus `values`, so a key
+    /// absent from `values` is back at its file value at once. All or nothing: on
+    /// an error (unknown key, value out of range, see
+    /// [`Config::apply_thresholds`]) the config in force is unchanged.
     pub fn apply_thresholds(
         &mut self,
         values: &std::collections::BTreeMap<String, f64>,
     ) -> Result<(), ConfigError> {
-        let mut cfg = self.cfg.clone();
+        let mut cfg = self.base.clone();
         cfg.apply_thresholds(values)?;
-        if cfg.partitions != self.cfg.partitions {
-            return Err(ConfigError::Invalid(
-                "partitions cannot change at runtime".into(),
-            ));
-        }
         self.cfg = cfg;
         Ok(())
     }

@@ -6,8 +6,10 @@
 //! instance's partitions ([`partition`]), runs the rules ([`rules`], over the
 //! per-record facts of [`classify`]), scores flows with the autoencoder
 //! ([`model`]), keeps device trust scores ([`trust`]) and turns alerts into
-//! verdicts. Everything except [`service`] is synchronous and free of I/O, so tests
-//! drive the engine with synthetic records or real captures.
+//! verdicts. [`settings`] is the table of runtime-settable thresholds (their
+//! ranges, the published settings schema). Everything except [`service`] is
+//! synchronous and free of I/O, so tests drive the engine with synthetic records
+//! or real captures.
 
 pub mod bench;
 pub mod classify;
@@ -19,6 +21,7 @@ pub mod partition;
 pub mod replay;
 pub mod rules;
 pub mod service;
+pub mod settings;
 pub mod trust;
 pub mod window;
 

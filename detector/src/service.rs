@@ -1,32 +1,55 @@
 //! The MQTT service (`detector run`): feeds flow batches from this instance's
-//! partitions into the [`Engine`] and publishes what it finds.
+//! partitions into the [`Engine`], publishes what it finds, and takes runtime
+//! threshold settings.
 //!
 //! | direction | topic | payload | publish options |
 //! |---|---|---|---|
 //! | in | `tad/v1/gw/+/flows/<p>` for each taken partition `p` | [`FlowBatch`] | QoS 1 |
 //! | in | `tad/v1/settings/thresholds` (retained) | [`ThresholdSettings`] | QoS 1 |
 //! | out | `tad/v1/det/<det>/alerts` | [`Alert`](tad_wire::Alert) | QoS 1, waits for room |
-//! | out | `tad/v1/gw/<gw>/verdicts` (the gateway that saw the flows) | [`Verdict`](tad_wire::Verdict) | QoS 1, expiry `service.verdict_expiry_s` |
+//! | out | `tad/v1/gw/<gw>/verdicts/<det>` (`gw`: the gateway that saw the flows) | [`Verdict`](tad_wire::Verdict), signed: a JWS by this detector's certificate key ([`tad_bus::signing`], content type `application/jose`) | QoS 1, expiry `service.verdict_expiry_s` |
+//! | out | `tad/v1/det/<det>/settings/schema` | retained [`SettingsSchema`](tad_wire::SettingsSchema): every key [`ThresholdSettings`] may set, kind, range, default (the config file's value), unit, help ([`crate::settings`]); at start and after every reconnect | QoS 1, retained |
+//! | out | `tad/v1/det/<det>/settings/acks` | [`SettingsAck`]: one per [`ThresholdSettings`] received | QoS 1, waits for room |
 //! | out | `tad/v1/det/<det>/trust` | [`TrustUpdate`](tad_wire::TrustUpdate) | QoS 0, drop-oldest |
 //! | out | `tad/v1/det/<det>/status` | retained [`NodeStatus`] with the mode; Last Will offline | by `tad_bus` |
+//!
+//! `<det>` is this detector's id, the CN of its certificate: the broker lets it
+//! publish verdicts only under its own id, and the gateways check that the
+//! signature's certificate names the same id ([`signer`] refuses to start with a
+//! certificate naming another).
+//!
+//! Threshold settings: a [`ThresholdSettings`]'s `values` are the whole set of
+//! overrides. The config in force becomes the config file's (kept unchanged from
+//! start) plus those values, so a key left out is back at its file value at once
+//! ([`Engine::apply_thresholds`]). All or nothing: an unknown key or a bad value
+//! refuses the whole message and nothing changes. Either way a [`SettingsAck`]
+//! answers it (`applied` or `refused` with an error naming the key, and the
+//! `effective` value of every schema key afterwards), and the outcome is counted in
+//! [`ServiceStats`].
 //!
 //! Queues: each subscription has the bus client's bounded queue (overflow dropped
 //! and counted in its metrics); a forwarding task per flow subscription feeds one
 //! bounded channel of `service.queue` batches, waiting when it is full
-//! (back-pressure onto the subscription queues). Threshold settings with an unknown
-//! key or a bad value are rejected whole, logged and counted; nothing changes.
+//! (back-pressure onto the subscription queues).
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, path::PathBuf, time::Duration};
 
 use serde::Serialize;
-use tad_bus::{BusBuilder, BusClient, BusError, PublishOptions, QoS, Subscription};
-use tad_wire::{FlowBatch, NodeStatus, Role, SCHEMA_VERSION, ThresholdSettings, now_ms, topic};
+use tad_bus::{
+    BusBuilder, BusClient, BusError, ConnectionState, PublishOptions, QoS, SignError, Signer,
+    Subscription,
+};
+use tad_wire::{
+    FlowBatch, NodeId, NodeStatus, Role, SCHEMA_VERSION, SettingsAck, SettingsOutcome,
+    ThresholdSettings, now_ms, topic,
+};
 use tokio::sync::mpsc;
 
 use crate::{
     config::{Config, ConfigError},
     engine::{Counters, Engine, Output},
     partition::Partitioner,
+    settings,
 };
 
 /// Errors of the service.
@@ -40,6 +63,54 @@ pub enum ServiceError {
     Runtime(#[from] std::io::Error),
     #[error("model: {0}")]
     Model(#[from] crate::model::ModelError),
+    /// The verdict signing key could not be loaded from the bus certificate and
+    /// key files.
+    #[error(
+        "cannot sign verdicts with certificate {} and key {}: {source}",
+        cert_file.display(),
+        key_file.display()
+    )]
+    Signing {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        #[source]
+        source: SignError,
+    },
+    /// The signing certificate names another node than `detector.id`: every
+    /// verdict would be refused by the gateways.
+    #[error(
+        "the certificate {} names {signer}, but detector.id is {detector}: verdicts would be refused",
+        cert_file.display()
+    )]
+    Identity {
+        cert_file: PathBuf,
+        signer: NodeId,
+        detector: NodeId,
+    },
+}
+
+/// The verdict signer of `cfg`: its bus certificate and key
+/// (`bus.cert_file`, `bus.key_file`), whose certificate must name `detector.id`.
+///
+/// # Errors
+/// [`ServiceError::Signing`] naming both files when they cannot be read or do not
+/// belong together; [`ServiceError::Identity`] when the certificate names another
+/// node.
+pub fn signer(cfg: &Config) -> Result<Signer, ServiceError> {
+    let bus = cfg.bus_config();
+    let signer = Signer::from_bus_config(&bus).map_err(|source| ServiceError::Signing {
+        cert_file: bus.cert_file.clone(),
+        key_file: bus.key_file.clone(),
+        source,
+    })?;
+    if *signer.id() != cfg.detector.id {
+        return Err(ServiceError::Identity {
+            cert_file: bus.cert_file,
+            signer: signer.id().clone(),
+            detector: cfg.detector.id.clone(),
+        });
+    }
+    Ok(signer)
 }
 
 /// Subscriptions registered on the bus builder before connecting, so messages the
@@ -65,20 +136,36 @@ pub fn subscribe(builder: &mut BusBuilder, cfg: &Config) -> Inputs {
 /// What the service did, returned at shutdown.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ServiceStats {
+    /// Flow batches processed.
     pub batches: u64,
+    /// Threshold settings messages applied (acked `applied`).
     pub settings_applied: u64,
-    pub settings_rejected: u64,
+    /// Threshold settings messages refused (acked `refused`; nothing changed).
+    pub settings_refused: u64,
+    /// Settings schemas published (start and every reconnect).
+    pub schemas_published: u64,
+    /// Messages the bus client would not queue (closed, too large).
     pub publish_errors: u64,
     pub engine: Counters,
 }
 
-async fn publish(bus: &BusClient, det: &str, expiry_s: u32, out: Output, stats: &mut ServiceStats) {
+/// What one call of [`publish`] needs besides the output.
+struct Outlet<'a> {
+    bus: &'a BusClient,
+    signer: &'a Signer,
+    det: &'a NodeId,
+    expiry_s: u32,
+}
+
+async fn publish(o: &Outlet<'_>, out: Output, stats: &mut ServiceStats) {
+    let (bus, det) = (o.bus, o.det.as_str());
     for v in &out.verdicts {
         let r = bus
-            .publish(
-                &topic::verdicts(&v.gateway_id),
+            .publish_signed(
+                &topic::verdicts(&v.gateway_id, det),
+                o.signer,
                 &v.verdict,
-                PublishOptions::verdict(expiry_s),
+                PublishOptions::verdict(o.expiry_s),
             )
             .await;
         if let Err(e) = r {
@@ -108,16 +195,82 @@ async fn publish(bus: &BusClient, det: &str, expiry_s: u32, out: Output, stats: 
     }
 }
 
+/// Publishes the settings schema of the engine's base config (retained).
+async fn publish_schema(bus: &BusClient, engine: &Engine, stats: &mut ServiceStats) {
+    let det = &engine.base_config().detector.id;
+    let schema = settings::schema(engine.base_config(), det, now_ms());
+    match bus
+        .publish(
+            &topic::settings_schema(det),
+            &schema,
+            PublishOptions::retained(),
+        )
+        .await
+    {
+        Ok(()) => {
+            stats.schemas_published += 1;
+            tracing::debug!(keys = schema.keys.len(), "settings schema published");
+        }
+        Err(e) => {
+            stats.publish_errors += 1;
+            tracing::warn!(error = %e, "settings schema not published");
+        }
+    }
+}
+
+/// Applies one settings message (as the whole override set) and returns its ack.
+fn apply_settings(
+    engine: &mut Engine,
+    s: &ThresholdSettings,
+    stats: &mut ServiceStats,
+) -> SettingsAck {
+    let (outcome, error) = match engine.apply_thresholds(&s.values) {
+        Ok(()) => {
+            stats.settings_applied += 1;
+            tracing::info!(id = %s.id, operator = %s.operator, values = ?s.values, "thresholds applied");
+            (SettingsOutcome::Applied, None)
+        }
+        Err(e) => {
+            stats.settings_refused += 1;
+            tracing::warn!(id = %s.id, operator = %s.operator, error = %e, "threshold settings refused; nothing changed");
+            (SettingsOutcome::Refused, Some(e.to_string()))
+        }
+    };
+    SettingsAck {
+        v: SCHEMA_VERSION,
+        id: s.id.clone(),
+        detector_id: engine.config().detector.id.clone(),
+        at_ms: now_ms(),
+        outcome,
+        error,
+        effective: settings::effective(engine.config()),
+    }
+}
+
 /// Runs until `shutdown` completes, then shuts the bus client down cleanly
-/// (offline status, no Last Will) and returns the counters.
+/// (offline status, no Last Will) and returns the counters. Verdicts are signed
+/// with `signer` (see [`signer`]); the engine's config is the config file's (its
+/// thresholds are the schema's defaults).
+///
+/// # Errors
+/// [`ServiceError::Identity`] when `signer` is not `detector.id`;
+/// [`ServiceError::Bus`] when the bus client closed before the first status.
 pub async fn serve(
     mut engine: Engine,
     bus: BusClient,
+    signer: Signer,
     inputs: Inputs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ServiceStats, ServiceError> {
     let cfg = engine.config().clone();
     let det = cfg.detector.id.clone();
+    if *signer.id() != det {
+        return Err(ServiceError::Identity {
+            cert_file: cfg.bus_config().cert_file,
+            signer: signer.id().clone(),
+            detector: det,
+        });
+    }
     bus.update_status(NodeStatus {
         v: SCHEMA_VERSION,
         node_id: det.clone(),
@@ -145,6 +298,18 @@ pub async fn serve(
     drop(tx);
     let mut settings = inputs.settings;
     let mut stats = ServiceStats::default();
+    let outlet = Outlet {
+        bus: &bus,
+        signer: &signer,
+        det: &det,
+        expiry_s: cfg.service.verdict_expiry_s,
+    };
+    // The schema now (queued until connected) and after every reconnect (a broker
+    // without persistence forgets retained messages).
+    let mut state = bus.state();
+    state.borrow_and_update();
+    let mut state_open = true;
+    publish_schema(&bus, &engine, &mut stats).await;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.service.tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -157,27 +322,33 @@ pub async fn serve(
                 stats.batches += 1;
                 last_ms = last_ms.max(now_ms());
                 let out = engine.batch(&batch, last_ms);
-                publish(&bus, &det, cfg.service.verdict_expiry_s, out, &mut stats).await;
+                publish(&outlet, out, &mut stats).await;
             }
             Some(s) = settings.recv() => {
-                match engine.apply_thresholds(&s.message.values) {
-                    Ok(()) => {
-                        stats.settings_applied += 1;
-                        tracing::info!(id = %s.message.id, operator = %s.message.operator, values = ?s.message.values, "thresholds applied");
-                    }
-                    Err(e) => {
-                        stats.settings_rejected += 1;
-                        tracing::warn!(id = %s.message.id, operator = %s.message.operator, error = %e, "threshold settings rejected; nothing changed");
-                    }
+                let ack = apply_settings(&mut engine, &s.message, &mut stats);
+                if let Err(e) = bus
+                    .publish(&topic::settings_acks(&det), &ack, PublishOptions::reliable())
+                    .await
+                {
+                    stats.publish_errors += 1;
+                    tracing::warn!(error = %e, id = %ack.id, "settings ack not published");
+                }
+            }
+            changed = state.changed(), if state_open => {
+                if changed.is_err() {
+                    state_open = false;
+                } else if matches!(*state.borrow_and_update(), ConnectionState::Connected { .. }) {
+                    publish_schema(&bus, &engine, &mut stats).await;
                 }
             }
             _ = tick.tick() => {
                 last_ms = last_ms.max(now_ms());
                 let out = engine.tick(last_ms);
-                publish(&bus, &det, cfg.service.verdict_expiry_s, out, &mut stats).await;
+                publish(&outlet, out, &mut stats).await;
             }
         }
     }
+
     for f in forwarders {
         f.abort();
     }
@@ -187,9 +358,10 @@ pub async fn serve(
     Ok(stats)
 }
 
-/// `detector run`: connects (retrying in the background until the broker is up)
-/// and serves until SIGINT or SIGTERM.
+/// `detector run`: loads the verdict signer ([`signer`]), connects (retrying in
+/// the background until the broker is up) and serves until SIGINT or SIGTERM.
 pub fn run_blocking(cfg: Config, engine: Engine) -> Result<ServiceStats, ServiceError> {
+    let signer = signer(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -205,6 +377,6 @@ pub fn run_blocking(cfg: Config, engine: Engine) -> Result<ServiceStats, Service
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        serve(engine, bus, inputs, shutdown).await
+        serve(engine, bus, signer, inputs, shutdown).await
     })
 }

@@ -12,6 +12,8 @@ pub const ORIGIN_DETECTOR: u8 = 1;
 pub const ORIGIN_FEED: u8 = 2;
 /// Implied by the gateway configuration (own addresses, management network).
 pub const ORIGIN_CONFIG: u8 = 3;
+/// Put there by a dashboard operator's command.
+pub const ORIGIN_COMMAND: u8 = 4;
 
 /// Why a source is blocked (stable codes; the text lives in userspace).
 #[repr(u8)]

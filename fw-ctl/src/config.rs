@@ -76,6 +76,10 @@ pub struct GatewayFile {
     pub status_file: Option<PathBuf>,
     pub trust: Trust,
     pub verdicts: Verdicts,
+    /// Publication of what the gateway enforces (`GatewayState` and deltas).
+    pub state: StatePublication,
+    /// The local HTTP endpoints (`/metrics`, `/health`).
+    pub http: Http,
 }
 
 impl Default for GatewayFile {
@@ -98,6 +102,8 @@ impl Default for GatewayFile {
             status_file: None,
             trust: Trust::default(),
             verdicts: Verdicts::default(),
+            state: StatePublication::default(),
+            http: Http::default(),
         }
     }
 }
@@ -205,6 +211,14 @@ pub struct Verdicts {
     pub min_prefix_v4: u8,
     /// Narrowest IPv6 prefix a verdict may block.
     pub min_prefix_v6: u8,
+    /// Largest difference between a verdict's or command's `issued_at_ms` and this
+    /// gateway's clock, either way, s; older (or future) messages are refused as
+    /// `stale`. At least 1.
+    pub max_age_s: u64,
+    /// How many message ids accepted from each sender are remembered to refuse a
+    /// replay (`replayed`); memory is bounded by this times the number of trusted
+    /// senders. At least 1.
+    pub replay_window: usize,
 }
 
 impl Default for Verdicts {
@@ -214,7 +228,66 @@ impl Default for Verdicts {
             default_block_ttl_s: 3600,
             min_prefix_v4: 16,
             min_prefix_v6: 48,
+            max_age_s: 300,
+            replay_window: 4096,
         }
+    }
+}
+
+/// How the daemon publishes what it enforces: it reads the pinned maps and the
+/// state file every `poll_interval_ms`, publishes the changes as a
+/// `GatewayStateDelta`, and a full retained `GatewayState` at start, after every
+/// reconnect, and every `snapshot_interval_ms` when something changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatePublication {
+    /// How often the maps are read and compared with the last publication, ms.
+    pub poll_interval_ms: u64,
+    /// Least time between two full snapshots, ms (none while nothing changes).
+    pub snapshot_interval_ms: u64,
+}
+
+impl Default for StatePublication {
+    fn default() -> Self {
+        StatePublication {
+            poll_interval_ms: 500,
+            snapshot_interval_ms: 5_000,
+        }
+    }
+}
+
+/// The daemon's local HTTP server: Prometheus `/metrics` and `/health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// `address:port` to listen on (port 0: any free port, written to the status
+    /// file); empty = no HTTP server.
+    pub listen: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: "127.0.0.1:9102".into(),
+        }
+    }
+}
+
+impl Http {
+    /// The listen address, `None` when the server is off.
+    ///
+    /// # Errors
+    /// A `listen` that is not `address:port`, naming the key.
+    pub fn addr(&self) -> std::result::Result<Option<std::net::SocketAddr>, String> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|e| {
+            format!(
+                "http.listen {:?}: not an address:port ({e}); \"\" turns the server off",
+                self.listen
+            )
+        })
     }
 }
 
@@ -337,6 +410,18 @@ impl GatewayFile {
         }
         if v.min_prefix_v4 > 32 || v.min_prefix_v6 > 128 {
             p.push("verdicts.min_prefix_v4 <= 32 and verdicts.min_prefix_v6 <= 128".into());
+        }
+        if v.max_age_s == 0 {
+            p.push("verdicts.max_age_s must be at least 1 (s)".into());
+        }
+        if v.replay_window == 0 {
+            p.push("verdicts.replay_window must be at least 1 (message ids per sender)".into());
+        }
+        if self.state.poll_interval_ms == 0 || self.state.snapshot_interval_ms == 0 {
+            p.push("state.poll_interval_ms and state.snapshot_interval_ms must be > 0".into());
+        }
+        if let Err(e) = self.http.addr() {
+            p.push(e);
         }
         if self.bus_enabled {
             let b = self.bus_config();
@@ -481,6 +566,17 @@ mod tests {
         assert!(p.contains("gateway_id"), "{p}");
         assert!(p.contains("192.0.2.300/24"), "{p}");
         assert!(p.contains("syn_burst"), "{p}");
+        let c = GatewayFile::parse(
+            "bus_enabled = false\n[verdicts]\nmax_age_s = 0\nreplay_window = 0\n[http]\nlisten = \"localhost\"\n",
+        )
+        .unwrap();
+        let p = c.check().join("\n");
+        assert!(p.contains("verdicts.max_age_s"), "{p}");
+        assert!(p.contains("verdicts.replay_window"), "{p}");
+        assert!(p.contains("http.listen \"localhost\""), "{p}");
+        let c = GatewayFile::parse("bus_enabled = false\n[http]\nlisten = \"\"\n").unwrap();
+        assert_eq!(c.check(), Vec::<String>::new());
+        assert_eq!(c.http.addr(), Ok(None));
     }
 
     #[test]

@@ -15,7 +15,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use fw_common::filter::{
-    AllowEntry, BlockEntry, BlockReason, ORIGIN_CONFIG, ORIGIN_DETECTOR, ORIGIN_FEED, ORIGIN_MANUAL,
+    AllowEntry, BlockEntry, BlockReason, ORIGIN_COMMAND, ORIGIN_CONFIG, ORIGIN_DETECTOR,
+    ORIGIN_FEED, ORIGIN_MANUAL,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
-    /// The operator (CLI or dashboard command).
+    /// The operator on the router (`fw-ctl block`, `fw-ctl allow`).
     Manual,
     /// A detector's verdict.
     Detector,
@@ -37,6 +38,8 @@ pub enum Origin {
     Feed,
     /// Implied by the gateway configuration.
     Config,
+    /// A dashboard operator's command (verified, from a trusted dashboard).
+    Command,
 }
 
 impl Origin {
@@ -47,6 +50,7 @@ impl Origin {
             Origin::Detector => ORIGIN_DETECTOR,
             Origin::Feed => ORIGIN_FEED,
             Origin::Config => ORIGIN_CONFIG,
+            Origin::Command => ORIGIN_COMMAND,
         }
     }
 
@@ -56,17 +60,31 @@ impl Origin {
             ORIGIN_DETECTOR => Origin::Detector,
             ORIGIN_FEED => Origin::Feed,
             ORIGIN_CONFIG => Origin::Config,
+            ORIGIN_COMMAND => Origin::Command,
             _ => Origin::Manual,
         }
     }
 
-    /// `manual`, `detector`, `feed` or `config`.
+    /// `manual`, `detector`, `feed`, `config` or `command`.
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Manual => "manual",
             Origin::Detector => "detector",
             Origin::Feed => "feed",
             Origin::Config => "config",
+            Origin::Command => "command",
+        }
+    }
+
+    /// The origin as the gateway publishes it ([`tad_wire::BlockOrigin`]):
+    /// manual is `cli`, detector is `verdict`, the others keep their name.
+    pub fn published(self) -> tad_wire::BlockOrigin {
+        match self {
+            Origin::Manual => tad_wire::BlockOrigin::Cli,
+            Origin::Detector => tad_wire::BlockOrigin::Verdict,
+            Origin::Feed => tad_wire::BlockOrigin::Feed,
+            Origin::Config => tad_wire::BlockOrigin::Config,
+            Origin::Command => tad_wire::BlockOrigin::Command,
         }
     }
 }

@@ -13,13 +13,23 @@
 //! | `tad/v1/gw/<gw>/counters` | [`CountersSnapshot`] | gateway → dashboard | 0 |
 //! | `tad/v1/gw/<gw>/status` | [`NodeStatus`] | gateway → all; Last Will | 1, retained |
 //! | `tad/v1/gw/<gw>/acks` | [`Ack`] | gateway → detectors, dashboard | 1 |
-//! | `tad/v1/gw/<gw>/verdicts` | [`Verdict`] | detector → gateway | 1, message expiry |
-//! | `tad/v1/gw/<gw>/commands` | [`Command`] | dashboard → gateway | 1 |
+//! | `tad/v1/gw/<gw>/verdicts/<det>` | [`Verdict`], signed (JWS) | detector `det` → gateway | 1, message expiry |
+//! | `tad/v1/gw/<gw>/commands/<dash>` | [`Command`], signed (JWS) | dashboard `dash` → gateway | 1 |
+//! | `tad/v1/gw/<gw>/state` | [`GatewayState`] | gateway → dashboard | 1, retained |
+//! | `tad/v1/gw/<gw>/state/delta` | [`GatewayStateDelta`] | gateway → dashboard | 1 |
 //! | `tad/v1/det/<det>/alerts` | [`Alert`] | detector → dashboard | 1 |
 //! | `tad/v1/det/<det>/trust` | [`TrustUpdate`] | detector → dashboard | 0 |
 //! | `tad/v1/det/<det>/status` | [`NodeStatus`] | detector → all; Last Will | 1, retained |
 //! | `tad/v1/dash/<id>/status` | [`NodeStatus`] | dashboard → all; Last Will | 1, retained |
+//! | `tad/v1/det/<det>/settings/schema` | [`SettingsSchema`] | detector → dashboard | 1, retained |
+//! | `tad/v1/det/<det>/settings/acks` | [`SettingsAck`] | detector → dashboard | 1 |
 //! | `tad/v1/settings/thresholds` | [`ThresholdSettings`] | dashboard → detectors | 1, retained |
+//!
+//! The last level of a verdict or command topic is the publisher's certificate
+//! identity: the broker lets a client publish only under its own id, and the
+//! payload is a JWS signed with the key of that same certificate, so the gateway
+//! can check the identity twice (topic, signature) and neither the payload's own
+//! `detector_id` nor the broker alone is believed.
 //!
 //! Flow partitions: a gateway publishes each flow record to partition
 //! `partition_of(initiator address, n)` ([`partition_of`]), so all flows of one
@@ -45,6 +55,16 @@ pub mod ids;
 pub mod topic;
 
 pub use ids::{IdError, NodeId, Target, WidthPolicy};
+pub use settings::{SettingKey, SettingKind, SettingsAck, SettingsOutcome, SettingsSchema};
+pub use state::{
+    AllowEntry, BlockOrigin, EnforcedBlock, GatewayState, GatewayStateDelta, LimitsView,
+    RefusalCounts, RefusalReason, RemovalCause, RemovedBlock,
+};
+
+/// MQTT v5 content type of a signed payload: a JWS in compact serialisation
+/// (RFC 7515 §9.2.1), ES256 over the JSON of a [`Verdict`] or [`Command`], with
+/// the signer's certificate in the `x5c` header (see `tad_bus::signing`).
+pub const SIGNED_CONTENT_TYPE: &str = "application/jose";
 
 /// Unix time now, ms: the clock of every `*_ms` timestamp in these payloads
 /// (`issued_at_ms`, `at_ms`). 0 if the system clock is before 1970.
@@ -126,6 +146,9 @@ macro_rules! message {
         }
     };
 }
+
+pub mod settings;
+pub mod state;
 
 /// Partition of a source address among `n` partitions (FNV-1a over the address
 /// bytes, IPv4 as 4 bytes). Stable across versions and architectures.

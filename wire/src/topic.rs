@@ -20,11 +20,41 @@ pub fn gateway_status(gw: &str) -> String {
 pub fn acks(gw: &str) -> String {
     format!("{TOPIC_ROOT}/gw/{gw}/acks")
 }
-pub fn verdicts(gw: &str) -> String {
-    format!("{TOPIC_ROOT}/gw/{gw}/verdicts")
+/// `tad/v1/gw/<gw>/verdicts/<det>`: verdicts for gateway `gw` from detector `det`.
+/// The last level is the publisher's certificate identity: the broker's ACL lets
+/// detector `det` publish only there, and the gateway checks it against `[trust]`.
+pub fn verdicts(gw: &str, det: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/verdicts/{det}")
 }
-pub fn commands(gw: &str) -> String {
-    format!("{TOPIC_ROOT}/gw/{gw}/commands")
+/// Subscription filter for the verdicts of every detector to gateway `gw`.
+pub fn verdicts_filter(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/verdicts/+")
+}
+/// `tad/v1/gw/<gw>/commands/<dash>`: operator commands from dashboard `dash` (the
+/// last level is the publisher's certificate identity, as for [`verdicts`]).
+pub fn commands(gw: &str, dash: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/commands/{dash}")
+}
+/// Subscription filter for the commands of every dashboard to gateway `gw`.
+pub fn commands_filter(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/commands/+")
+}
+/// `tad/v1/gw/<gw>/state`: the gateway's retained `GatewayState` snapshot (what it
+/// enforces, read from its maps).
+pub fn gateway_state(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/state")
+}
+/// `tad/v1/gw/<gw>/state/delta`: `GatewayStateDelta`s between snapshots.
+pub fn gateway_state_delta(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/state/delta")
+}
+/// `tad/v1/det/<det>/settings/schema`: the retained `SettingsSchema` of detector `det`.
+pub fn settings_schema(det: &str) -> String {
+    format!("{TOPIC_ROOT}/det/{det}/settings/schema")
+}
+/// `tad/v1/det/<det>/settings/acks`: `SettingsAck`s of detector `det`.
+pub fn settings_acks(det: &str) -> String {
+    format!("{TOPIC_ROOT}/det/{det}/settings/acks")
 }
 pub fn alerts(det: &str) -> String {
     format!("{TOPIC_ROOT}/det/{det}/alerts")
@@ -73,10 +103,18 @@ pub enum TopicKind {
     GatewayStatus { gateway: String },
     /// `tad/v1/gw/<gw>/acks`: `Ack`.
     Acks { gateway: String },
-    /// `tad/v1/gw/<gw>/verdicts`: `Verdict`.
-    Verdicts { gateway: String },
-    /// `tad/v1/gw/<gw>/commands`: `Command`.
-    Commands { gateway: String },
+    /// `tad/v1/gw/<gw>/verdicts/<det>`: signed `Verdict` from detector `det`.
+    Verdicts { gateway: String, detector: String },
+    /// `tad/v1/gw/<gw>/commands/<dash>`: signed `Command` from dashboard `dash`.
+    Commands { gateway: String, dashboard: String },
+    /// `tad/v1/gw/<gw>/state`: retained `GatewayState`.
+    GatewayState { gateway: String },
+    /// `tad/v1/gw/<gw>/state/delta`: `GatewayStateDelta`.
+    GatewayStateDelta { gateway: String },
+    /// `tad/v1/det/<det>/settings/schema`: retained `SettingsSchema`.
+    SettingsSchema { detector: String },
+    /// `tad/v1/det/<det>/settings/acks`: `SettingsAck`.
+    SettingsAck { detector: String },
     /// `tad/v1/det/<det>/alerts`: `Alert`.
     Alerts { detector: String },
     /// `tad/v1/det/<det>/trust`: `TrustUpdate`.
@@ -103,8 +141,18 @@ impl TopicKind {
             ["gw", g, "counters"] => TopicKind::Counters { gateway: id(g)? },
             ["gw", g, "status"] => TopicKind::GatewayStatus { gateway: id(g)? },
             ["gw", g, "acks"] => TopicKind::Acks { gateway: id(g)? },
-            ["gw", g, "verdicts"] => TopicKind::Verdicts { gateway: id(g)? },
-            ["gw", g, "commands"] => TopicKind::Commands { gateway: id(g)? },
+            ["gw", g, "verdicts", d] => TopicKind::Verdicts {
+                gateway: id(g)?,
+                detector: id(d)?,
+            },
+            ["gw", g, "commands", d] => TopicKind::Commands {
+                gateway: id(g)?,
+                dashboard: id(d)?,
+            },
+            ["gw", g, "state"] => TopicKind::GatewayState { gateway: id(g)? },
+            ["gw", g, "state", "delta"] => TopicKind::GatewayStateDelta { gateway: id(g)? },
+            ["det", d, "settings", "schema"] => TopicKind::SettingsSchema { detector: id(d)? },
+            ["det", d, "settings", "acks"] => TopicKind::SettingsAck { detector: id(d)? },
             ["det", d, "alerts"] => TopicKind::Alerts { detector: id(d)? },
             ["det", d, "trust"] => TopicKind::Trust { detector: id(d)? },
             ["det", d, "status"] => TopicKind::DetectorStatus { detector: id(d)? },
@@ -145,11 +193,37 @@ mod tests {
             })
         );
         assert_eq!(
-            TopicKind::parse(&topic::verdicts("g")),
+            TopicKind::parse(&topic::verdicts("g", "detector-1")),
             Some(TopicKind::Verdicts {
+                gateway: "g".into(),
+                detector: "detector-1".into()
+            })
+        );
+        assert_eq!(
+            TopicKind::parse(&topic::commands("g", "dashboard")),
+            Some(TopicKind::Commands {
+                gateway: "g".into(),
+                dashboard: "dashboard".into()
+            })
+        );
+        assert_eq!(
+            TopicKind::parse(&topic::gateway_state_delta("g")),
+            Some(TopicKind::GatewayStateDelta {
                 gateway: "g".into()
             })
         );
+        assert_eq!(
+            TopicKind::parse(&topic::settings_schema("detector-1")),
+            Some(TopicKind::SettingsSchema {
+                detector: "detector-1".into()
+            })
+        );
+        assert!(topic_matches(
+            &topic::verdicts_filter("g"),
+            &topic::verdicts("g", "detector-2")
+        ));
+        assert_eq!(TopicKind::parse("tad/v1/gw/g/verdicts"), None);
+        assert_eq!(TopicKind::parse("tad/v1/gw/g/verdicts/"), None);
         assert_eq!(
             TopicKind::parse(&topic::dashboard_status("dashboard")),
             Some(TopicKind::DashboardStatus {

@@ -150,7 +150,10 @@ pub(super) async fn drive(s: Arc<Shared>, mut el: EventLoop) {
                         s.status_topic(),
                         QoS::AtLeastOnce,
                         tad_wire::encode(&st),
-                        Some(properties(&PublishOptions::retained())),
+                        Some(properties(
+                            &PublishOptions::retained(),
+                            tad_wire::CONTENT_TYPE,
+                        )),
                     );
                     p.retain = true;
                     el.pending.push_back(Request::Publish(p));

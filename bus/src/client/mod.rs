@@ -88,6 +88,7 @@ use self::{
     queue::{Counters, Enqueue, OutMsg, enqueue},
     subscriptions::{SubEntry, register},
 };
+use crate::signing::Signer;
 
 /// What the client handles, the forwarder task and the driver task share.
 struct Shared {
@@ -347,10 +348,61 @@ impl BusClient {
         msg: &M,
         opts: PublishOptions,
     ) -> Result<(), BusError> {
+        self.try_enqueue(
+            topic,
+            Bytes::from(tad_wire::encode(msg)),
+            opts,
+            tad_wire::CONTENT_TYPE,
+        )
+    }
+
+    /// Like [`try_publish`](Self::try_publish), the payload a JWS of `msg` signed
+    /// by `signer` (content type `application/jose`; see [`crate::signing`]):
+    /// how verdicts and commands are sent.
+    pub fn try_publish_signed<M: Message>(
+        &self,
+        topic: &str,
+        signer: &Signer,
+        msg: &M,
+        opts: PublishOptions,
+    ) -> Result<(), BusError> {
+        self.try_enqueue(
+            topic,
+            Bytes::from(signer.sign(msg)),
+            opts,
+            tad_wire::SIGNED_CONTENT_TYPE,
+        )
+    }
+
+    /// Like [`publish`](Self::publish), signed (see [`Self::try_publish_signed`]).
+    pub async fn publish_signed<M: Message>(
+        &self,
+        topic: &str,
+        signer: &Signer,
+        msg: &M,
+        opts: PublishOptions,
+    ) -> Result<(), BusError> {
+        self.enqueue_waiting(OutMsg {
+            topic: topic.to_owned(),
+            payload: Bytes::from(signer.sign(msg)),
+            opts,
+            content_type: tad_wire::SIGNED_CONTENT_TYPE,
+        })
+        .await
+    }
+
+    fn try_enqueue(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        opts: PublishOptions,
+        content_type: &'static str,
+    ) -> Result<(), BusError> {
         let m = OutMsg {
             topic: topic.to_owned(),
-            payload: Bytes::from(tad_wire::encode(msg)),
+            payload,
             opts,
+            content_type,
         };
         match enqueue(&self.inner.shared, m) {
             Enqueue::Queued => Ok(()),
@@ -374,11 +426,16 @@ impl BusClient {
         payload: impl Into<Bytes>,
         opts: PublishOptions,
     ) -> Result<(), BusError> {
-        let mut m = OutMsg {
+        self.enqueue_waiting(OutMsg {
             topic: topic.to_owned(),
             payload: payload.into(),
             opts,
-        };
+            content_type: tad_wire::CONTENT_TYPE,
+        })
+        .await
+    }
+
+    async fn enqueue_waiting(&self, mut m: OutMsg) -> Result<(), BusError> {
         loop {
             let room = self.inner.shared.room.notified();
             match enqueue(&self.inner.shared, m) {

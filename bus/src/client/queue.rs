@@ -175,6 +175,9 @@ pub(super) struct OutMsg {
     pub(super) topic: String,
     pub(super) payload: Bytes,
     pub(super) opts: PublishOptions,
+    /// MQTT v5 content type: `tad_wire::CONTENT_TYPE`, or
+    /// `tad_wire::SIGNED_CONTENT_TYPE` for a JWS.
+    pub(super) content_type: &'static str,
 }
 
 /// What [`enqueue`] did with a message.
@@ -232,12 +235,13 @@ pub(super) fn enqueue(s: &Shared, m: OutMsg) -> Enqueue {
 }
 
 /// The MQTT v5 publish properties of every message this client sends: payload
-/// format UTF-8, content type `application/json`, the message expiry of `opts`.
-pub(super) fn properties(opts: &PublishOptions) -> PublishProperties {
+/// format UTF-8, the content type (`application/json`, or `application/jose` for a
+/// signed message), the message expiry of `opts`.
+pub(super) fn properties(opts: &PublishOptions, content_type: &str) -> PublishProperties {
     PublishProperties {
         payload_format_indicator: Some(1),
         message_expiry_interval: opts.message_expiry_s,
-        content_type: Some(tad_wire::CONTENT_TYPE.into()),
+        content_type: Some(content_type.into()),
         ..PublishProperties::default()
     }
 }
@@ -252,7 +256,7 @@ pub(super) async fn forward(s: Arc<Shared>, mqtt: AsyncClient) {
             Some(m) => {
                 s.room.notify_waiters();
                 let qos = m.opts.qos;
-                let props = properties(&m.opts);
+                let props = properties(&m.opts, m.content_type);
                 if mqtt
                     .publish_with_properties(m.topic, qos, m.opts.retain, m.payload, props)
                     .await
@@ -288,6 +292,7 @@ mod tests {
         OutMsg {
             topic: topic.into(),
             payload: Bytes::from_static(b"{}"),
+            content_type: tad_wire::CONTENT_TYPE,
             opts: PublishOptions {
                 overflow,
                 ..PublishOptions::reliable()
@@ -359,12 +364,13 @@ mod tests {
 
     #[test]
     fn every_publish_carries_the_json_properties() {
-        let p = properties(&PublishOptions::verdict(30));
+        let p = properties(&PublishOptions::verdict(30), tad_wire::CONTENT_TYPE);
         assert_eq!(p.payload_format_indicator, Some(1));
         assert_eq!(p.message_expiry_interval, Some(30));
         assert_eq!(p.content_type.as_deref(), Some(tad_wire::CONTENT_TYPE));
         assert_eq!(
-            properties(&PublishOptions::best_effort()).message_expiry_interval,
+            properties(&PublishOptions::best_effort(), tad_wire::CONTENT_TYPE)
+                .message_expiry_interval,
             None
         );
     }

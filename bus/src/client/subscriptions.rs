@@ -14,8 +14,9 @@ use std::{
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::{QoS, v5::Publish};
 use tad_wire::{
-    self, Ack, Alert, Command, CountersSnapshot, FlowBatch, Message, NodeStatus, ThresholdSettings,
-    TrustUpdate, Verdict, WireError,
+    self, Ack, Alert, Command, CountersSnapshot, FlowBatch, GatewayState, GatewayStateDelta,
+    Message, NodeStatus, SettingsAck, SettingsSchema, ThresholdSettings, TrustUpdate, Verdict,
+    WireError,
     topic::{TopicKind, topic_matches},
 };
 use tokio::sync::mpsc;
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 use super::Shared;
 #[cfg(doc)]
 use super::{BusClient, BusConfig, BusMetrics};
+use crate::signing::Unverified;
 
 /// A payload type a subscription can decode: every `tad_wire::Message`,
 /// [`AnyMessage`] (picks the type from the topic) and [`RawPayload`] (no decoding).
@@ -59,8 +61,14 @@ pub enum AnyMessage {
     Counters(CountersSnapshot),
     Status(NodeStatus),
     Ack(Ack),
-    Verdict(Verdict),
-    Command(Command),
+    /// Signed: verify before believing it.
+    Verdict(Unverified<Verdict>),
+    /// Signed: verify before believing it.
+    Command(Unverified<Command>),
+    GatewayState(GatewayState),
+    GatewayStateDelta(GatewayStateDelta),
+    SettingsSchema(SettingsSchema),
+    SettingsAck(SettingsAck),
     Alert(Alert),
     Trust(TrustUpdate),
     Thresholds(ThresholdSettings),
@@ -81,8 +89,16 @@ impl Inbound for AnyMessage {
             | TopicKind::DetectorStatus { .. }
             | TopicKind::DashboardStatus { .. } => AnyMessage::Status(tad_wire::decode(payload)?),
             TopicKind::Acks { .. } => AnyMessage::Ack(tad_wire::decode(payload)?),
-            TopicKind::Verdicts { .. } => AnyMessage::Verdict(tad_wire::decode(payload)?),
-            TopicKind::Commands { .. } => AnyMessage::Command(tad_wire::decode(payload)?),
+            TopicKind::Verdicts { .. } => AnyMessage::Verdict(Unverified::parse(payload)?),
+            TopicKind::Commands { .. } => AnyMessage::Command(Unverified::parse(payload)?),
+            TopicKind::GatewayState { .. } => AnyMessage::GatewayState(tad_wire::decode(payload)?),
+            TopicKind::GatewayStateDelta { .. } => {
+                AnyMessage::GatewayStateDelta(tad_wire::decode(payload)?)
+            }
+            TopicKind::SettingsSchema { .. } => {
+                AnyMessage::SettingsSchema(tad_wire::decode(payload)?)
+            }
+            TopicKind::SettingsAck { .. } => AnyMessage::SettingsAck(tad_wire::decode(payload)?),
             TopicKind::Alerts { .. } => AnyMessage::Alert(tad_wire::decode(payload)?),
             TopicKind::Trust { .. } => AnyMessage::Trust(tad_wire::decode(payload)?),
             TopicKind::Thresholds => AnyMessage::Thresholds(tad_wire::decode(payload)?),
@@ -275,7 +291,8 @@ mod tests {
     #[test]
     fn raw_payload_keeps_the_bytes_undecoded() {
         let bytes = b"\xffnot json{";
-        let raw = RawPayload::decode_from(&topic::verdicts("gateway-1"), bytes).unwrap();
+        let raw =
+            RawPayload::decode_from(&topic::verdicts("gateway-1", "detector-1"), bytes).unwrap();
         assert_eq!(raw, RawPayload(bytes.to_vec()));
         assert_eq!(
             RawPayload::decode_from("x", b"").unwrap().0,
@@ -298,7 +315,9 @@ mod tests {
             AnyMessage::Thresholds(settings)
         );
         // The same payload on another kind's topic does not decode as that kind.
-        assert!(AnyMessage::decode_from(&topic::verdicts("gateway-1"), &payload).is_err());
+        assert!(
+            AnyMessage::decode_from(&topic::verdicts("gateway-1", "detector-1"), &payload).is_err()
+        );
         assert!(AnyMessage::decode_from("elsewhere/thresholds", &payload).is_err());
     }
 }

@@ -1,17 +1,86 @@
+//! The blocks resource. `GET /api/v1/blocks`: what the gateways enforce, built
+//! only from their published state (every unexpired entry of every gateway),
+//! plus the commands sent that no gateway state shows yet (`pending`, with their
+//! ack outcome: a refused command is listed as refused, never as a block).
+//! `GET /api/v1/gateways/{id}/state`: one gateway's state as held.
+//!
 //! `POST /api/v1/blocks` and `DELETE /api/v1/blocks`: an operator blocks or
 //! unblocks a source on one gateway. The request is checked (gateway known,
 //! target within the gateways' width policy, TTL, reason), published as a
-//! [`Command`], then audited and stored.
+//! [`Command`] signed with the dashboard's certificate key on
+//! `tad/v1/gw/<gw>/commands/<own id>`, then audited and stored.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tad_wire::{Action, Command, Message, SCHEMA_VERSION, Target, now_ms};
-use warp::http::HeaderMap;
+use warp::http::{HeaderMap, StatusCode};
 
 use super::{
-    ApiError, ApiResult, accepted, body, check_gateway, guard, new_id, publish, query, rejected,
+    ApiError, ApiResult, accepted, body, check_gateway, guard, json_ok, new_id, publish, query,
+    rejected,
 };
-use crate::{app::App, metrics::inc, publish::Outbound};
+use crate::{
+    app::App,
+    metrics::inc,
+    publish::Outbound,
+    store::{BlockView, PendingCommand, StoreError},
+};
+
+/// One gateway's held state in short, as listed with the blocks.
+#[derive(Debug, Serialize)]
+pub struct GatewaySync {
+    pub gateway_id: String,
+    /// Revision of the held state.
+    pub rev: u64,
+    /// When the gateway read it, Unix ms (gateway clock).
+    pub at_ms: u64,
+    /// When the dashboard last changed it, Unix ms.
+    pub received_ms: u64,
+    /// False while deltas wait for the next snapshot (after a gap or a restart).
+    pub synced: bool,
+}
+
+/// Answer of `GET /api/v1/blocks`.
+#[derive(Debug, Serialize)]
+pub struct Blocks {
+    /// Every unexpired entry of every gateway's state, newest first.
+    pub blocks: Vec<BlockView>,
+    /// Commands the gateway state does not show (yet), newest first.
+    pub pending: Vec<PendingCommand>,
+    /// The states these come from.
+    pub gateways: Vec<GatewaySync>,
+}
+
+/// The blocks resource at the current time.
+pub fn blocks(app: &App) -> Result<Blocks, StoreError> {
+    let now = now_ms();
+    Ok(Blocks {
+        blocks: app.store.blocks(now)?,
+        pending: app.store.pending_commands(now)?,
+        gateways: app
+            .store
+            .gateway_states()?
+            .into_iter()
+            .map(|h| GatewaySync {
+                gateway_id: h.state.gateway_id.to_string(),
+                rev: h.state.rev,
+                at_ms: h.state.at_ms,
+                received_ms: h.received_ms,
+                synced: h.synced,
+            })
+            .collect(),
+    })
+}
+
+pub(super) fn gateway_state(app: &App, id: &str) -> ApiResult {
+    match app.store.gateway_state(id).map_err(ApiError::internal)? {
+        Some(h) => json_ok(&h),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no state held for gateway {id:?}"),
+        )),
+    }
+}
 
 /// Parses a block target ([`tad_wire::Target`]: an address or a prefix with no
 /// host bits) and checks it against the gateways' width policy, with the message a
@@ -83,7 +152,7 @@ fn send_command(
         reason,
     };
     command.validate().map_err(|e| rejected(app, e))?;
-    publish(app, Outbound::command(gw, &command))?;
+    publish(app, Outbound::command(gw, app.own_id(), &command))?;
     let audit_hash = app
         .record_command(gw, &command)
         .map_err(ApiError::internal)?;

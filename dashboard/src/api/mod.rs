@@ -2,7 +2,8 @@
 //! `dashboard/openapi.yaml`), live events over SSE, `/metrics`, `/health`, and
 //! the pages and their assets, all served from the binary.
 //!
-//! Mutating endpoints (POST/DELETE on `/api/v1/blocks` and `/api/v1/thresholds`)
+//! Mutating endpoints (POST/DELETE on `/api/v1/blocks`, POST/PUT/DELETE on
+//! `/api/v1/thresholds`)
 //! check, in this order: the request's `Origin` (and `Sec-Fetch-Site`) is the
 //! dashboard's own or configured (else 403); `Authorization: Bearer <token>`
 //! matches `server.api_token` (else 401); every field is valid (else 400/404/422
@@ -14,10 +15,13 @@
 //!
 //! This module holds the routes, the request guard, the error answer and the
 //! helpers every handler shares; the handlers live by resource: `blocks.rs`
-//! (block/unblock commands), `thresholds.rs` (detector threshold settings),
+//! (block/unblock commands), `thresholds.rs` (detector threshold settings,
+//! checked against the detectors' schemas), `audit.rs` (one audit record by
+//! hash, with its chain position and verification),
 //! `history.rs` (the overview and history series), `reads.rs` (lists, single
 //! resources, health, metrics) and `events.rs` (the live-event stream).
 
+mod audit;
 mod blocks;
 mod events;
 mod history;
@@ -30,12 +34,13 @@ use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 use warp::{
     Filter, Reply,
+    filters::BoxedFilter,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     reply::Response,
 };
 
 pub use self::{
-    blocks::{BlockRequest, CommandAccepted, UnblockQuery, parse_target},
+    blocks::{BlockRequest, Blocks, CommandAccepted, GatewaySync, UnblockQuery, parse_target},
     history::Series,
     thresholds::{ThresholdDelete, ThresholdRequest, ThresholdsAccepted},
 };
@@ -281,8 +286,6 @@ pub fn routes(
                 .unify()
                 .or(warp::path!("gateways").map(|| "gateways"))
                 .unify()
-                .or(warp::path!("thresholds").map(|| "thresholds"))
-                .unify()
                 .or(warp::path!("audit" / "head").map(|| "audit"))
                 .unify(),
         )
@@ -291,6 +294,30 @@ pub fn routes(
         .and_then(
             |what: &'static str, app: Arc<App>| async move { answer(reads::read(&app, what)) },
         );
+    let gateway_state = api
+        .and(warp::path!("gateways" / String / "state"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and_then(
+            |id: String, app: Arc<App>| async move { answer(blocks::gateway_state(&app, &id)) },
+        );
+    // After `singles`: `audit/head` is matched there first.
+    let audit_entry = api
+        .and(warp::path!("audit" / String))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and_then(|hash: String, app: Arc<App>| async move {
+            // Reads the log file: off the async threads.
+            let r = tokio::task::spawn_blocking(move || audit::entry(&app, &hash))
+                .await
+                .unwrap_or_else(|e| Err(ApiError::internal(e)));
+            answer(r)
+        });
+    let get_thresholds = api
+        .and(warp::path!("thresholds"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and_then(|app: Arc<App>| async move { answer(thresholds::get_thresholds(&app)) });
     let history = api
         .and(warp::path!("history").or(warp::path!("overview")).unify())
         .and(warp::get())
@@ -329,6 +356,23 @@ pub fn routes(
         .and_then(|app: Arc<App>, h: HeaderMap, b: Bytes| async move {
             answer(thresholds::post_thresholds(&app, &h, &b))
         });
+    let put_thresholds = api
+        .and(warp::path!("thresholds"))
+        .and(warp::put())
+        .and(with_app.clone())
+        .and(warp::header::headers_cloned())
+        .and(body)
+        .and_then(|app: Arc<App>, h: HeaderMap, b: Bytes| async move {
+            answer(thresholds::put_thresholds(&app, &h, &b))
+        });
+    let delete_threshold_key = api
+        .and(warp::path!("thresholds" / String))
+        .and(warp::delete())
+        .and(with_app.clone())
+        .and(warp::header::headers_cloned())
+        .and_then(|key: String, app: Arc<App>, h: HeaderMap| async move {
+            answer(thresholds::delete_threshold_key(&app, &h, &key))
+        });
     let delete_threshold = api
         .and(warp::path!("thresholds"))
         .and(warp::delete())
@@ -347,28 +391,29 @@ pub fn routes(
         .and(with_app.clone())
         .map(|app: Arc<App>| reads::metrics(&app));
 
-    lists
-        .or(singles)
-        .unify()
-        .or(history)
-        .unify()
-        .or(events)
-        .unify()
-        .or(post_block)
-        .unify()
-        .or(delete_block)
-        .unify()
-        .or(post_thresholds)
-        .unify()
-        .or(delete_threshold)
-        .unify()
-        .or(health)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(web::routes())
-        .unify()
-        .with(warp::trace::request())
+    // Each step is boxed: an unboxed chain of this many `or`s nests its type so
+    // deeply that type-checking it takes many minutes.
+    let mut all: BoxedFilter<(Response,)> = lists.boxed();
+    for route in [
+        singles.boxed(),
+        gateway_state.boxed(),
+        history.boxed(),
+        events.boxed(),
+        post_block.boxed(),
+        delete_block.boxed(),
+        audit_entry.boxed(),
+        get_thresholds.boxed(),
+        post_thresholds.boxed(),
+        put_thresholds.boxed(),
+        delete_threshold.boxed(),
+        delete_threshold_key.boxed(),
+        health.boxed(),
+        metrics.boxed(),
+        web::routes().boxed(),
+    ] {
+        all = all.or(route).unify().boxed();
+    }
+    all.with(warp::trace::request())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The plain reads: the newest-first lists (`alerts`, `verdicts`, `commands`,
 //! `acks`, `flows`; `?limit=&since_ms=`), the single resources (`devices`,
-//! `blocks`, `gateways`, `thresholds`, `audit/head`), `/health` and `/metrics`.
+//! `blocks`, `gateways`, `audit/head`), `/health` and `/metrics`.
 
 use serde::{Deserialize, Serialize};
 use tad_wire::now_ms;
@@ -67,7 +67,16 @@ pub(super) fn metrics(app: &App) -> Response {
         .unwrap_or_else(|p| p.into_inner())
         .head()
         .records;
-    let mut res = app.metrics.render(rows.as_ref(), audit).into_response();
+    let mut text = app.metrics.render(rows.as_ref(), audit);
+    let now = now_ms();
+    if let (Ok(states), Ok(blocks), Ok(pending)) = (
+        app.store.gateway_states(),
+        app.store.blocks(now),
+        app.store.pending_commands(now),
+    ) {
+        text.push_str(&crate::metrics::render_blocks(&states, &blocks, &pending));
+    }
+    let mut res = text.into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -93,9 +102,8 @@ pub(super) fn read(app: &App, what: &str) -> ApiResult {
     let e = ApiError::internal;
     match what {
         "devices" => json_ok(&app.store.devices(now_ms()).map_err(e)?),
-        "blocks" => json_ok(&app.store.blocks(now_ms()).map_err(e)?),
+        "blocks" => json_ok(&super::blocks::blocks(app).map_err(e)?),
         "gateways" => json_ok(&app.store.nodes().map_err(e)?),
-        "thresholds" => json_ok(&app.store.thresholds().map_err(e)?),
         "audit" => json_ok(
             &app.audit
                 .lock()

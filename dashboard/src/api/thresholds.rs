@@ -1,8 +1,18 @@
-//! `POST /api/v1/thresholds` and `DELETE /api/v1/thresholds`: an operator sets
-//! or removes detector thresholds. The new set (merged into the current one) is
-//! checked, published as retained [`ThresholdSettings`], then audited and stored.
+//! Detector thresholds: `GET /api/v1/thresholds` (the set in force, the known
+//! schemas, each detector's ack), `POST` (set keys, merged into the current set),
+//! `PUT` (replace the whole set; `{}` removes every override), `DELETE
+//! ?key=` and `DELETE /{key}` (remove one key).
+//!
+//! A change is checked before anything happens: keys well-formed
+//! ([`check_threshold_key`]), at most [`MAX_THRESHOLD_KEYS`], and the whole new
+//! set accepted by the schema of every detector heard from
+//! ([`crate::settings::check_values`]; 400 naming the key, or 503 when no schema
+//! is known yet). Then it is published as retained [`ThresholdSettings`] (the
+//! whole override set: a key left out returns to the detector's default), audited
+//! as `old → new` with the operator, and stored. Detectors answer with a
+//! `SettingsAck`, shown by the GET.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Mutex};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -10,33 +20,82 @@ use tad_wire::{Message, SCHEMA_VERSION, ThresholdSettings, now_ms};
 use warp::http::{HeaderMap, StatusCode};
 
 use super::{
-    ApiError, ApiResult, MAX_THRESHOLD_KEYS, accepted, body, guard, new_id, publish, query,
-    rejected,
+    ApiError, ApiResult, MAX_THRESHOLD_KEYS, accepted, body, guard, json_ok, new_id, publish,
+    query, rejected,
 };
-use crate::{app::App, metrics::inc, publish::Outbound, validate::check_threshold_key};
+use crate::{
+    app::App,
+    metrics::inc,
+    publish::Outbound,
+    settings::{SettingsRefusal, check_values},
+    validate::check_threshold_key,
+};
 
-/// Body of `POST /api/v1/thresholds`: values to set (merged into the current set).
+/// Body of `POST /api/v1/thresholds` (values to set, merged into the current
+/// set; at least one) and `PUT /api/v1/thresholds` (the whole new set; may be
+/// empty).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdRequest {
     pub values: BTreeMap<String, f64>,
 }
 
-/// Query of `DELETE /api/v1/thresholds`.
+/// Query of `DELETE /api/v1/thresholds?key=`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdDelete {
     pub key: String,
 }
 
-/// Answer of a threshold change.
+/// Answer (202) of a threshold change.
 #[derive(Debug, Serialize)]
 pub struct ThresholdsAccepted {
+    /// What was published (`values`: the whole override set now in force).
     pub settings: ThresholdSettings,
+    /// Hash of the change's audit record (`GET /api/v1/audit/{hash}`).
     pub audit_hash: String,
+    /// The override set before the change.
+    pub previous: BTreeMap<String, f64>,
+    /// Detectors whose ack is now awaited (every one with a known schema).
+    pub awaiting: Vec<String>,
 }
 
-fn publish_thresholds(app: &App, values: BTreeMap<String, f64>) -> ApiResult {
+/// Held by a change from reading the current set until the new one is stored, so
+/// that two concurrent changes cannot both merge into the same old set (the
+/// second would silently drop the first's keys).
+static CHANGING: Mutex<()> = Mutex::new(());
+
+fn changing() -> std::sync::MutexGuard<'static, ()> {
+    CHANGING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `GET /api/v1/thresholds`.
+pub(super) fn get_thresholds(app: &App) -> ApiResult {
+    json_ok(&app.thresholds_view().map_err(ApiError::internal)?)
+}
+
+/// Checks `values` (the whole new set), publishes it, audits and stores it.
+/// The caller holds [`changing`].
+fn change(app: &App, values: BTreeMap<String, f64>) -> ApiResult {
+    if values.len() > MAX_THRESHOLD_KEYS {
+        return Err(rejected(
+            app,
+            format!("more than {MAX_THRESHOLD_KEYS} threshold keys"),
+        ));
+    }
+    let schemas = app.store.settings_schemas().map_err(ApiError::internal)?;
+    match check_values(&schemas, &values) {
+        Ok(()) => {}
+        Err(SettingsRefusal::Invalid(e)) => return Err(rejected(app, e)),
+        Err(e @ SettingsRefusal::NoSchema) => {
+            inc(&app.metrics.api_rejected);
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ));
+        }
+    }
+    let previous = current_thresholds(app)?;
     let settings = ThresholdSettings {
         v: SCHEMA_VERSION,
         id: new_id("thr"),
@@ -47,16 +106,18 @@ fn publish_thresholds(app: &App, values: BTreeMap<String, f64>) -> ApiResult {
     settings.validate().map_err(|e| rejected(app, e))?;
     publish(app, Outbound::thresholds(&settings))?;
     let audit_hash = app
-        .audit(crate::audit::RecordKind::Thresholds, &settings)
-        .map_err(ApiError::internal)?;
-    app.store
-        .set_thresholds(&settings)
+        .record_thresholds(&settings, "api")
         .map_err(ApiError::internal)?;
     tracing::info!(settings = %settings.id, keys = settings.values.len(), %audit_hash,
-        "threshold settings sent");
+        operator = %settings.operator, "threshold settings sent");
     accepted(&ThresholdsAccepted {
         settings,
         audit_hash,
+        previous,
+        awaiting: schemas
+            .into_iter()
+            .map(|s| s.detector_id.to_string())
+            .collect(),
     })
 }
 
@@ -69,53 +130,60 @@ fn current_thresholds(app: &App) -> Result<BTreeMap<String, f64>, ApiError> {
         .unwrap_or_default())
 }
 
-pub(super) fn post_thresholds(app: &App, headers: &HeaderMap, raw: &Bytes) -> ApiResult {
+fn request(app: &App, headers: &HeaderMap, raw: &Bytes) -> Result<ThresholdRequest, ApiError> {
     guard(app, headers)?;
     let req: ThresholdRequest = body(raw).inspect_err(|_| inc(&app.metrics.api_rejected))?;
-    if req.values.is_empty() {
-        return Err(rejected(app, "values is empty".into()));
-    }
-    let allowed = &app.config.api.threshold_keys;
-    for (k, v) in &req.values {
+    for k in req.values.keys() {
         check_threshold_key(k).map_err(|e| rejected(app, e))?;
-        if !allowed.is_empty() && !allowed.contains(k) {
-            return Err(rejected(
-                app,
-                format!("threshold key {k:?} is not one of api.threshold_keys"),
-            ));
-        }
-        if !v.is_finite() || *v < 0.0 || *v > app.config.api.max_threshold {
-            return Err(rejected(
-                app,
-                format!(
-                    "threshold {k} = {v} is outside 0..={}",
-                    app.config.api.max_threshold
-                ),
-            ));
-        }
     }
-    let mut values = current_thresholds(app)?;
-    values.extend(req.values);
-    if values.len() > MAX_THRESHOLD_KEYS {
-        return Err(rejected(
-            app,
-            format!("more than {MAX_THRESHOLD_KEYS} threshold keys"),
-        ));
-    }
-    publish_thresholds(app, values)
+    Ok(req)
 }
 
+/// `POST /api/v1/thresholds`: sets keys, merged into the current set.
+pub(super) fn post_thresholds(app: &App, headers: &HeaderMap, raw: &Bytes) -> ApiResult {
+    let req = request(app, headers, raw)?;
+    if req.values.is_empty() {
+        return Err(rejected(
+            app,
+            "values is empty (to remove every override, PUT {\"values\": {}})".into(),
+        ));
+    }
+    let _changing = changing();
+    let mut values = current_thresholds(app)?;
+    values.extend(req.values);
+    change(app, values)
+}
+
+/// `PUT /api/v1/thresholds`: replaces the whole set.
+pub(super) fn put_thresholds(app: &App, headers: &HeaderMap, raw: &Bytes) -> ApiResult {
+    let req = request(app, headers, raw)?;
+    let _changing = changing();
+    change(app, req.values)
+}
+
+/// `DELETE /api/v1/thresholds?key=K`.
 pub(super) fn delete_threshold(app: &App, headers: &HeaderMap, raw_query: &str) -> ApiResult {
     guard(app, headers)?;
     let q: ThresholdDelete = query(raw_query).inspect_err(|_| inc(&app.metrics.api_rejected))?;
-    check_threshold_key(&q.key).map_err(|e| rejected(app, e))?;
+    remove_key(app, &q.key)
+}
+
+/// `DELETE /api/v1/thresholds/{key}`.
+pub(super) fn delete_threshold_key(app: &App, headers: &HeaderMap, key: &str) -> ApiResult {
+    guard(app, headers)?;
+    remove_key(app, key)
+}
+
+fn remove_key(app: &App, key: &str) -> ApiResult {
+    check_threshold_key(key).map_err(|e| rejected(app, e))?;
+    let _changing = changing();
     let mut values = current_thresholds(app)?;
-    if values.remove(&q.key).is_none() {
+    if values.remove(key).is_none() {
         inc(&app.metrics.api_rejected);
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("threshold {:?} is not set", q.key),
+            format!("threshold {key:?} is not set"),
         ));
     }
-    publish_thresholds(app, values)
+    change(app, values)
 }

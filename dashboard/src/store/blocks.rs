@@ -1,15 +1,29 @@
-//! What the dashboard knows of the network: the blocks in force per gateway
-//! (from verdicts and operator commands, moved along by acks), the devices (trust
-//! scores, friendly names, last seen) and the nodes (status, mode, map fill).
+//! What the dashboard knows of the network: what each gateway enforces (its
+//! published state, `tad/v1/gw/<gw>/state` + `/state/delta`, held per gateway in
+//! the `gateway_state` table so a restart shows it before the next snapshot), the
+//! block entries and pending operator commands derived from it, the devices
+//! (trust scores, friendly names, last seen) and the nodes (status, mode, map
+//! fill).
+//!
+//! Blocks are ONLY what a gateway's state lists: nothing is inferred from
+//! verdicts, commands or acks. A command the dashboard sent shows up separately
+//! as pending ([`PendingCommand`]) until the gateway's state reflects it.
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
-use tad_wire::{Action, MapFill, Mode, NodeStatus, Role, TrustLevel};
+use tad_wire::{
+    Ack, Action, BlockOrigin, BlockReason, Command, GatewayState, GatewayStateDelta, MapFill, Mode,
+    NodeStatus, Outcome, RefusalCounts, Role, Target, TrustLevel,
+};
 
 use super::{Store, StoreError, enum_from, enum_str, json, to_json};
+
+/// How long a command stays listed as pending (or refused) at most, ms.
+pub const PENDING_WINDOW_MS: u64 = 15 * 60_000;
+/// Most pending commands listed.
+pub const MAX_PENDING: u32 = 200;
 
 /// A device: an address the detector scored or the config names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,74 +41,100 @@ pub struct DeviceView {
     pub reason: Option<String>,
     /// Last trust update or flow involving the address, Unix ms.
     pub last_seen_ms: Option<u64>,
-    /// Whether an active block covers the address on any gateway.
+    /// Whether an entry a gateway enforces covers the address.
     pub blocked: bool,
 }
 
-/// Who asked for a block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BlockOrigin {
-    Detector,
-    Operator,
-}
-
-/// State of a block as far as the dashboard knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BlockState {
-    /// Sent, no ack yet.
-    Pending,
-    /// The gateway applied it.
-    Applied,
-    /// The gateway already had it.
-    NoChange,
-    /// Observe mode: recorded, not enforced.
-    Observed,
-    /// The gateway refused it (`error` says why).
-    Rejected,
-}
-
-impl BlockState {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            BlockState::Pending => "pending",
-            BlockState::Applied => "applied",
-            BlockState::NoChange => "no_change",
-            BlockState::Observed => "observed",
-            BlockState::Rejected => "rejected",
-        }
-    }
-
-    /// Whether the gateway drops the source's traffic (or is about to).
-    pub fn enforced(self) -> bool {
-        matches!(
-            self,
-            BlockState::Pending | BlockState::Applied | BlockState::NoChange
-        )
-    }
-}
-
-/// A block on one gateway.
+/// One blocklist entry a gateway enforces, as the API and the Blocks page show it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BlockView {
     pub gateway_id: String,
-    pub target: IpNet,
-    pub action: Action,
+    /// The blocked prefix (`192.0.2.7/32`).
+    pub prefix: Target,
+    /// Who made it on the gateway: `cli`, `feed`, `verdict`, `command`, `config`.
     pub origin: BlockOrigin,
-    /// Detector id or operator name.
-    pub origin_id: String,
-    /// Block reason (the verdict's reason code or the operator's text).
-    pub reason: String,
+    pub reason: BlockReason,
+    /// Rule or free text it was made with (verdict rule, command reason, feed file).
+    pub rule: Option<String>,
+    /// Who made it (detector id, operator, CLI user, `feed:<file>`).
+    pub by: Option<String>,
+    /// When it was made, Unix ms (0 = unknown).
     pub created_ms: u64,
-    /// Expiry, Unix ms; none = permanent.
-    pub expires_ms: Option<u64>,
+    /// When it expires, Unix ms; none = permanent.
+    pub expires_at_ms: Option<u64>,
     /// Seconds left at the time of the query; none = permanent.
     pub ttl_left_s: Option<u64>,
-    /// Verdict or command id.
-    pub request_id: String,
-    pub state: BlockState,
+    /// Packets dropped by it (XDP hit counter, as of `state_at_ms`).
+    pub hits: u64,
+    /// When the gateway read the state this entry comes from, Unix ms.
+    pub state_at_ms: u64,
+}
+
+/// A gateway's state as the dashboard holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldState {
+    /// The last snapshot with every delta that followed it applied.
+    #[serde(flatten)]
+    pub state: GatewayState,
+    /// When the dashboard last changed it, Unix ms (dashboard clock).
+    pub received_ms: u64,
+    /// Whether deltas are being applied: false after a gap or a dashboard
+    /// restart (held from the database) until the next snapshot.
+    pub synced: bool,
+}
+
+/// What happened to a delta ([`Store::apply_gateway_delta`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeltaOutcome {
+    /// Applied; the refusal counters as they were before it.
+    Applied { refusals_before: RefusalCounts },
+    /// At or below the held revision: already applied (a redelivery).
+    Old,
+    /// Does not follow the held state (a gap, no snapshot yet, or held from the
+    /// database): ignored until the next snapshot. `held_rev` is the revision held.
+    Gap { held_rev: Option<u64> },
+}
+
+/// Where a pending command stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingStatus {
+    /// Sent; no ack yet.
+    Sent,
+    /// Acked (applied, no change or observed), the gateway's state does not show
+    /// it yet.
+    Acked,
+    /// The gateway refused it (`error` says why): nothing is enforced.
+    Refused,
+}
+
+/// A command sent to a gateway that the gateway's state does not show (yet).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingCommand {
+    pub gateway_id: String,
+    pub command_id: String,
+    pub action: Action,
+    pub target: Target,
+    pub ttl_s: Option<u64>,
+    pub operator: String,
+    pub issued_at_ms: u64,
+    pub audit_hash: String,
+    pub status: PendingStatus,
+    /// The ack's outcome, when one arrived.
+    pub outcome: Option<Outcome>,
+    /// The ack's error text (why it was refused).
     pub error: Option<String>,
+    pub ack_at_ms: Option<u64>,
+}
+
+/// Whether held state `s` shows the effect of command `c`: its prefix blocked
+/// for a block or quarantine, absent for an unblock.
+fn shows(s: &GatewayState, c: &Command) -> bool {
+    let present = s.blocks.iter().any(|b| b.prefix == c.target);
+    match c.action {
+        Action::Block | Action::Quarantine => present,
+        Action::Unblock => !present,
+    }
 }
 
 /// A gateway, detector or dashboard node.
@@ -166,44 +206,173 @@ impl Store {
         )
     }
 
-    /// Blocks in force at `now_ms` (expired ones are left out), newest first.
-    pub fn blocks(&self, now_ms: u64) -> Result<Vec<BlockView>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT gateway_id, target, action, origin, origin_id, reason, created_ms,
-                expires_ms, request_id, state, error
-             FROM blocks WHERE expires_ms IS NULL OR expires_ms > ?1
-             ORDER BY created_ms DESC",
-        )?;
-        let rows = stmt.query_map([now_ms], |r| {
-            let target: String = r.get(1)?;
-            let expires_ms: Option<u64> = r.get(7)?;
-            Ok(BlockView {
-                gateway_id: r.get(0)?,
-                target: target.parse().unwrap_or_else(|_| IpNet::default()),
-                action: enum_from(&r.get::<_, String>(2)?).unwrap_or(Action::Block),
-                origin: enum_from(&r.get::<_, String>(3)?).unwrap_or(BlockOrigin::Operator),
-                origin_id: r.get(4)?,
-                reason: r.get(5)?,
-                created_ms: r.get(6)?,
-                expires_ms,
-                ttl_left_s: expires_ms.map(|e| e.saturating_sub(now_ms).div_ceil(1000)),
-                request_id: r.get(8)?,
-                state: enum_from(&r.get::<_, String>(9)?).unwrap_or(BlockState::Pending),
-                error: r.get(10)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    /// Replaces the state held for `s.gateway_id` with snapshot `s` (always: a
+    /// restarted gateway starts again at revision 0) and marks it synced;
+    /// returns the state held before, if any.
+    pub fn put_gateway_state(
+        &self,
+        s: &GatewayState,
+        now_ms: u64,
+    ) -> Result<Option<GatewayState>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let before = held(&tx, s.gateway_id.as_str())?.map(|h| h.state);
+        write_held(&tx, s, now_ms, true)?;
+        tx.commit()?;
+        Ok(before)
     }
 
-    /// Devices with their scores; `blocked` is set from the blocks in force at
-    /// `now_ms`.
+    /// Applies delta `d` to the state held for its gateway when it follows it
+    /// (`GatewayState::apply`: the next revision) and the state is synced; a
+    /// delta beyond the next revision marks the state unsynced until the next
+    /// snapshot.
+    pub fn apply_gateway_delta(
+        &self,
+        d: &GatewayStateDelta,
+        now_ms: u64,
+    ) -> Result<DeltaOutcome, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(mut h) = held(&tx, d.gateway_id.as_str())? else {
+            return Ok(DeltaOutcome::Gap { held_rev: None });
+        };
+        if h.synced && d.rev <= h.state.rev {
+            return Ok(DeltaOutcome::Old);
+        }
+        let refusals_before = h.state.refusals.clone();
+        if !h.synced || !h.state.apply(d) {
+            if h.synced {
+                tx.execute(
+                    "UPDATE gateway_state SET synced = 0 WHERE gateway_id = ?1",
+                    [d.gateway_id.as_str()],
+                )?;
+                tx.commit()?;
+            }
+            return Ok(DeltaOutcome::Gap {
+                held_rev: Some(h.state.rev),
+            });
+        }
+        write_held(&tx, &h.state, now_ms, true)?;
+        tx.commit()?;
+        Ok(DeltaOutcome::Applied { refusals_before })
+    }
+
+    /// The state held for gateway `id`.
+    pub fn gateway_state(&self, id: &str) -> Result<Option<HeldState>, StoreError> {
+        held(&self.conn(), id)
+    }
+
+    /// Every gateway's held state, by gateway id.
+    pub fn gateway_states(&self) -> Result<Vec<HeldState>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT body, received_ms, synced FROM gateway_state ORDER BY gateway_id",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(held_row(r)?);
+        }
+        Ok(out)
+    }
+
+    /// Every entry of every gateway's held state that has not expired at
+    /// `now_ms`, newest first.
+    pub fn blocks(&self, now_ms: u64) -> Result<Vec<BlockView>, StoreError> {
+        let mut out = Vec::new();
+        for h in self.gateway_states()? {
+            for b in h.state.blocks {
+                if b.expires_at_ms.is_some_and(|e| e <= now_ms) {
+                    continue;
+                }
+                out.push(BlockView {
+                    gateway_id: h.state.gateway_id.to_string(),
+                    prefix: b.prefix,
+                    origin: b.origin,
+                    reason: b.reason,
+                    rule: b.rule,
+                    by: b.by,
+                    created_ms: b.created_ms,
+                    expires_at_ms: b.expires_at_ms,
+                    ttl_left_s: b
+                        .expires_at_ms
+                        .map(|e| e.saturating_sub(now_ms).div_ceil(1000)),
+                    hits: b.hits,
+                    state_at_ms: h.state.at_ms,
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            (b.created_ms, &a.gateway_id, a.prefix).cmp(&(a.created_ms, &b.gateway_id, b.prefix))
+        });
+        Ok(out)
+    }
+
+    /// Commands issued in the [`PENDING_WINDOW_MS`] before `now_ms` that their
+    /// gateway's held state does not show, newest first: refused ones (ack
+    /// rejected), and ones not acked or acked but not yet in the state. A command
+    /// drops off once the state shows its effect, or once the state is newer
+    /// than its (non-refusing) ack: then the state is the truth (it expired,
+    /// was overridden, or the gateway observes only).
+    pub fn pending_commands(&self, now_ms: u64) -> Result<Vec<PendingCommand>, StoreError> {
+        let states = self.gateway_states()?;
+        let rows: Vec<(String, String, String, Option<String>)> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT c.gateway_id, c.body, c.audit_hash,
+                    (SELECT a.body FROM acks a WHERE a.id = c.id AND a.gateway_id = c.gateway_id
+                     ORDER BY a.at_ms DESC, a.rowid DESC LIMIT 1)
+                 FROM commands c WHERE c.at_ms >= ?1
+                 ORDER BY c.at_ms DESC, c.rowid DESC LIMIT ?2",
+            )?;
+            stmt.query_map(
+                params![now_ms.saturating_sub(PENDING_WINDOW_MS), MAX_PENDING],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?
+            .collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::new();
+        for (gw, body, audit_hash, ack) in rows {
+            let c: Command = json("commands", &body)?;
+            let ack: Option<Ack> = ack.map(|a| json("acks", &a)).transpose()?;
+            let state = states.iter().find(|h| h.state.gateway_id.as_str() == gw);
+            let status = match &ack {
+                Some(a) if a.outcome == Outcome::Rejected => PendingStatus::Refused,
+                Some(a) => {
+                    if state.is_some_and(|h| shows(&h.state, &c) || h.state.at_ms >= a.at_ms) {
+                        continue;
+                    }
+                    PendingStatus::Acked
+                }
+                None => {
+                    if state.is_some_and(|h| shows(&h.state, &c)) {
+                        continue;
+                    }
+                    PendingStatus::Sent
+                }
+            };
+            out.push(PendingCommand {
+                gateway_id: gw,
+                command_id: c.id,
+                action: c.action,
+                target: c.target,
+                ttl_s: c.ttl_s,
+                operator: c.operator,
+                issued_at_ms: c.issued_at_ms,
+                audit_hash,
+                status,
+                outcome: ack.as_ref().map(|a| a.outcome),
+                error: ack.as_ref().and_then(|a| a.error.clone()),
+                ack_at_ms: ack.as_ref().map(|a| a.at_ms),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Devices with their scores; `blocked` is set from the entries the
+    /// gateways enforce at `now_ms`.
     pub fn devices(&self, now_ms: u64) -> Result<Vec<DeviceView>, StoreError> {
-        let blocks: Vec<BlockView> = self
-            .blocks(now_ms)?
-            .into_iter()
-            .filter(|b| b.state.enforced())
-            .collect();
+        let blocks = self.blocks(now_ms)?;
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT address, name, detector_id, score, level, behavioural, vulnerability,
@@ -235,7 +404,7 @@ impl Store {
                 continue;
             };
             d.address = address;
-            d.blocked = blocks.iter().any(|b| b.target.contains(&address));
+            d.blocked = blocks.iter().any(|b| b.prefix.net().contains(&address));
             out.push(d);
         }
         Ok(out)
@@ -281,50 +450,41 @@ impl Store {
     }
 }
 
-/// Records a block/quarantine (replacing any block of the same target on the
-/// gateway) or removes it for an unblock.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn apply_block(
+/// The held state of gateway `id`.
+fn held(conn: &rusqlite::Connection, id: &str) -> Result<Option<HeldState>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT body, received_ms, synced FROM gateway_state WHERE gateway_id = ?1",
+    )?;
+    let mut rows = stmt.query([id])?;
+    rows.next()?.map(held_row).transpose()
+}
+
+fn held_row(r: &rusqlite::Row<'_>) -> Result<HeldState, StoreError> {
+    Ok(HeldState {
+        state: json("gateway_state", &r.get::<_, String>(0)?)?,
+        received_ms: r.get(1)?,
+        synced: r.get(2)?,
+    })
+}
+
+fn write_held(
     tx: &rusqlite::Transaction<'_>,
-    gateway_id: &str,
-    action: Action,
-    target: IpNet,
-    origin: BlockOrigin,
-    origin_id: &str,
-    reason: &str,
-    issued_at_ms: u64,
-    ttl_s: Option<u64>,
-    request_id: &str,
-    state: BlockState,
+    s: &GatewayState,
+    now_ms: u64,
+    synced: bool,
 ) -> Result<(), StoreError> {
-    if action == Action::Unblock {
-        if state != BlockState::Observed {
-            tx.execute(
-                "DELETE FROM blocks WHERE gateway_id = ?1 AND target = ?2",
-                params![gateway_id, target.to_string()],
-            )?;
-        }
-        return Ok(());
-    }
     tx.execute(
-        "INSERT INTO blocks(gateway_id, target, action, origin, origin_id, reason, created_ms,
-            expires_ms, request_id, state, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)
-         ON CONFLICT(gateway_id, target) DO UPDATE SET action = excluded.action,
-            origin = excluded.origin, origin_id = excluded.origin_id, reason = excluded.reason,
-            created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,
-            request_id = excluded.request_id, state = excluded.state, error = NULL",
+        "INSERT INTO gateway_state(gateway_id, rev, at_ms, received_ms, synced, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(gateway_id) DO UPDATE SET rev = excluded.rev, at_ms = excluded.at_ms,
+            received_ms = excluded.received_ms, synced = excluded.synced, body = excluded.body",
         params![
-            gateway_id,
-            target.to_string(),
-            enum_str(&action),
-            enum_str(&origin),
-            origin_id,
-            reason,
-            issued_at_ms,
-            ttl_s.map(|t| issued_at_ms + t * 1000),
-            request_id,
-            state.as_str(),
+            s.gateway_id.as_str(),
+            s.rev,
+            s.at_ms,
+            now_ms,
+            synced,
+            to_json(s)
         ],
     )?;
     Ok(())

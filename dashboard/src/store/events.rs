@@ -1,18 +1,14 @@
 //! The audit-linked events: alerts, verdicts and operator commands (each stored
 //! with the hash of its audit record, and each stored once: a redelivery with a
 //! known id is recognised), the gateways' acks, the detector's trust updates and
-//! the current threshold settings. Verdicts, commands and acks also move the
-//! block table (see `blocks.rs`).
+//! the current threshold settings. None of them is a block: blocks are what the
+//! gateways publish as their state (see `blocks.rs`).
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use tad_wire::{Ack, Alert, Command, Outcome, ThresholdSettings, TrustUpdate, Verdict};
+use tad_wire::{Ack, Alert, Command, ThresholdSettings, TrustUpdate, Verdict};
 
-use super::{
-    ListQuery, Store, StoreError,
-    blocks::{BlockOrigin, BlockState, apply_block},
-    enum_str, json, to_json,
-};
+use super::{ListQuery, Store, StoreError, enum_str, json, to_json};
 
 /// A stored alert with the hash of its audit record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,39 +85,18 @@ impl Store {
         self.exists("SELECT 1 FROM verdicts WHERE id = ?1", id)
     }
 
-    /// Stores a verdict sent to `gateway_id` and updates the block table.
+    /// Stores a (verified) verdict sent to `gateway_id`.
     pub fn insert_verdict(
         &self,
         gateway_id: &str,
         v: &Verdict,
         audit_hash: &str,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
+        self.conn().execute(
             "INSERT OR IGNORE INTO verdicts(id, gateway_id, at_ms, body, audit_hash)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![v.id, gateway_id, v.issued_at_ms, to_json(v), audit_hash],
         )?;
-        let state = if v.observe_only {
-            BlockState::Observed
-        } else {
-            BlockState::Pending
-        };
-        apply_block(
-            &tx,
-            gateway_id,
-            v.action,
-            v.target.net(),
-            BlockOrigin::Detector,
-            &v.detector_id,
-            &enum_str(&v.reason),
-            v.issued_at_ms,
-            v.ttl_s,
-            &v.id,
-            state,
-        )?;
-        tx.commit()?;
         Ok(())
     }
 
@@ -130,56 +105,41 @@ impl Store {
         self.exists("SELECT 1 FROM commands WHERE id = ?1", id)
     }
 
-    /// Stores an operator command sent to `gateway_id` and updates the block table.
+    /// Stores an operator command sent to `gateway_id`.
     pub fn insert_command(
         &self,
         gateway_id: &str,
         c: &Command,
         audit_hash: &str,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
+        self.conn().execute(
             "INSERT OR IGNORE INTO commands(id, gateway_id, at_ms, body, audit_hash)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![c.id, gateway_id, c.issued_at_ms, to_json(c), audit_hash],
         )?;
-        apply_block(
-            &tx,
-            gateway_id,
-            c.action,
-            c.target.net(),
-            BlockOrigin::Operator,
-            &c.operator,
-            c.reason.as_deref().unwrap_or("manual"),
-            c.issued_at_ms,
-            c.ttl_s,
-            &c.id,
-            BlockState::Pending,
-        )?;
-        tx.commit()?;
         Ok(())
     }
 
-    /// Stores an ack and moves the block it answers to the ack's outcome.
+    /// Whether this very ack (same gateway, request id, time and outcome) is
+    /// stored: a QoS 1 redelivery.
+    pub fn has_ack(&self, ack: &Ack) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM acks WHERE id = ?1 AND gateway_id = ?2 AND at_ms = ?3 AND body = ?4",
+                params![ack.id, ack.gateway_id.as_str(), ack.at_ms, to_json(ack)],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Stores a gateway's ack of a verdict or command.
     pub fn insert_ack(&self, ack: &Ack) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
+        self.conn().execute(
             "INSERT INTO acks(id, gateway_id, at_ms, body) VALUES (?1, ?2, ?3, ?4)",
             params![ack.id, ack.gateway_id.as_str(), ack.at_ms, to_json(ack)],
         )?;
-        let state = match ack.outcome {
-            Outcome::Applied => BlockState::Applied,
-            Outcome::NoChange => BlockState::NoChange,
-            Outcome::Observed => BlockState::Observed,
-            Outcome::Rejected => BlockState::Rejected,
-        };
-        tx.execute(
-            "UPDATE blocks SET state = ?1, error = ?2 WHERE gateway_id = ?3 AND request_id = ?4",
-            params![state.as_str(), ack.error, ack.gateway_id.as_str(), ack.id],
-        )?;
-        tx.commit()?;
         Ok(())
     }
 

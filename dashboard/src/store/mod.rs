@@ -5,16 +5,20 @@
 //! Tables (schema in `store/schema.sql`): `samples` (one row per counters
 //! snapshot: the series the charts draw), `flows` (flow record summaries),
 //! `alerts`, `verdicts`, `commands`, `acks`, `devices` (trust scores and last
-//! seen), `nodes` (gateway/detector/dashboard status, mode, map fill), `blocks`
-//! (blocks the dashboard knows of, from verdicts and commands, updated by acks)
-//! and `settings` (the current threshold settings).
+//! seen), `nodes` (gateway/detector/dashboard status, mode, map fill),
+//! `gateway_state` (what each gateway enforces, from its published state: the
+//! only source of the Blocks page), `settings` (the current threshold
+//! settings), `settings_schemas` (each detector's last settings schema) and
+//! `settings_acks` (each detector's last ack per settings id).
 //!
 //! This module opens the database, applies the schema, counts and prunes rows,
 //! and holds the one newest-first list query every list read goes through. The
 //! reads and writes themselves are grouped by what they are about:
 //! `series.rs` (counters samples, the series, flow summaries), `events.rs`
 //! (alerts, verdicts, commands, acks, trust updates, threshold settings: the
-//! audit-linked events) and `blocks.rs` (blocks, devices and nodes).
+//! audit-linked events), `settings.rs` (detector settings schemas and acks:
+//! tables `settings_schemas`, `settings_acks`) and `blocks.rs` (gateway state,
+//! the blocks and pending commands derived from it, devices and nodes).
 //!
 //! Every write is one statement or one transaction, so a failed write leaves the
 //! store as it was. The connection sits behind a mutex; queries are small (indexed
@@ -23,6 +27,7 @@
 mod blocks;
 mod events;
 mod series;
+mod settings;
 
 use std::{
     path::Path,
@@ -33,9 +38,13 @@ use rusqlite::{Connection, Row, params};
 use serde::{Deserialize, Serialize};
 
 pub use self::{
-    blocks::{BlockOrigin, BlockState, BlockView, DeviceView, NodeView},
+    blocks::{
+        BlockView, DeltaOutcome, DeviceView, HeldState, MAX_PENDING, NodeView, PENDING_WINDOW_MS,
+        PendingCommand, PendingStatus,
+    },
     events::{AlertView, CommandView, VerdictView},
     series::{FlowSummary, SeriesPoint},
+    settings::{MAX_ACKS_PER_DETECTOR, SettingsAckView},
 };
 use crate::config::RetentionConfig;
 
@@ -65,7 +74,8 @@ pub struct RowCounts {
     pub commands: u64,
     pub acks: u64,
     pub devices: u64,
-    pub blocks: u64,
+    /// Gateways with a held state.
+    pub gateway_state: u64,
 }
 
 /// The database.
@@ -124,6 +134,9 @@ impl Store {
     fn init(conn: Connection) -> Result<Store, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // A state held from an earlier run takes deltas only after a snapshot: the
+        // gateway may have restarted (revision 0 again) meanwhile.
+        conn.execute("UPDATE gateway_state SET synced = 0", [])?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -201,12 +214,13 @@ impl Store {
             commands: count("commands")?,
             acks: count("acks")?,
             devices: count("devices")?,
-            blocks: count("blocks")?,
+            gateway_state: count("gateway_state")?,
         })
     }
 
-    /// Deletes rows older than their retention and expired blocks; returns the
-    /// number of rows deleted.
+    /// Deletes rows older than their retention; returns the number of rows
+    /// deleted. (Expired block entries are hidden at read time and leave with the
+    /// gateway's next delta or snapshot.)
     pub fn prune(&self, now_ms: u64, r: &RetentionConfig) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -225,10 +239,6 @@ impl Store {
             let cutoff = now_ms.saturating_sub(u64::from(days) * 86_400_000);
             deleted += tx.execute(&format!("DELETE FROM {table} WHERE {col} < ?1"), [cutoff])?;
         }
-        deleted += tx.execute(
-            "DELETE FROM blocks WHERE expires_ms IS NOT NULL AND expires_ms <= ?1",
-            [now_ms],
-        )?;
         tx.commit()?;
         Ok(deleted as u64)
     }
@@ -237,7 +247,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use fw_common::filter::BlockReason;
-    use tad_wire::{Ack, Action, Outcome, SCHEMA_VERSION, Verdict};
+    use tad_wire::{
+        Ack, Action, BlockOrigin, Command, EnforcedBlock, GatewayState, GatewayStateDelta,
+        LimitsView, Mode, Outcome, RefusalReason, RemovalCause, RemovedBlock, SCHEMA_VERSION,
+        Verdict,
+    };
 
     use super::*;
 
@@ -258,6 +272,59 @@ mod tests {
         }
     }
 
+    fn entry(prefix: &str, origin: BlockOrigin, expires_at_ms: Option<u64>) -> EnforcedBlock {
+        EnforcedBlock {
+            prefix: prefix.parse().unwrap(),
+            origin,
+            reason: BlockReason::Manual,
+            rule: None,
+            by: Some("root".into()),
+            created_ms: 1_000,
+            expires_at_ms,
+            hits: 3,
+        }
+    }
+
+    fn state(rev: u64, at_ms: u64, blocks: Vec<EnforcedBlock>) -> GatewayState {
+        GatewayState {
+            v: SCHEMA_VERSION,
+            gateway_id: "gateway-1".parse().unwrap(),
+            rev,
+            at_ms,
+            mode: Mode::Enforce,
+            blocks,
+            allow: vec![],
+            limits: LimitsView::default(),
+            refusals: Default::default(),
+        }
+    }
+
+    fn delta(rev: u64, at_ms: u64) -> GatewayStateDelta {
+        GatewayStateDelta {
+            v: SCHEMA_VERSION,
+            gateway_id: "gateway-1".parse().unwrap(),
+            rev,
+            at_ms,
+            upserted: vec![],
+            removed: vec![],
+            mode: None,
+            allow: None,
+            refusals: None,
+            limits: None,
+        }
+    }
+
+    fn prefixes(s: &Store, now_ms: u64) -> Vec<String> {
+        let mut p: Vec<String> = s
+            .blocks(now_ms)
+            .unwrap()
+            .iter()
+            .map(|b| b.prefix.to_string())
+            .collect();
+        p.sort();
+        p
+    }
+
     #[test]
     fn file_database_uses_wal() {
         let dir = tempfile::tempdir().unwrap();
@@ -266,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn prune_drops_rows_past_retention_and_expired_blocks_only() {
+    fn prune_drops_rows_past_retention_only() {
         let s = Store::open_in_memory().unwrap();
         let day = 86_400_000;
         let now = 100 * day;
@@ -283,39 +350,214 @@ mod tests {
             .map(|v| v.verdict.id)
             .collect();
         assert_eq!(left, ["new"]);
-        // The permanent block (no TTL) survives; a TTL block expires.
-        assert_eq!(s.blocks(now).unwrap().len(), 1);
-        let mut v = verdict("ttl", now, Some(60));
-        v.target = "192.0.2.8/32".parse().unwrap();
-        s.insert_verdict("gw", &v, "h").unwrap();
-        assert_eq!(s.blocks(now + 30_000).unwrap().len(), 2);
-        assert_eq!(s.blocks(now + 30_000).unwrap()[0].ttl_left_s, Some(30));
-        assert_eq!(s.blocks(now + 61_000).unwrap().len(), 1);
-        s.prune(now + 61_000, &r).unwrap();
-        assert_eq!(s.row_counts().unwrap().blocks, 1);
+        // A verdict is not a block: only gateway state makes blocks.
+        assert!(s.blocks(now).unwrap().is_empty());
     }
 
     #[test]
-    fn rejected_ack_marks_the_block_and_unblock_removes_it() {
+    fn blocks_are_the_held_state_with_expired_entries_hidden() {
         let s = Store::open_in_memory().unwrap();
-        s.insert_verdict("gw", &verdict("v1", 1000, None), "h")
+        let snap = state(
+            4,
+            5_000,
+            vec![
+                entry("192.0.2.7/32", BlockOrigin::Cli, None),
+                entry("198.51.100.0/24", BlockOrigin::Feed, Some(60_000)),
+            ],
+        );
+        assert_eq!(s.put_gateway_state(&snap, 5_001).unwrap(), None);
+        assert_eq!(prefixes(&s, 10_000), ["192.0.2.7/32", "198.51.100.0/24"]);
+        let feed = s
+            .blocks(30_000)
+            .unwrap()
+            .into_iter()
+            .find(|b| b.origin == BlockOrigin::Feed)
             .unwrap();
-        s.insert_ack(&Ack {
-            v: SCHEMA_VERSION,
-            id: "v1".into(),
-            gateway_id: "gw".parse().unwrap(),
-            outcome: Outcome::Rejected,
-            error: Some("allowlisted".into()),
-            at_ms: 1001,
-            apply_us: 5,
-        })
+        assert_eq!(feed.ttl_left_s, Some(30));
+        assert_eq!(feed.gateway_id, "gateway-1");
+        assert_eq!(feed.state_at_ms, 5_000);
+        // Past its expiry the entry is hidden even before the gateway says so.
+        assert_eq!(prefixes(&s, 60_000), ["192.0.2.7/32"]);
+        assert_eq!(s.row_counts().unwrap().gateway_state, 1);
+    }
+
+    #[test]
+    fn deltas_apply_in_order_and_a_gap_waits_for_the_next_snapshot() {
+        let s = Store::open_in_memory().unwrap();
+        assert_eq!(
+            s.apply_gateway_delta(&delta(1, 1), 1).unwrap(),
+            DeltaOutcome::Gap { held_rev: None }
+        );
+        s.put_gateway_state(
+            &state(
+                4,
+                5_000,
+                vec![entry("192.0.2.7/32", BlockOrigin::Cli, None)],
+            ),
+            1,
+        )
         .unwrap();
-        let b = &s.blocks(2000).unwrap()[0];
-        assert_eq!(b.state, BlockState::Rejected);
-        assert_eq!(b.error.as_deref(), Some("allowlisted"));
-        let mut un = verdict("v2", 3000, None);
-        un.action = Action::Unblock;
-        s.insert_verdict("gw", &un, "h").unwrap();
-        assert!(s.blocks(4000).unwrap().is_empty());
+        let mut d = delta(5, 6_000);
+        d.upserted = vec![entry("203.0.113.9/32", BlockOrigin::Command, None)];
+        d.removed = vec![RemovedBlock {
+            prefix: "192.0.2.7/32".parse().unwrap(),
+            cause: RemovalCause::Expired,
+        }];
+        d.refusals = Some([(RefusalReason::BadSignature, 2)].into());
+        assert_eq!(
+            s.apply_gateway_delta(&d, 2).unwrap(),
+            DeltaOutcome::Applied {
+                refusals_before: Default::default()
+            }
+        );
+        assert_eq!(prefixes(&s, 7_000), ["203.0.113.9/32"]);
+        let h = s.gateway_state("gateway-1").unwrap().unwrap();
+        assert_eq!((h.state.rev, h.state.at_ms, h.synced), (5, 6_000, true));
+        assert_eq!(h.state.refusals[&RefusalReason::BadSignature], 2);
+        assert_eq!(s.apply_gateway_delta(&d, 3).unwrap(), DeltaOutcome::Old);
+        // rev 7 after 5: a gap. Then even rev 6 waits for a snapshot.
+        let mut gap = delta(7, 8_000);
+        gap.removed = vec![RemovedBlock {
+            prefix: "203.0.113.9/32".parse().unwrap(),
+            cause: RemovalCause::Removed,
+        }];
+        assert_eq!(
+            s.apply_gateway_delta(&gap, 4).unwrap(),
+            DeltaOutcome::Gap { held_rev: Some(5) }
+        );
+        assert!(!s.gateway_state("gateway-1").unwrap().unwrap().synced);
+        assert_eq!(
+            s.apply_gateway_delta(&delta(6, 7_000), 5).unwrap(),
+            DeltaOutcome::Gap { held_rev: Some(5) }
+        );
+        assert_eq!(prefixes(&s, 9_000), ["203.0.113.9/32"]);
+        // A restarted gateway's snapshot at rev 0 replaces everything.
+        s.put_gateway_state(&state(0, 9_000, vec![]), 6).unwrap();
+        assert!(prefixes(&s, 9_500).is_empty());
+        assert_eq!(
+            s.apply_gateway_delta(&delta(1, 9_100), 7).unwrap(),
+            DeltaOutcome::Applied {
+                refusals_before: Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn held_state_survives_a_reopen_unsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sqlite");
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_gateway_state(
+                &state(
+                    3,
+                    5_000,
+                    vec![entry("192.0.2.7/32", BlockOrigin::Cli, None)],
+                ),
+                1,
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(prefixes(&s, 6_000), ["192.0.2.7/32"]);
+        let h = s.gateway_state("gateway-1").unwrap().unwrap();
+        assert_eq!((h.state.rev, h.state.at_ms, h.synced), (3, 5_000, false));
+        assert_eq!(
+            s.apply_gateway_delta(&delta(4, 6_000), 2).unwrap(),
+            DeltaOutcome::Gap { held_rev: Some(3) }
+        );
+    }
+
+    fn command(id: &str, action: Action, target: &str, at_ms: u64) -> Command {
+        Command {
+            v: SCHEMA_VERSION,
+            id: id.into(),
+            operator: "alice".into(),
+            issued_at_ms: at_ms,
+            action,
+            target: target.parse().unwrap(),
+            ttl_s: None,
+            reason: None,
+        }
+    }
+
+    fn ack(id: &str, outcome: Outcome, at_ms: u64) -> Ack {
+        Ack {
+            v: SCHEMA_VERSION,
+            id: id.into(),
+            gateway_id: "gateway-1".parse().unwrap(),
+            outcome,
+            error: (outcome == Outcome::Rejected).then(|| "allowlisted".into()),
+            at_ms,
+            apply_us: 5,
+        }
+    }
+
+    #[test]
+    fn commands_are_pending_until_the_state_shows_them_and_refused_ones_never_are_blocks() {
+        let s = Store::open_in_memory().unwrap();
+        let now = 10_000_000;
+        let ids = |s: &Store| -> Vec<(String, PendingStatus)> {
+            s.pending_commands(now)
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.command_id, p.status))
+                .collect()
+        };
+        s.insert_command(
+            "gateway-1",
+            &command("c1", Action::Block, "192.0.2.7", now - 3_000),
+            "h1",
+        )
+        .unwrap();
+        s.insert_command(
+            "gateway-1",
+            &command("c2", Action::Block, "192.0.2.8", now - 2_000),
+            "h2",
+        )
+        .unwrap();
+        s.insert_command(
+            "gateway-1",
+            &command(
+                "old",
+                Action::Block,
+                "192.0.2.9",
+                now - PENDING_WINDOW_MS - 1,
+            ),
+            "h3",
+        )
+        .unwrap();
+        assert_eq!(
+            ids(&s),
+            [
+                ("c2".to_string(), PendingStatus::Sent),
+                ("c1".to_string(), PendingStatus::Sent)
+            ]
+        );
+        s.insert_ack(&ack("c1", Outcome::Applied, now - 2_500))
+            .unwrap();
+        s.insert_ack(&ack("c2", Outcome::Rejected, now - 1_500))
+            .unwrap();
+        let p = s.pending_commands(now).unwrap();
+        assert_eq!(p[0].status, PendingStatus::Refused);
+        assert_eq!(p[0].outcome, Some(Outcome::Rejected));
+        assert_eq!(p[0].error.as_deref(), Some("allowlisted"));
+        assert_eq!(p[1].status, PendingStatus::Acked);
+        // The state (read before the ack) does not show c1 yet: still pending.
+        s.put_gateway_state(&state(1, now - 2_600, vec![]), now)
+            .unwrap();
+        assert_eq!(ids(&s)[1], ("c1".to_string(), PendingStatus::Acked));
+        // Now it does; the refused command still is no block.
+        s.put_gateway_state(
+            &state(
+                2,
+                now - 1_000,
+                vec![entry("192.0.2.7/32", BlockOrigin::Command, None)],
+            ),
+            now,
+        )
+        .unwrap();
+        assert_eq!(ids(&s), [("c2".to_string(), PendingStatus::Refused)]);
+        assert_eq!(prefixes(&s, now), ["192.0.2.7/32"]);
     }
 }

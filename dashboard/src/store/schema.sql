@@ -80,21 +80,41 @@ CREATE TABLE IF NOT EXISTS nodes (
     maps TEXT NOT NULL DEFAULT '[]',
     last_counters_ms INTEGER
 );
-CREATE TABLE IF NOT EXISTS blocks (
-    gateway_id TEXT NOT NULL,
-    target TEXT NOT NULL,
-    action TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    origin_id TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    expires_ms INTEGER,
-    request_id TEXT NOT NULL,
-    state TEXT NOT NULL,
-    error TEXT,
-    PRIMARY KEY (gateway_id, target)
+-- Until issue 16 a `blocks` table held blocks guessed from verdicts, commands
+-- and acks; blocks are now what the gateways publish (gateway_state), so the
+-- guesses are dropped.
+DROP TABLE IF EXISTS blocks;
+-- What each gateway enforces: its last state snapshot with the deltas that
+-- followed applied (body: tad_wire::GatewayState JSON). `synced` = deltas are
+-- applied; 0 after a gap and at every open (Store::open) until the next snapshot.
+CREATE TABLE IF NOT EXISTS gateway_state (
+    gateway_id TEXT PRIMARY KEY,
+    rev INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    synced INTEGER NOT NULL,
+    body TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS acks_id ON acks(id);
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     body TEXT NOT NULL
 );
+-- Detector settings (store/settings.rs): the last schema each detector published
+-- (retained on tad/v1/det/<det>/settings/schema) and, per detector, the last ack
+-- of each threshold settings id with the hash of its audit record.
+CREATE TABLE IF NOT EXISTS settings_schemas (
+    detector_id TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings_acks (
+    detector_id TEXT NOT NULL,
+    settings_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    body TEXT NOT NULL,
+    audit_hash TEXT NOT NULL,
+    PRIMARY KEY (detector_id, settings_id)
+);
+CREATE INDEX IF NOT EXISTS settings_acks_at ON settings_acks(detector_id, at_ms);

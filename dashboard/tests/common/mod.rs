@@ -1,22 +1,83 @@
-//! Shared fixtures: an app with a temp audit log and a recording publisher, and
-//! wire messages as gateways and detectors send them.
+//! Shared fixtures: an app with a temp audit log, a recording publisher and
+//! signing keys from a test CA, and wire messages as gateways and detectors send
+//! them (verdicts and commands signed, as on the bus).
 #![allow(dead_code)]
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, OnceLock},
+};
 
 use dashboard::{
+    api::routes,
     app::App,
     audit::AuditLog,
     config::Config,
     metrics::Metrics,
-    publish::{Publisher, RecordingPublisher},
+    publish::{Keys, Publisher, RecordingPublisher},
     store::Store,
 };
 use fw_common::{counters::CounterSlot, filter::BlockReason};
-use tad_wire::{
-    Action, Alert, AlertKind, CounterEntry, CountersSnapshot, Explanation, MapFill, Mode,
-    NodeStatus, Role, SCHEMA_VERSION, Severity, TrustLevel, TrustUpdate, Verdict, topic,
+use serde_json::Value;
+use tad_bus::{
+    BusConfig,
+    pki::{CertificateAuthority, Validity},
+    signing::{Signer, Verifier},
 };
+use tad_wire::{
+    Action, Alert, AlertKind, BlockOrigin, CounterEntry, CountersSnapshot, EnforcedBlock,
+    Explanation, GatewayState, GatewayStateDelta, LimitsView, MapFill, Message, Mode, NodeStatus,
+    Role, SCHEMA_VERSION, Severity, TrustLevel, TrustUpdate, Verdict, topic,
+};
+use warp::{http::StatusCode, test::request};
+
+/// GET `path` through the API routes, without a token: the status and the JSON
+/// body (`Null` when there is none).
+pub async fn get(app: &Arc<App>, path: &str) -> (StatusCode, Value) {
+    let res = request()
+        .method("GET")
+        .path(path)
+        .reply(&routes(app.clone()))
+        .await;
+    let body = serde_json::from_slice(res.body()).unwrap_or(Value::Null);
+    (res.status(), body)
+}
+
+/// `method path` through the API routes with the test token and `body` as JSON:
+/// the status and the JSON body (`Null` when there is none).
+pub async fn call(
+    app: &Arc<App>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = request()
+        .method(method)
+        .path(path)
+        .header("authorization", format!("Bearer {TOKEN}"));
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&b).unwrap());
+    }
+    let res = req.reply(&routes(app.clone())).await;
+    (
+        res.status(),
+        serde_json::from_slice(res.body()).unwrap_or(Value::Null),
+    )
+}
+
+/// Waits until `cond` holds; panics naming `what` after 20 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
 
 pub const TOKEN: &str = "test-token-0123456789";
 pub const GW: &str = "gateway-1";
@@ -62,9 +123,61 @@ pub fn fixture_with_publisher(publisher: Arc<dyn Publisher>) -> Fixture {
     }
 }
 
+/// The test CA every fixture app trusts (one per test binary).
+pub fn test_ca() -> &'static CertificateAuthority {
+    static CA: OnceLock<CertificateAuthority> = OnceLock::new();
+    CA.get_or_init(|| {
+        CertificateAuthority::generate("tad dashboard test CA", Validity::days(2)).unwrap()
+    })
+}
+
+/// A signer for node `id` with a certificate from [`test_ca`] (issued once).
+pub fn signer(id: &str) -> Arc<Signer> {
+    static SIGNERS: OnceLock<Mutex<BTreeMap<String, Arc<Signer>>>> = OnceLock::new();
+    let mut m = SIGNERS.get_or_init(Default::default).lock().unwrap();
+    m.entry(id.to_owned())
+        .or_insert_with(|| {
+            let c = test_ca().issue_client(id, Validity::days(2)).unwrap();
+            Arc::new(Signer::from_pem(c.cert_pem.as_bytes(), c.key_pem.as_bytes()).unwrap())
+        })
+        .clone()
+}
+
+/// `msg` signed by node `id` (a JWS, as `publish_signed` sends it).
+pub fn sign_as<M: Message>(id: &str, msg: &M) -> Vec<u8> {
+    signer(id).sign(msg)
+}
+
+/// The dashboard's keys in the fixture: signer `dashboard`, verifier [`test_ca`].
+pub fn keys() -> Keys {
+    Keys {
+        signer: signer("dashboard"),
+        verifier: Verifier::from_ca_pem(test_ca().cert_pem().as_bytes()).unwrap(),
+    }
+}
+
+/// An app publishing through `publisher` with the keys of a bus config (a
+/// [`tad_bus::testing::TestBroker`] identity).
+pub fn fixture_on_bus(publisher: Arc<dyn Publisher>, bus: &BusConfig) -> Fixture {
+    let (app, dir) = app_keys(|_| {}, publisher, Keys::from_bus_config(bus).unwrap());
+    Fixture {
+        app,
+        publisher: Arc::new(RecordingPublisher::default()),
+        dir,
+    }
+}
+
 fn app_with(
     tweak: impl FnOnce(&mut Config),
     publisher: Arc<dyn Publisher>,
+) -> (Arc<App>, tempfile::TempDir) {
+    app_keys(tweak, publisher, keys())
+}
+
+fn app_keys(
+    tweak: impl FnOnce(&mut Config),
+    publisher: Arc<dyn Publisher>,
+    keys: Keys,
 ) -> (Arc<App>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
@@ -72,14 +185,17 @@ fn app_with(
     let store = Store::open(&cfg.storage.db_path).unwrap();
     store.name_devices(&cfg.devices).unwrap();
     let audit = AuditLog::open(&cfg.storage.audit_log).unwrap();
-    let app = Arc::new(App::new(
-        cfg,
-        store,
-        audit,
-        publisher,
-        None,
-        Arc::new(Metrics::default()),
-    ));
+    let app = Arc::new(
+        App::new(
+            cfg,
+            store,
+            audit,
+            publisher,
+            None,
+            Arc::new(Metrics::default()),
+        )
+        .with_keys(keys),
+    );
     (app, dir)
 }
 
@@ -191,4 +307,54 @@ pub fn known_gateway(app: &App) {
         &tad_wire::encode(&status(GW, true, now)),
     )
     .unwrap();
+}
+
+/// A block entry as a gateway publishes it.
+pub fn entry(
+    prefix: &str,
+    origin: BlockOrigin,
+    by: &str,
+    expires_at_ms: Option<u64>,
+) -> EnforcedBlock {
+    EnforcedBlock {
+        prefix: prefix.parse().unwrap(),
+        origin,
+        reason: BlockReason::Manual,
+        rule: (origin == BlockOrigin::Feed).then(|| "spamhaus-drop.txt".into()),
+        by: Some(by.into()),
+        created_ms: tad_wire::now_ms() - 1_000,
+        expires_at_ms,
+        hits: 42,
+    }
+}
+
+/// A gateway state snapshot of [`GW`].
+pub fn gw_state(rev: u64, at_ms: u64, blocks: Vec<EnforcedBlock>) -> GatewayState {
+    GatewayState {
+        v: SCHEMA_VERSION,
+        gateway_id: GW.parse().unwrap(),
+        rev,
+        at_ms,
+        mode: Mode::Enforce,
+        blocks,
+        allow: vec![],
+        limits: LimitsView::default(),
+        refusals: Default::default(),
+    }
+}
+
+/// An empty state delta of [`GW`].
+pub fn gw_delta(rev: u64, at_ms: u64) -> GatewayStateDelta {
+    GatewayStateDelta {
+        v: SCHEMA_VERSION,
+        gateway_id: GW.parse().unwrap(),
+        rev,
+        at_ms,
+        upserted: vec![],
+        removed: vec![],
+        mode: None,
+        allow: None,
+        refusals: None,
+        limits: None,
+    }
 }

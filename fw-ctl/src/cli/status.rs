@@ -1,6 +1,7 @@
 //! `fw-ctl status`: attached interfaces and modes, observe/enforce, rate limits,
 //! map fill levels, counters by verdict and reason with packets/s over the last
-//! second, and the daemon's runtime status when one has written it.
+//! second, and the daemon's runtime status when one has written it (bus, queue,
+//! verdicts and commands applied/rejected, refusals by reason, state revision).
 
 use std::time::Duration;
 
@@ -26,6 +27,18 @@ pub struct Status {
     pub counters: stats::Sample,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonStatus>,
+}
+
+/// `refusals: bad_signature 2, stale 1` (`refusals: none` when there are none).
+pub fn refusals_line(r: &tad_wire::RefusalCounts) -> String {
+    if r.is_empty() {
+        return "refusals: none\n".into();
+    }
+    let parts: Vec<String> = r
+        .iter()
+        .map(|(k, n)| format!("{} {n}", crate::daemon::enforcer::reason_name(*k)))
+        .collect();
+    format!("refusals: {}\n", parts.join(", "))
 }
 
 pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<()> {
@@ -73,17 +86,27 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<()> {
         s.push('\n');
         s.push_str(&stats::table(&st.counters));
         match &st.daemon {
-            Some(d) => s.push_str(&format!(
-                "\ndaemon pid {}: bus {}, flow queue {}/{}, records exported {} dropped {}, verdicts applied {} rejected {}\n",
-                d.pid,
-                d.bus,
-                d.flow_queue_len,
-                d.flow_queue_capacity,
-                d.records_exported_total,
-                d.records_dropped_total,
-                d.verdicts.verdicts_applied,
-                d.verdicts.verdicts_rejected
-            )),
+            Some(d) => {
+                s.push_str(&format!(
+                    "\ndaemon pid {}: bus {}, flow queue {}/{}, records exported {} dropped {}, verdicts applied {} rejected {}, commands applied {} rejected {}\n",
+                    d.pid,
+                    d.bus,
+                    d.flow_queue_len,
+                    d.flow_queue_capacity,
+                    d.records_exported_total,
+                    d.records_dropped_total,
+                    d.verdicts.verdicts_applied,
+                    d.verdicts.verdicts_rejected,
+                    d.verdicts.commands_applied,
+                    d.verdicts.commands_rejected
+                ));
+                s.push_str(&refusals_line(&d.verdicts.refusals));
+                s.push_str(&format!("state published: rev {}", d.state_rev));
+                if let Some(h) = &d.http_listen {
+                    s.push_str(&format!(", http on {h}"));
+                }
+                s.push('\n');
+            }
             None => s.push_str("\nno daemon running\n"),
         }
         s

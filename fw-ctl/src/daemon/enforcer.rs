@@ -1,26 +1,54 @@
-//! Verdicts (from detectors) and commands (from dashboards): validation, applying
-//! them to the block map, and the [`Ack`] that answers each.
+//! Verdicts (from detectors) and commands (from dashboards): authenticating them,
+//! applying them to the block map, and the [`Ack`] that answers each.
 //!
-//! Checks, in order; the first failure rejects the message and changes nothing:
-//! 1. schema: JSON, schema version, field checks ([`tad_wire::decode`]);
-//! 2. sender identity: a verdict's `detector_id` must be a trusted detector and a
-//!    command's sender a trusted dashboard; when the bus reports the publishing
-//!    client's identity it must match too (the broker authenticates clients by
-//!    certificate, `use_identity_as_username`);
-//! 3. TTL: at most `verdicts.max_ttl_s`; a detector's `block` without a TTL gets
-//!    `verdicts.default_block_ttl_s`;
-//! 4. target width: no verdict may block a prefix wider than `verdicts.min_prefix_*`;
-//! 5. allowlist: a target sharing any address with the allowlist (own addresses,
-//!    management network, manual allows) is refused.
+//! The daemon subscribes `tad/v1/gw/<gw>/verdicts/+` and `.../commands/+`; the
+//! topic's last level is the sender's identity, which the broker ACL guarantees
+//! (a client may publish only under its own certificate's CN). Every payload is a
+//! JWS signed with the sender's certificate key ([`tad_bus::signing`]). Checks, in
+//! order; the first failure refuses the message, changes no map and counts the
+//! reason in [`EnforcerStats::refusals`]:
+//! 1. signature: a compact ES256 JWS whose `x5c` certificate chains to the bus CA
+//!    and whose signature verifies, holding a valid message
+//!    ([`Verifier::verify`]; not a JWS, a bad signature or an untrusted chain:
+//!    `bad_signature`; a verified but invalid message: `malformed`);
+//! 2. identity: the certificate's CN equals the topic's identity level, and a
+//!    verdict's `detector_id` equals it too (`identity_mismatch`);
+//! 3. trust: the signer is in `[trust] detectors` (verdicts) or
+//!    `[trust] dashboards` (commands) (`untrusted_sender`);
+//! 4. age: `issued_at_ms` within `verdicts.max_age_s` of this gateway's clock,
+//!    either way (`stale`);
+//! 5. replay: the id is not among the last `verdicts.replay_window` ids accepted
+//!    from that sender (`replayed`);
+//! 6. TTL at most `verdicts.max_ttl_s` (`ttl`; a detector's `block` without a TTL
+//!    gets `verdicts.default_block_ttl_s`), target no wider than
+//!    `verdicts.min_prefix_*` (`too_wide`), no address shared with the allowlist
+//!    (own addresses, management network, manual allows) (`allowlisted`); the
+//!    lists failing otherwise (map full, kernel error) is `other`.
 //!
-//! A payload too broken to carry an `id` cannot be acked; it is counted and logged.
+//! A refused message with a usable `id` (read from the JWS payload even when the
+//! signature fails) gets a `rejected` [`Ack`] whose error starts with the reason
+//! name (`bad_signature: ...`); one without is only counted and logged. A replay
+//! is counted but not acked again: its first delivery was acked, and a second,
+//! `rejected`, ack under the same id would contradict it.
+//!
+//! Blocks from verdicts have origin [`Origin::Detector`] and `by` = the detector
+//! id; blocks from commands have origin [`Origin::Command`] and `by` =
+//! `<operator>@<dashboard id>` (the operator name is the dashboard's word, the
+//! dashboard id the certificate's).
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    path::PathBuf,
+    time::Instant,
+};
 
+use base64::Engine as _;
 use fw_common::filter::BlockReason;
 use serde::Serialize;
+use tad_bus::{SignError, Verifier};
 use tad_wire::{
-    Ack, Action, Command, NodeId, Outcome, SCHEMA_VERSION, Target, Verdict, WidthPolicy,
+    Ack, Action, Command, NodeId, Outcome, RefusalCounts, RefusalReason, SCHEMA_VERSION, Target,
+    Verdict, WidthPolicy,
 };
 
 use crate::{
@@ -42,6 +70,10 @@ pub struct Policy {
     pub default_block_ttl_s: u64,
     /// Narrowest prefix a verdict or command may block (`verdicts.min_prefix_*`).
     pub width: WidthPolicy,
+    /// Largest |now - issued_at_ms| accepted, s (`verdicts.max_age_s`).
+    pub max_age_s: u64,
+    /// Ids remembered per sender (`verdicts.replay_window`, at least 1).
+    pub replay_window: usize,
 }
 
 impl Policy {
@@ -57,6 +89,8 @@ impl Policy {
             max_ttl_s: c.verdicts.max_ttl_s,
             default_block_ttl_s: c.verdicts.default_block_ttl_s,
             width: c.verdicts.width(),
+            max_age_s: c.verdicts.max_age_s,
+            replay_window: c.verdicts.replay_window,
         })
     }
 }
@@ -68,14 +102,53 @@ pub struct EnforcerStats {
     pub verdicts_applied: u64,
     pub verdicts_no_change: u64,
     pub verdicts_observed: u64,
+    /// Verdicts refused, for any reason (also counted in `refusals`).
     pub verdicts_rejected: u64,
     pub commands_applied: u64,
     pub commands_no_change: u64,
+    /// Commands refused, for any reason (also counted in `refusals`).
     pub commands_rejected: u64,
-    /// Payloads that were not valid JSON/schema (also counted as rejected).
+    /// Payloads that could not be decoded: not a JWS, or a message inside that is
+    /// not valid JSON/schema (also counted as rejected).
     pub malformed: u64,
     /// Largest receipt-to-map-update time seen, µs.
     pub apply_us_max: u64,
+    /// Refused verdicts and commands by reason (`bad_signature`, `stale`, ...).
+    pub refusals: RefusalCounts,
+}
+
+/// The ids last accepted from one sender: at most `cap`, oldest forgotten first.
+#[derive(Debug)]
+struct ReplayWindow {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+    cap: usize,
+}
+
+impl ReplayWindow {
+    fn new(cap: usize) -> Self {
+        ReplayWindow {
+            order: VecDeque::new(),
+            ids: HashSet::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if !self.ids.insert(id.to_string()) {
+            return;
+        }
+        self.order.push_back(id.to_string());
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
 }
 
 /// Applies verdicts and commands to the lists.
@@ -84,6 +157,9 @@ pub struct Enforcer {
     pub policy: Policy,
     pub stats: EnforcerStats,
     pub state_path: Option<PathBuf>,
+    verifier: Verifier,
+    /// Per sender (only senders that passed the trust check get one).
+    seen: HashMap<String, ReplayWindow>,
 }
 
 struct Request<'a> {
@@ -97,6 +173,36 @@ struct Request<'a> {
     rule_id: u32,
 }
 
+/// Why one message was refused.
+#[derive(Debug)]
+struct Refusal {
+    reason: RefusalReason,
+    why: String,
+    /// The message id, when one could be read (for the ack).
+    id: Option<String>,
+    /// The payload could not be decoded (counted in `malformed`).
+    undecodable: bool,
+}
+
+impl Refusal {
+    fn new(reason: RefusalReason, why: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            why: why.into(),
+            id: None,
+            undecodable: false,
+        }
+    }
+}
+
+/// A refusal reason's name (`bad_signature`), as in the status file.
+pub fn reason_name(r: RefusalReason) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// Low 32 bits of FNV-1a of a verdict/command id: the `rule_id` stored in the map,
 /// to correlate a map entry with the message that created it.
 pub fn rule_id_of(id: &str) -> u32 {
@@ -108,12 +214,70 @@ pub fn rule_id_of(id: &str) -> u32 {
     h
 }
 
+/// What the checks need from a verdict or a command.
+trait Signable: tad_wire::Message {
+    fn id(&self) -> &str;
+    fn issued_at_ms(&self) -> u64;
+    /// The sender id the payload itself names, if it names one.
+    fn named_sender(&self) -> Option<&str>;
+}
+
+impl Signable for Verdict {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn issued_at_ms(&self) -> u64 {
+        self.issued_at_ms
+    }
+    fn named_sender(&self) -> Option<&str> {
+        Some(self.detector_id.as_str())
+    }
+}
+
+impl Signable for Command {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn issued_at_ms(&self) -> u64 {
+        self.issued_at_ms
+    }
+    fn named_sender(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// The `id` of a JSON object, when usable in an ack.
+fn id_of_json(json: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let id = v.get("id")?.as_str()?;
+    (!id.is_empty() && id.len() <= 128 && !id.chars().any(char::is_control)).then(|| id.to_string())
+}
+
+/// The id of a payload that failed a check before it could be trusted: from the
+/// payload of a compact JWS (its signature unchecked), or from plain JSON.
+fn salvage_id(payload: &[u8]) -> Option<String> {
+    if let Some(id) = id_of_json(payload) {
+        return Some(id);
+    }
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.split('.');
+    let (_, body, _) = (parts.next()?, parts.next()?, parts.next()?);
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .ok()?;
+    id_of_json(&json)
+}
+
 impl Enforcer {
-    pub fn new(policy: Policy, state_path: Option<PathBuf>) -> Self {
+    /// An enforcer that verifies every message with `verifier` (the bus CA) and
+    /// keeps the state file at `state_path` (`None`: maps only, tests).
+    pub fn new(policy: Policy, verifier: Verifier, state_path: Option<PathBuf>) -> Self {
         Enforcer {
             policy,
             stats: EnforcerStats::default(),
             state_path,
+            verifier,
+            seen: HashMap::new(),
         }
     }
 
@@ -131,57 +295,124 @@ impl Enforcer {
         }
     }
 
-    /// The id of a payload that failed to decode, when it has a usable one.
-    fn salvage_id(payload: &[u8]) -> Option<String> {
-        let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-        let id = v.get("id")?.as_str()?;
-        (!id.is_empty() && id.len() <= 128 && !id.chars().any(char::is_control))
-            .then(|| id.to_string())
+    /// Checks 1-5 of the module docs; the verified message and its signer.
+    fn admit<M: Signable>(
+        &self,
+        payload: &[u8],
+        topic_identity: &str,
+        trusted: &[String],
+    ) -> Result<(M, NodeId), Refusal> {
+        let signed = self.verifier.verify::<M>(payload).map_err(|e| Refusal {
+            reason: e.refusal(),
+            why: e.to_string(),
+            id: salvage_id(payload),
+            undecodable: matches!(e, SignError::NotJws { .. } | SignError::Payload(_)),
+        })?;
+        let (m, signer) = (signed.message, signed.signer);
+        let with_id = |r: Refusal| Refusal {
+            id: Some(m.id().to_string()),
+            ..r
+        };
+        if signer.as_str() != topic_identity {
+            return Err(with_id(Refusal::new(
+                RefusalReason::IdentityMismatch,
+                format!("signed by {signer:?} but published under {topic_identity:?}'s topic"),
+            )));
+        }
+        if let Some(named) = m.named_sender()
+            && named != signer.as_str()
+        {
+            return Err(with_id(Refusal::new(
+                RefusalReason::IdentityMismatch,
+                format!("signed by {signer:?} but names {named:?} as its sender"),
+            )));
+        }
+        if !trusted.iter().any(|t| t == signer.as_str()) {
+            return Err(with_id(Refusal::new(
+                RefusalReason::UntrustedSender,
+                format!("{signer:?} is not in this gateway's [trust] list"),
+            )));
+        }
+        let now = clock::unix_ms();
+        let age_ms = now.abs_diff(m.issued_at_ms());
+        if age_ms > self.policy.max_age_s.saturating_mul(1000) {
+            return Err(with_id(Refusal::new(
+                RefusalReason::Stale,
+                format!(
+                    "issued_at_ms {} is {} s from this gateway's clock (verdicts.max_age_s = {})",
+                    m.issued_at_ms(),
+                    age_ms / 1000,
+                    self.policy.max_age_s
+                ),
+            )));
+        }
+        if self
+            .seen
+            .get(signer.as_str())
+            .is_some_and(|w| w.contains(m.id()))
+        {
+            return Err(with_id(Refusal::new(
+                RefusalReason::Replayed,
+                format!("id {:?} was already accepted from {signer:?}", m.id()),
+            )));
+        }
+        Ok((m, signer))
     }
 
-    fn malformed(
+    /// Counts and logs a refusal; the ack to publish, if any.
+    fn refuse(
         &mut self,
         kind: &str,
-        payload: &[u8],
-        e: tad_wire::WireError,
+        topic_identity: &str,
+        r: Refusal,
         received: Instant,
     ) -> Option<Ack> {
-        self.stats.malformed += 1;
-        tracing::warn!(kind, error = %e, bytes = payload.len(), "rejected malformed message");
-        Self::salvage_id(payload)
-            .map(|id| self.ack(&id, Outcome::Rejected, Some(e.to_string()), received))
+        *self.stats.refusals.entry(r.reason).or_default() += 1;
+        if r.undecodable {
+            self.stats.malformed += 1;
+        }
+        let reason = reason_name(r.reason);
+        tracing::warn!(kind, sender = topic_identity, reason = %reason, id = r.id.as_deref().unwrap_or(""),
+            error = %r.why, "refused");
+        if r.reason == RefusalReason::Replayed {
+            return None;
+        }
+        let id = r.id?;
+        Some(self.ack(
+            &id,
+            Outcome::Rejected,
+            Some(format!("{reason}: {}", r.why)),
+            received,
+        ))
     }
 
-    /// Handles a verdict payload. `sender` is the publishing client's identity
-    /// when the bus knows it. Returns the ack to publish (none for a payload
-    /// without a usable id).
+    fn remember(&mut self, sender: &NodeId, id: &str) {
+        let cap = self.policy.replay_window;
+        self.seen
+            .entry(sender.to_string())
+            .or_insert_with(|| ReplayWindow::new(cap))
+            .insert(id);
+    }
+
+    /// Handles a verdict payload (a JWS) received on the topic of detector
+    /// `topic_identity` (see the module docs for the checks). Returns the ack to
+    /// publish: none for a payload without a usable id, or a replay.
     pub fn on_verdict<L: Lists + ?Sized>(
         &mut self,
         lists: &mut L,
         payload: &[u8],
-        sender: Option<&str>,
+        topic_identity: &str,
         received: Instant,
     ) -> Option<Ack> {
-        let v: Verdict = match tad_wire::decode(payload) {
-            Ok(v) => v,
-            Err(e) => {
+        let trusted = self.policy.trusted_detectors.clone();
+        let (v, signer) = match self.admit::<Verdict>(payload, topic_identity, &trusted) {
+            Ok(x) => x,
+            Err(r) => {
                 self.stats.verdicts_rejected += 1;
-                return self.malformed("verdict", payload, e, received);
+                return self.refuse("verdict", topic_identity, r, received);
             }
         };
-        let trusted = self
-            .policy
-            .trusted_detectors
-            .iter()
-            .any(|d| d == v.detector_id.as_str())
-            && sender.is_none_or(|s| s == v.detector_id.as_str());
-        let result = if !trusted {
-            Err(format!(
-                "sender {:?} (detector_id {:?}) is not a trusted detector",
-                sender.unwrap_or("?"),
-                v.detector_id
-            ))
-        } else if v.observe_only {
+        let result = if v.observe_only {
             Ok(Outcome::Observed)
         } else {
             let ttl_s = match (v.action, v.ttl_s) {
@@ -199,109 +430,122 @@ impl Enforcer {
                     reason: v.reason,
                     origin: Origin::Detector,
                     text: Some(v.rule.clone()),
-                    by: v.detector_id.as_str(),
+                    by: signer.as_str(),
                     rule_id: rule_id_of(&v.id),
                 },
             )
         };
-        let (outcome, error) = match result {
-            Ok(o) => (o, None),
-            Err(e) => (Outcome::Rejected, Some(e)),
+        let outcome = match result {
+            Ok(o) => o,
+            Err(r) => {
+                self.stats.verdicts_rejected += 1;
+                return self.refuse(
+                    "verdict",
+                    topic_identity,
+                    Refusal {
+                        id: Some(v.id.clone()),
+                        ..r
+                    },
+                    received,
+                );
+            }
         };
+        self.remember(&signer, &v.id);
         match outcome {
             Outcome::Applied => self.stats.verdicts_applied += 1,
             Outcome::NoChange => self.stats.verdicts_no_change += 1,
             Outcome::Observed => self.stats.verdicts_observed += 1,
-            Outcome::Rejected => {
-                self.stats.verdicts_rejected += 1;
-                tracing::warn!(id = %v.id, detector = %v.detector_id, target = %v.target,
-                    error = error.as_deref().unwrap_or(""), "verdict rejected");
-            }
+            Outcome::Rejected => self.stats.verdicts_rejected += 1,
         }
-        if outcome != Outcome::Rejected {
-            tracing::info!(id = %v.id, detector = %v.detector_id, action = ?v.action,
-                target = %v.target, outcome = ?outcome, "verdict");
-        }
-        Some(self.ack(&v.id, outcome, error, received))
+        tracing::info!(id = %v.id, detector = %signer, action = ?v.action,
+            target = %v.target, outcome = ?outcome, "verdict");
+        Some(self.ack(&v.id, outcome, None, received))
     }
 
-    /// Handles a command payload (see [`Self::on_verdict`]). `sender` is the
-    /// publishing dashboard's id when the bus knows it; without it the broker's ACL
-    /// (only dashboards may publish commands) is what vouches for the sender, and
-    /// at least one dashboard must be trusted.
+    /// Handles a command payload (a JWS) received on the topic of dashboard
+    /// `topic_identity` (see [`Self::on_verdict`]).
     pub fn on_command<L: Lists + ?Sized>(
         &mut self,
         lists: &mut L,
         payload: &[u8],
-        sender: Option<&str>,
+        topic_identity: &str,
         received: Instant,
     ) -> Option<Ack> {
-        let c: Command = match tad_wire::decode(payload) {
-            Ok(c) => c,
-            Err(e) => {
+        let trusted = self.policy.trusted_dashboards.clone();
+        let (c, signer) = match self.admit::<Command>(payload, topic_identity, &trusted) {
+            Ok(x) => x,
+            Err(r) => {
                 self.stats.commands_rejected += 1;
-                return self.malformed("command", payload, e, received);
+                return self.refuse("command", topic_identity, r, received);
             }
         };
-        let trusted = match sender {
-            Some(s) => self.policy.trusted_dashboards.iter().any(|d| d == s),
-            None => !self.policy.trusted_dashboards.is_empty(),
+        let reason = match c.action {
+            Action::Quarantine => BlockReason::Quarantine,
+            _ => BlockReason::Manual,
         };
-        let result = if !trusted {
-            Err(format!(
-                "sender {:?} is not a trusted dashboard",
-                sender.unwrap_or("?")
-            ))
-        } else {
-            let reason = match c.action {
-                Action::Quarantine => BlockReason::Quarantine,
-                _ => BlockReason::Manual,
-            };
-            let by = format!("{}@{}", c.operator, sender.unwrap_or("dashboard"));
-            self.act(
-                lists,
-                Request {
-                    action: c.action,
-                    target: c.target,
-                    ttl_s: c.ttl_s,
-                    reason,
-                    origin: Origin::Manual,
-                    text: c.reason.clone(),
-                    by: &by,
-                    rule_id: rule_id_of(&c.id),
-                },
-            )
+        let by = format!("{}@{}", c.operator, signer);
+        let result = self.act(
+            lists,
+            Request {
+                action: c.action,
+                target: c.target,
+                ttl_s: c.ttl_s,
+                reason,
+                origin: Origin::Command,
+                text: c.reason.clone(),
+                by: &by,
+                rule_id: rule_id_of(&c.id),
+            },
+        );
+        let outcome = match result {
+            Ok(o) => o,
+            Err(r) => {
+                self.stats.commands_rejected += 1;
+                return self.refuse(
+                    "command",
+                    topic_identity,
+                    Refusal {
+                        id: Some(c.id.clone()),
+                        ..r
+                    },
+                    received,
+                );
+            }
         };
-        let (outcome, error) = match result {
-            Ok(o) => (o, None),
-            Err(e) => (Outcome::Rejected, Some(e)),
-        };
+        self.remember(&signer, &c.id);
         match outcome {
             Outcome::Applied => self.stats.commands_applied += 1,
-            Outcome::Rejected => {
-                self.stats.commands_rejected += 1;
-                tracing::warn!(id = %c.id, operator = %c.operator, target = %c.target,
-                    error = error.as_deref().unwrap_or(""), "command rejected");
-            }
+            Outcome::Rejected => self.stats.commands_rejected += 1,
             _ => self.stats.commands_no_change += 1,
         }
-        Some(self.ack(&c.id, outcome, error, received))
+        tracing::info!(id = %c.id, by = %by, action = ?c.action, target = %c.target,
+            outcome = ?outcome, "command");
+        Some(self.ack(&c.id, outcome, None, received))
     }
 
-    fn act<L: Lists + ?Sized>(&mut self, lists: &mut L, r: Request<'_>) -> Result<Outcome, String> {
+    fn act<L: Lists + ?Sized>(
+        &mut self,
+        lists: &mut L,
+        r: Request<'_>,
+    ) -> Result<Outcome, Refusal> {
         if let Some(t) = r.ttl_s
             && t > self.policy.max_ttl_s
         {
-            return Err(format!(
-                "ttl_s {t} exceeds this gateway's maximum of {} s",
-                self.policy.max_ttl_s
+            return Err(Refusal::new(
+                RefusalReason::Ttl,
+                format!(
+                    "ttl_s {t} exceeds this gateway's maximum of {} s",
+                    self.policy.max_ttl_s
+                ),
             ));
         }
         let target = r.target.net();
         let sp = self.state_path.as_deref();
+        let other =
+            |e: CtlError| Refusal::new(RefusalReason::Other, format!("applying failed: {e}"));
         match r.action {
             Action::Unblock => {
-                let done = control::unblock(lists, sp, &[target]).map_err(|e| e.to_string())?;
+                let done = control::unblock(lists, sp, &[target]).map_err(other)?;
                 Ok(if done[0].1 {
                     Outcome::Applied
                 } else {
@@ -312,7 +556,7 @@ impl Enforcer {
                 self.policy
                     .width
                     .check(&r.target)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Refusal::new(RefusalReason::TooWide, e.to_string()))?;
                 let req = BlockRequest {
                     net: target,
                     ttl: r.ttl_s.map(std::time::Duration::from_secs),
@@ -334,8 +578,10 @@ impl Enforcer {
                 ) {
                     Ok(o) if o[0].change == Change::Unchanged => Ok(Outcome::NoChange),
                     Ok(_) => Ok(Outcome::Applied),
-                    Err(e @ CtlError::Allowlisted { .. }) => Err(e.to_string()),
-                    Err(e) => Err(format!("applying failed: {e}")),
+                    Err(e @ CtlError::Allowlisted { .. }) => {
+                        Err(Refusal::new(RefusalReason::Allowlisted, e.to_string()))
+                    }
+                    Err(e) => Err(other(e)),
                 }
             }
         }
@@ -345,18 +591,50 @@ impl Enforcer {
 #[cfg(test)]
 mod tests {
     use fw_common::filter::{AllowEntry, ORIGIN_CONFIG};
+    use tad_bus::{
+        Signer,
+        pki::{CertificateAuthority, Validity},
+    };
 
     use super::*;
     use crate::lists::MemLists;
 
+    /// A test CA with signers for the ids the tests use.
+    struct Pki {
+        ca: CertificateAuthority,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            Pki {
+                ca: CertificateAuthority::generate("enforcer test CA", Validity::days(1)).unwrap(),
+            }
+        }
+
+        fn signer(&self, id: &str) -> Signer {
+            let c = self.ca.issue_client(id, Validity::days(1)).unwrap();
+            Signer::from_pem(c.cert_pem.as_bytes(), c.key_pem.as_bytes()).unwrap()
+        }
+
+        fn verifier(&self) -> Verifier {
+            Verifier::from_ca_pem(self.ca.cert_pem().as_bytes()).unwrap()
+        }
+
+        fn enforcer(&self) -> Enforcer {
+            Enforcer::new(policy(), self.verifier(), None)
+        }
+    }
+
     fn policy() -> Policy {
         Policy {
             gateway_id: "gw-1".parse().unwrap(),
-            trusted_detectors: vec!["det-1".into()],
-            trusted_dashboards: vec!["dash-1".into()],
+            trusted_detectors: vec!["detector-1".into(), "detector-3".into()],
+            trusted_dashboards: vec!["dashboard".into()],
             max_ttl_s: 3600,
             default_block_ttl_s: 600,
             width: WidthPolicy::default(),
+            max_age_s: 300,
+            replay_window: 3,
         }
     }
 
@@ -364,8 +642,8 @@ mod tests {
         Verdict {
             v: SCHEMA_VERSION,
             id: id.into(),
-            detector_id: "det-1".parse().unwrap(),
-            issued_at_ms: 1,
+            detector_id: "detector-1".parse().unwrap(),
+            issued_at_ms: clock::unix_ms(),
             action: Action::Quarantine,
             target: target.parse().unwrap(),
             ttl_s: Some(300),
@@ -374,6 +652,19 @@ mod tests {
             confidence: 0.9,
             alert_id: None,
             observe_only: false,
+        }
+    }
+
+    fn command(id: &str, target: &str) -> Command {
+        Command {
+            v: SCHEMA_VERSION,
+            id: id.into(),
+            operator: "alice".into(),
+            issued_at_ms: clock::unix_ms(),
+            action: Action::Block,
+            target: target.parse().unwrap(),
+            ttl_s: Some(60),
+            reason: Some("noisy".into()),
         }
     }
 
@@ -390,21 +681,37 @@ mod tests {
         l
     }
 
+    /// Replaces the JWS payload with `f` of it, keeping header and signature.
+    fn tamper(jws: &[u8], f: impl Fn(String) -> String) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let text = String::from_utf8(jws.to_vec()).unwrap();
+        let parts: Vec<&str> = text.split('.').collect();
+        let body = String::from_utf8(b64.decode(parts[1]).unwrap()).unwrap();
+        format!("{}.{}.{}", parts[0], b64.encode(f(body)), parts[2]).into_bytes()
+    }
+
+    fn refusals(e: &Enforcer) -> Vec<(RefusalReason, u64)> {
+        e.stats.refusals.iter().map(|(r, n)| (*r, *n)).collect()
+    }
+
     #[test]
     fn a_valid_verdict_blocks_and_acks() {
+        let pki = Pki::new();
+        let det = pki.signer("detector-1");
         let mut l = lists();
-        let mut e = Enforcer::new(policy(), None);
+        let mut e = pki.enforcer();
         let ack = e
             .on_verdict(
                 &mut l,
-                &tad_wire::encode(&verdict("v1", "198.51.100.7/32")),
-                Some("det-1"),
+                &det.sign(&verdict("v1", "198.51.100.7/32")),
+                "detector-1",
                 Instant::now(),
             )
             .unwrap();
         assert_eq!(
             (ack.id.as_str(), ack.outcome, ack.gateway_id.as_str()),
-            ("v1", Outcome::Applied, "gw-1")
+            ("v1", Outcome::Applied, "gw-1"),
+            "{ack:?}"
         );
         let entry = l.block[&"198.51.100.7/32".parse().unwrap()];
         assert_eq!(entry.reason, BlockReason::PortScan as u8);
@@ -414,99 +721,327 @@ mod tests {
         let mut v2 = verdict("v2", "198.51.100.7/32");
         v2.ttl_s = Some(60);
         let ack = e
-            .on_verdict(&mut l, &tad_wire::encode(&v2), None, Instant::now())
+            .on_verdict(&mut l, &det.sign(&v2), "detector-1", Instant::now())
             .unwrap();
         assert_eq!(ack.outcome, Outcome::NoChange);
+        assert!(e.stats.refusals.is_empty());
+        assert_eq!(
+            (e.stats.verdicts_applied, e.stats.verdicts_no_change),
+            (1, 1)
+        );
     }
 
     #[test]
-    fn rejections_change_nothing_and_are_counted() {
+    fn unauthentic_verdicts_are_refused_by_reason_and_change_nothing() {
+        let pki = Pki::new();
+        let det1 = pki.signer("detector-1");
+        let det2 = pki.signer("detector-2");
+        let det3 = pki.signer("detector-3");
+        let rogue = CertificateAuthority::generate("rogue CA", Validity::days(1)).unwrap();
+        let rogue_det1 = {
+            let c = rogue.issue_client("detector-1", Validity::days(1)).unwrap();
+            Signer::from_pem(c.cert_pem.as_bytes(), c.key_pem.as_bytes()).unwrap()
+        };
         let mut l = lists();
-        let mut e = Enforcer::new(policy(), None);
-        let mut cases: Vec<(Vec<u8>, Option<&str>)> = Vec::new();
-        let mut v = verdict("a", "192.0.2.5/32"); // management network
-        cases.push((tad_wire::encode(&v), None));
-        v = verdict("b", "192.0.2.0/24"); // holds the management network
-        cases.push((tad_wire::encode(&v), None));
-        v = verdict("c", "198.51.100.7/32");
-        v.detector_id = "mallory".parse().unwrap();
-        cases.push((tad_wire::encode(&v), None));
-        v = verdict("d", "198.51.100.7/32");
-        cases.push((tad_wire::encode(&v), Some("det-2"))); // spoofed detector_id
-        v = verdict("e", "198.51.100.7/32");
-        v.ttl_s = Some(7200); // over this gateway's maximum
-        cases.push((tad_wire::encode(&v), None));
-        v = verdict("f", "198.0.0.0/8"); // too wide
-        cases.push((tad_wire::encode(&v), None));
-        v = verdict("g", "198.51.100.7/32");
-        v.v = 9;
-        cases.push((tad_wire::encode(&v), None));
-        for (payload, sender) in &cases {
+        let mut e = pki.enforcer();
+        let t = "198.51.100.7/32";
+        let mut old = verdict("stale", t);
+        old.issued_at_ms = clock::unix_ms() - 301_000;
+        let mut future = verdict("future", t);
+        future.issued_at_ms = clock::unix_ms() + 301_000;
+        let mut names_other = verdict("names-other", t);
+        names_other.detector_id = "detector-3".parse().unwrap();
+        let mut untrusted = verdict("untrusted", t);
+        untrusted.detector_id = "detector-2".parse().unwrap();
+        let mut bad_version = verdict("bad-version", t);
+        bad_version.v = 9;
+        let cases: Vec<(&str, Vec<u8>, &str, RefusalReason)> = vec![
+            (
+                "tampered",
+                tamper(&det1.sign(&verdict("tampered", "198.51.100.8/32")), |b| {
+                    b.replace("198.51.100.8", "198.51.100.7")
+                }),
+                "detector-1",
+                RefusalReason::BadSignature,
+            ),
+            (
+                "unsigned",
+                tad_wire::encode(&verdict("unsigned", t)),
+                "detector-1",
+                RefusalReason::BadSignature,
+            ),
+            (
+                "foreign-ca",
+                rogue_det1.sign(&verdict("foreign-ca", t)),
+                "detector-1",
+                RefusalReason::BadSignature,
+            ),
+            (
+                "bad-version",
+                det1.sign(&bad_version),
+                "detector-1",
+                RefusalReason::Malformed,
+            ),
+            // detector-2 signs in detector-1's name, on its own topic.
+            (
+                "spoof",
+                det2.sign(&verdict("spoof", t)),
+                "detector-2",
+                RefusalReason::IdentityMismatch,
+            ),
+            // ... or on detector-1's topic (a broker that does not enforce the ACL).
+            (
+                "spoof-topic",
+                det2.sign(&verdict("spoof-topic", t)),
+                "detector-1",
+                RefusalReason::IdentityMismatch,
+            ),
+            // A trusted detector naming another trusted one.
+            (
+                "names-other",
+                det1.sign(&names_other),
+                "detector-1",
+                RefusalReason::IdentityMismatch,
+            ),
+            (
+                "untrusted",
+                det2.sign(&untrusted),
+                "detector-2",
+                RefusalReason::UntrustedSender,
+            ),
+            ("stale", det1.sign(&old), "detector-1", RefusalReason::Stale),
+            (
+                "future",
+                det1.sign(&future),
+                "detector-1",
+                RefusalReason::Stale,
+            ),
+        ];
+        for (id, payload, topic, reason) in &cases {
             let ack = e
-                .on_verdict(&mut l, payload, *sender, Instant::now())
-                .unwrap();
+                .on_verdict(&mut l, payload, topic, Instant::now())
+                .unwrap_or_else(|| panic!("{id}: no ack"));
             assert_eq!(
-                ack.outcome,
-                Outcome::Rejected,
-                "{:?}",
-                String::from_utf8_lossy(payload)
+                (ack.id.as_str(), ack.outcome),
+                (*id, Outcome::Rejected),
+                "{ack:?}"
             );
-            assert!(ack.error.is_some());
+            let err = ack.error.unwrap();
+            assert!(
+                err.starts_with(&format!("{}: ", reason_name(*reason))),
+                "{id}: {err}"
+            );
         }
+        // No id to ack: counted only.
         assert!(
-            e.on_verdict(&mut l, b"\x00garbage", None, Instant::now())
+            e.on_verdict(&mut l, b"\x00garbage", "detector-1", Instant::now())
+                .is_none()
+        );
+        assert!(l.block.is_empty(), "no refused verdict changed a map");
+        assert_eq!(e.stats.verdicts_rejected, cases.len() as u64 + 1);
+        assert_eq!(e.stats.verdicts_applied, 0);
+        assert_eq!(
+            refusals(&e),
+            vec![
+                (RefusalReason::Malformed, 1),
+                (RefusalReason::BadSignature, 4),
+                (RefusalReason::IdentityMismatch, 3),
+                (RefusalReason::UntrustedSender, 1),
+                (RefusalReason::Stale, 2),
+            ]
+        );
+        // Not a JWS (x2: unsigned JSON, garbage) and an invalid message inside.
+        assert_eq!(e.stats.malformed, 3);
+        // detector-3 is trusted and signs its own verdict: accepted.
+        let mut own = verdict("own", t);
+        own.detector_id = "detector-3".parse().unwrap();
+        let ack = e
+            .on_verdict(&mut l, &det3.sign(&own), "detector-3", Instant::now())
+            .unwrap();
+        assert_eq!(ack.outcome, Outcome::Applied, "{ack:?}");
+        assert_eq!(l.block.len(), 1);
+    }
+
+    #[test]
+    fn policy_refusals_are_counted_by_reason() {
+        let pki = Pki::new();
+        let det = pki.signer("detector-1");
+        let mut l = lists();
+        let mut e = pki.enforcer();
+        let mut too_long = verdict("ttl", "198.51.100.7/32");
+        too_long.ttl_s = Some(7200);
+        let cases = [
+            (verdict("mgmt", "192.0.2.5/32"), RefusalReason::Allowlisted),
+            (
+                verdict("holds-mgmt", "192.0.2.0/24"),
+                RefusalReason::Allowlisted,
+            ),
+            (too_long, RefusalReason::Ttl),
+            (verdict("wide", "198.0.0.0/8"), RefusalReason::TooWide),
+        ];
+        for (v, reason) in &cases {
+            let ack = e
+                .on_verdict(&mut l, &det.sign(v), "detector-1", Instant::now())
+                .unwrap();
+            assert_eq!(ack.outcome, Outcome::Rejected, "{ack:?}");
+            assert!(
+                ack.error
+                    .as_deref()
+                    .unwrap()
+                    .starts_with(&reason_name(*reason)),
+                "{ack:?}"
+            );
+        }
+        assert!(l.block.is_empty());
+        assert_eq!(
+            refusals(&e),
+            vec![
+                (RefusalReason::Ttl, 1),
+                (RefusalReason::TooWide, 1),
+                (RefusalReason::Allowlisted, 2),
+            ]
+        );
+        // A refused id is not remembered: fixed and re-sent, it is accepted.
+        let ack = e
+            .on_verdict(
+                &mut l,
+                &det.sign(&verdict("ttl", "198.51.100.7/32")),
+                "detector-1",
+                Instant::now(),
+            )
+            .unwrap();
+        assert_eq!(ack.outcome, Outcome::Applied);
+    }
+
+    #[test]
+    fn replays_are_refused_within_the_window() {
+        let pki = Pki::new();
+        let det = pki.signer("detector-1");
+        let mut l = lists();
+        let mut e = pki.enforcer();
+        let v1 = det.sign(&verdict("r1", "198.51.100.7/32"));
+        assert_eq!(
+            e.on_verdict(&mut l, &v1, "detector-1", Instant::now())
+                .unwrap()
+                .outcome,
+            Outcome::Applied
+        );
+        // Unblocked by hand, then the same signed verdict again: refused, not acked,
+        // and the map stays as it is.
+        l.block.clear();
+        assert!(
+            e.on_verdict(&mut l, &v1, "detector-1", Instant::now())
                 .is_none()
         );
         assert!(l.block.is_empty());
-        assert_eq!(e.stats.verdicts_rejected, cases.len() as u64 + 1);
-        assert_eq!(e.stats.malformed, 2);
+        assert_eq!(refusals(&e), vec![(RefusalReason::Replayed, 1)]);
+        // The window holds 3 ids: after 3 more, r1 is forgotten.
+        for id in ["r2", "r3", "r4"] {
+            let ack = e
+                .on_verdict(
+                    &mut l,
+                    &det.sign(&verdict(id, "198.51.100.9/32")),
+                    "detector-1",
+                    Instant::now(),
+                )
+                .unwrap();
+            assert_ne!(ack.outcome, Outcome::Rejected, "{ack:?}");
+        }
+        assert!(
+            e.on_verdict(
+                &mut l,
+                &det.sign(&verdict("r4", "198.51.100.9/32")),
+                "detector-1",
+                Instant::now()
+            )
+            .is_none(),
+            "r4 is in the window"
+        );
+        assert_eq!(
+            e.on_verdict(&mut l, &v1, "detector-1", Instant::now())
+                .unwrap()
+                .outcome,
+            Outcome::Applied
+        );
+        assert_eq!(e.stats.refusals[&RefusalReason::Replayed], 2);
+        assert_eq!(e.seen["detector-1"].order.len(), 3);
+        assert_eq!(e.seen["detector-1"].ids.len(), 3);
     }
 
     #[test]
-    fn commands_need_a_trusted_dashboard() {
+    fn commands_need_their_own_trusted_dashboard() {
+        let pki = Pki::new();
+        let dash = pki.signer("dashboard");
+        let dash2 = pki.signer("dashboard-2");
         let mut l = lists();
-        let mut e = Enforcer::new(policy(), None);
-        let c = Command {
-            v: SCHEMA_VERSION,
-            id: "c1".into(),
-            operator: "alice".into(),
-            issued_at_ms: 1,
-            action: Action::Block,
-            target: "203.0.113.9/32".parse().unwrap(),
-            ttl_s: Some(60),
-            reason: Some("noisy".into()),
-        };
+        let mut e = pki.enforcer();
+        let c = command("c1", "203.0.113.9/32");
+        // An untrusted dashboard on its own topic.
         let ack = e
-            .on_command(
-                &mut l,
-                &tad_wire::encode(&c),
-                Some("dash-x"),
-                Instant::now(),
-            )
+            .on_command(&mut l, &dash2.sign(&c), "dashboard-2", Instant::now())
             .unwrap();
         assert_eq!(ack.outcome, Outcome::Rejected);
+        assert!(ack.error.unwrap().starts_with("untrusted_sender: "));
+        // The untrusted dashboard's signature on the trusted one's topic.
         let ack = e
-            .on_command(
-                &mut l,
-                &tad_wire::encode(&c),
-                Some("dash-1"),
-                Instant::now(),
-            )
+            .on_command(&mut l, &dash2.sign(&c), "dashboard", Instant::now())
             .unwrap();
-        assert_eq!(ack.outcome, Outcome::Applied);
-        let mut un = c.clone();
-        un.id = "c2".into();
+        assert!(ack.error.unwrap().starts_with("identity_mismatch: "));
+        // Unsigned.
+        let ack = e
+            .on_command(&mut l, &tad_wire::encode(&c), "dashboard", Instant::now())
+            .unwrap();
+        assert!(ack.error.unwrap().starts_with("bad_signature: "));
+        assert!(l.block.is_empty());
+        assert_eq!(e.stats.commands_rejected, 3);
+        assert_eq!(
+            refusals(&e),
+            vec![
+                (RefusalReason::BadSignature, 1),
+                (RefusalReason::IdentityMismatch, 1),
+                (RefusalReason::UntrustedSender, 1),
+            ]
+        );
+
+        let ack = e
+            .on_command(&mut l, &dash.sign(&c), "dashboard", Instant::now())
+            .unwrap();
+        assert_eq!(ack.outcome, Outcome::Applied, "{ack:?}");
+        let entry = l.block[&"203.0.113.9/32".parse().unwrap()];
+        assert_eq!(entry.origin, Origin::Command.code());
+        assert_eq!(entry.reason, BlockReason::Manual as u8);
+        let mut un = command("c2", "203.0.113.9/32");
         un.action = Action::Unblock;
         un.ttl_s = None;
         let ack = e
+            .on_command(&mut l, &dash.sign(&un), "dashboard", Instant::now())
+            .unwrap();
+        assert_eq!(ack.outcome, Outcome::Applied);
+        assert!(l.block.is_empty());
+        assert_eq!(e.stats.commands_applied, 2);
+    }
+
+    #[test]
+    fn commands_record_the_operator_at_the_certificates_dashboard() {
+        let pki = Pki::new();
+        let dash = pki.signer("dashboard");
+        let dir = tempfile::tempdir().unwrap();
+        let state_path = dir.path().join("state.json");
+        let mut l = lists();
+        let mut e = Enforcer::new(policy(), pki.verifier(), Some(state_path.clone()));
+        let ack = e
             .on_command(
                 &mut l,
-                &tad_wire::encode(&un),
-                Some("dash-1"),
+                &dash.sign(&command("c1", "203.0.113.9/32")),
+                "dashboard",
                 Instant::now(),
             )
             .unwrap();
         assert_eq!(ack.outcome, Outcome::Applied);
-        assert!(l.block.is_empty());
+        let st = crate::state::State::load(&state_path).unwrap();
+        let rec = &st.blocks[&"203.0.113.9/32".parse().unwrap()];
+        assert_eq!(rec.by.as_deref(), Some("alice@dashboard"));
+        assert_eq!(rec.origin, Origin::Command);
+        assert_eq!(rec.text.as_deref(), Some("noisy"));
     }
 }

@@ -4,12 +4,26 @@
 //!  collector thread (own map handles)            main task (tokio)
 //!  ├─ every poll interval: Exporter::poll ──records──► DropOldest queue ──FlowBatch──► bus
 //!  ├─ every second: counters + pps, map fill ─────────► CountersSnapshot ───────────► bus
-//!  └─ every sweep interval: expired blocks swept       verdicts/commands ◄── bus
-//!                                                      └─ Enforcer ─► block map + state file ─► Ack
+//!  ├─ every sweep interval: expired blocks swept       verdicts/<det>, commands/<dash> ◄── bus
+//!  └─ every state poll: maps + state file ──view──┐    └─ Enforcer (JWS, identity, trust, age,
+//!                                                 │       replay, policy) ─► block map + state file ─► Ack
+//!                                                 └──► StatePublisher ─► state/delta, state (retained)
+//!  HTTP server (warp, [http] listen) ◄── Exposition (refreshed every second) ─► /metrics, /health
 //! ```
 //!
-//! The flow walk (one syscall per entry) runs on its own thread so a verdict never
-//! waits behind it. While the broker is unreachable, filtering goes on untouched
+//! Verdicts and commands arrive on `tad/v1/gw/<gw>/verdicts/<detector>` and
+//! `.../commands/<dashboard>`; the last topic level is the sender's identity (the
+//! broker ACL lets only that client publish there) and the payload is a JWS the
+//! [`enforcer`] verifies against the bus CA (`bus.ca_file`, read at start: a bad
+//! file is a start-up error). Refusals are counted by reason in the status file
+//! (`fw-ctl status`), the published state and `/metrics`.
+//!
+//! What is enforced is published from the maps themselves ([`enforced`]): a change
+//! made by `fw-ctl block` or `fw-ctl feed load` on the router (maps + state file,
+//! no bus) goes out like one made by a verdict, within `state.poll_interval_ms`.
+//!
+//! The flow walk (one syscall per entry) and the state reads run on their own
+//! thread so a verdict never waits behind them. While the broker is unreachable, filtering goes on untouched
 //! (it runs in the kernel), verdicts simply do not arrive, and flow records wait in
 //! a bounded queue that drops its oldest records when full (counted, reported in the
 //! next batch's `dropped_records`, the counters snapshot and the status file). The
@@ -20,8 +34,10 @@
 //! export pass, the queued records are handed to the bus, the bus is flushed and
 //! closed (offline status), and the XDP program stays pinned and filtering.
 
+pub mod enforced;
 pub mod enforcer;
 pub mod exporter;
+pub mod http;
 pub mod queue;
 
 use std::{
@@ -36,14 +52,16 @@ use std::{
 
 use fw_common::counters::CounterSlot;
 use serde::{Deserialize, Serialize};
-use tad_bus::{BusClient, BusMetrics, ConnectionState, PublishOptions, QoS, RawPayload};
+use tad_bus::{BusClient, BusMetrics, ConnectionState, PublishOptions, QoS, RawPayload, Verifier};
 use tad_wire::{
     CounterEntry, CountersSnapshot, FlowBatch, FlowRecord, MapFill, Mode, NodeId, NodeStatus, Role,
-    SCHEMA_VERSION, partition_of, topic,
+    SCHEMA_VERSION, partition_of,
+    topic::{self, TopicKind},
 };
 use tokio::sync::mpsc;
 
 use self::{
+    enforced::{Enforced, StatePublisher, StateReader},
     enforcer::{Enforcer, EnforcerStats, Policy},
     exporter::Exporter,
     queue::DropOldest,
@@ -87,6 +105,17 @@ pub struct DaemonStatus {
     pub last_error: Option<String>,
     #[serde(default)]
     pub bus_metrics: Option<BusMetrics>,
+    /// Where `/metrics` and `/health` are served (the bound address, so port 0
+    /// in the config shows the real port); `None` when `[http] listen` is empty.
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    /// Revision of the enforced state last published (0 before the first).
+    #[serde(default)]
+    pub state_rev: u64,
+    #[serde(default)]
+    pub state_deltas_published_total: u64,
+    #[serde(default)]
+    pub state_snapshots_published_total: u64,
 }
 
 /// [`EnforcerStats`] as stored in the status file.
@@ -126,6 +155,8 @@ enum Collected {
         mode: Mode,
     },
     Swept(usize),
+    /// What the maps and the state file hold (every `state.poll_interval_ms`).
+    State(Enforced),
     Error(String),
 }
 
@@ -209,10 +240,12 @@ fn collector(dir: PinDir, cfg: GatewayFile, tx: mpsc::Sender<Collected>, stop: A
     let counters_every = Duration::from_millis(e.counters_interval_ms);
     let sweep_every = Duration::from_millis(e.sweep_interval_ms);
     let state_path = cfg.state_path();
+    let state_every = Duration::from_millis(cfg.state.poll_interval_ms);
+    let mut reader = StateReader::new(state_path.clone());
     let mut exporter = Exporter::new(e.timeouts());
     let start = Instant::now();
-    let (mut next_poll, mut next_counters, mut next_sweep) =
-        (start + poll, start, start + sweep_every);
+    let (mut next_poll, mut next_counters, mut next_sweep, mut next_state) =
+        (start + poll, start, start + sweep_every, start);
     let mut prev: Option<(Instant, Vec<u64>)> = None;
     let mut fill: Vec<MapFill> = Vec::new();
     let mut fill_at: Option<Instant> = None;
@@ -294,6 +327,19 @@ fn collector(dir: PinDir, cfg: GatewayFile, tx: mpsc::Sender<Collected>, stop: A
                 }
                 Err(e) => {
                     let _ = send(Collected::Error(format!("sweep: {e}")));
+                }
+            }
+        }
+        if now >= next_state {
+            next_state = now + state_every;
+            match reader.read(&maps) {
+                Ok(v) => {
+                    if !send(Collected::State(v)) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = send(Collected::Error(format!("reading the enforced state: {e}")));
                 }
             }
         }
@@ -384,8 +430,77 @@ async fn recv_opt<M: tad_bus::Inbound>(
     }
 }
 
+/// The sender identity of a verdict or command topic (its last level).
+fn topic_identity(topic: &str) -> String {
+    match TopicKind::parse(topic) {
+        Some(TopicKind::Verdicts { detector, .. }) => detector.to_string(),
+        Some(TopicKind::Commands { dashboard, .. }) => dashboard.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Publishing what the gateway enforces (see [`enforced`]).
+struct StateOut {
+    publisher: StatePublisher,
+    topic_state: String,
+    topic_delta: String,
+}
+
+impl StateOut {
+    fn snapshot(&mut self, bus: Option<&BusClient>, status: &mut DaemonStatus) {
+        let Some(b) = bus else { return };
+        let Some(snap) = self.publisher.snapshot(Instant::now()) else {
+            return;
+        };
+        match b.try_publish(&self.topic_state, &snap, PublishOptions::retained()) {
+            Ok(()) => status.state_snapshots_published_total += 1,
+            Err(e) => {
+                status.errors_total += 1;
+                status.last_error = Some(format!("publishing the state snapshot: {e}"));
+            }
+        }
+    }
+
+    /// Takes a new view; publishes the delta and, when due, a snapshot.
+    fn view(
+        &mut self,
+        v: Enforced,
+        refusals: &tad_wire::RefusalCounts,
+        bus: Option<&BusClient>,
+        status: &mut DaemonStatus,
+    ) {
+        let first = self.publisher.current().is_none();
+        let delta = self.publisher.update(v, refusals, clock::unix_ms());
+        if let Some(cur) = self.publisher.current() {
+            status.state_rev = cur.rev;
+        }
+        if first {
+            self.snapshot(bus, status);
+            return;
+        }
+        if let (Some(d), Some(b)) = (delta, bus) {
+            match b.try_publish(&self.topic_delta, &d, PublishOptions::reliable()) {
+                Ok(()) => status.state_deltas_published_total += 1,
+                // Viewers see the gap and wait for the next snapshot (due: dirty).
+                Err(e) => {
+                    status.errors_total += 1;
+                    status.last_error = Some(format!("publishing a state delta: {e}"));
+                }
+            }
+        }
+        if self.publisher.snapshot_due(Instant::now()) {
+            self.snapshot(bus, status);
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves (see the module docs). Returns the
 /// final status.
+///
+/// # Errors
+/// An invalid configuration; the program cannot be loaded or its pins opened;
+/// the bus CA file (`bus.ca_file`) cannot be read (the error names it); the bus
+/// client cannot be built; `http.listen` cannot be bound.
 pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result<DaemonStatus> {
     let problems = cfg.check();
     if !problems.is_empty() {
@@ -394,21 +509,61 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
             why: problems.join("; "),
         });
     }
-    let (dir, mut maps) = tokio::task::block_in_place(|| prepare(&cfg))?;
     let gw = cfg.node_id()?;
     let status_path = cfg.status_path();
     let state_path = cfg.state_path();
-    let mut enforcer = Enforcer::new(Policy::from_config(&cfg)?, Some(state_path));
-
     let bus_cfg = cfg.bus_config();
     let bus_capacity = bus_cfg.queue_capacity;
+    // Verdicts and commands come only over the bus: without it there is nothing
+    // to verify, so no enforcer (and no CA file needed). Read before anything is
+    // loaded, so a bad file changes nothing.
+    let mut enforcer = if cfg.bus_enabled {
+        let verifier = Verifier::from_bus_config(&bus_cfg).map_err(|e| CtlError::Config {
+            path: PathBuf::from("(config)"),
+            why: format!("bus.ca_file (verifies signed verdicts and commands): {e}"),
+        })?;
+        Some(Enforcer::new(
+            Policy::from_config(&cfg)?,
+            verifier,
+            Some(state_path),
+        ))
+    } else {
+        None
+    };
+    let (dir, mut maps) = tokio::task::block_in_place(|| prepare(&cfg))?;
+    // Bound before the bus starts, so a taken port fails the start cleanly.
+    let mut http_listen = None;
+    let exposition: http::Shared = Arc::new(std::sync::Mutex::new(http::Exposition {
+        gateway_id: gw.to_string(),
+        ..Default::default()
+    }));
+    let (http_stop, http_task) = match cfg.http.addr().map_err(|why| CtlError::Config {
+        path: PathBuf::from("(config)"),
+        why,
+    })? {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| CtlError::Runtime(format!("http.listen {addr}: cannot bind: {e}")))?;
+            let bound = listener.local_addr().map(|a| a.to_string()).ok();
+            tracing::info!(listen = ?bound, "serving /metrics and /health");
+            http_listen = bound;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(http::serve(listener, exposition.clone(), async move {
+                let _ = rx.await;
+            }));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+
     let (bus, mut verdicts, mut commands) = if cfg.bus_enabled {
         let mut b = tad_bus::BusClient::builder(bus_cfg)
             .map_err(|e| CtlError::Runtime(format!("bus: {e}")))?;
-        // Raw bytes: the enforcer decodes them itself so it can count, and where
-        // possible ack, malformed messages.
-        let v = b.subscribe::<RawPayload>(&topic::verdicts(&gw), QoS::AtLeastOnce);
-        let c = b.subscribe::<RawPayload>(&topic::commands(&gw), QoS::AtLeastOnce);
+        // Raw bytes: the enforcer verifies and decodes them itself so it can count,
+        // and where possible ack, every refused message.
+        let v = b.subscribe::<RawPayload>(&topic::verdicts_filter(&gw), QoS::AtLeastOnce);
+        let c = b.subscribe::<RawPayload>(&topic::commands_filter(&gw), QoS::AtLeastOnce);
         b.status(node_status(&gw, &dir, &maps));
         // start(): connect in the background and keep retrying, so the gateway runs
         // (and filters) while the broker is down.
@@ -420,6 +575,7 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
         (None, None, None)
     };
 
+    let started_unix_ms = clock::unix_ms();
     let mut publisher = Publisher {
         gateway_id: gw.clone(),
         partitions: cfg.export.partitions,
@@ -430,10 +586,20 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
             pid: std::process::id(),
             gateway_id: gw.to_string(),
             instance: cfg.instance.clone(),
-            started_unix_ms: clock::unix_ms(),
+            started_unix_ms,
             flow_queue_capacity: cfg.export.queue_capacity,
+            http_listen,
             ..Default::default()
         },
+    };
+    let mut state_out = StateOut {
+        publisher: StatePublisher::new(
+            gw.clone(),
+            started_unix_ms,
+            Duration::from_millis(cfg.state.snapshot_interval_ms),
+        ),
+        topic_state: topic::gateway_state(&gw),
+        topic_delta: topic::gateway_state_delta(&gw),
     };
 
     let (tx, mut rx) = mpsc::channel::<Collected>(64);
@@ -451,13 +617,18 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
     let mut flows_since_snapshot = 0u64;
     tokio::pin!(shutdown);
     let mut state_rx = bus.as_ref().map(|b| b.state());
+    let no_refusals = tad_wire::RefusalCounts::new();
     loop {
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
             Some(r) = recv_opt(&mut verdicts) => {
                 let received = Instant::now();
-                let ack = tokio::task::block_in_place(|| enforcer.on_verdict(&mut maps, &r.message.0, None, received));
+                let who = topic_identity(&r.topic);
+                let ack = match enforcer.as_mut() {
+                    Some(e) => tokio::task::block_in_place(|| e.on_verdict(&mut maps, &r.message.0, &who, received)),
+                    None => None,
+                };
                 if let (Some(ack), Some(b)) = (ack, &bus)
                     && b.try_publish(&topic::acks(&gw), &ack, PublishOptions::reliable()).is_err()
                 {
@@ -466,7 +637,11 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
             }
             Some(r) = recv_opt(&mut commands) => {
                 let received = Instant::now();
-                let ack = tokio::task::block_in_place(|| enforcer.on_command(&mut maps, &r.message.0, None, received));
+                let who = topic_identity(&r.topic);
+                let ack = match enforcer.as_mut() {
+                    Some(e) => tokio::task::block_in_place(|| e.on_command(&mut maps, &r.message.0, &who, received)),
+                    None => None,
+                };
                 if let (Some(ack), Some(b)) = (ack, &bus)
                     && b.try_publish(&topic::acks(&gw), &ack, PublishOptions::reliable()).is_err()
                 {
@@ -485,6 +660,11 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
                     }
                 }
                 Collected::Counters { counters, maps: fill, mode } => {
+                    {
+                        let mut x = exposition.lock().unwrap_or_else(|p| p.into_inner());
+                        x.counters = counters.clone();
+                        x.mode = Some(mode);
+                    }
                     if let Some(b) = bus.as_ref().filter(|b| connected(b)) {
                         let snap = CountersSnapshot {
                             v: SCHEMA_VERSION,
@@ -500,6 +680,19 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
                     }
                 }
                 Collected::Swept(n) => publisher.status.blocks_swept_total += n as u64,
+                Collected::State(v) => {
+                    {
+                        let mut x = exposition.lock().unwrap_or_else(|p| p.into_inner());
+                        x.blocks.clear();
+                        for b in &v.blocks {
+                            *x.blocks.entry(b.origin).or_default() += 1;
+                        }
+                        x.allow_entries = v.allow.len() as u64;
+                        x.mode = Some(v.mode);
+                    }
+                    let refusals = enforcer.as_ref().map_or(&no_refusals, |e| &e.stats.refusals);
+                    state_out.view(v, refusals, bus.as_ref(), &mut publisher.status);
+                }
                 Collected::Error(e) => {
                     tracing::warn!(error = %e, "collector");
                     publisher.status.errors_total += 1;
@@ -510,13 +703,28 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
                 if let Some(b) = &bus {
                     tracing::info!(bus = %bus_state_text(Some(b)), "bus connection");
                     publisher.flush(b, bus_capacity);
+                    if connected(b) {
+                        // A retained snapshot after every (re)connect: the broker may
+                        // have lost it, and deltas queued meanwhile may be gone.
+                        state_out.snapshot(Some(b), &mut publisher.status);
+                    }
                 }
             }
             _ = tick.tick() => {
                 if let Some(b) = &bus {
                     publisher.flush(b, bus_capacity);
                 }
-                write_status(&mut publisher, &enforcer, bus.as_ref(), &status_path);
+                if state_out.publisher.snapshot_due(Instant::now()) {
+                    state_out.snapshot(bus.as_ref(), &mut publisher.status);
+                }
+                write_status(&mut publisher, enforcer.as_ref(), bus.as_ref(), &status_path);
+                let mut x = exposition.lock().unwrap_or_else(|p| p.into_inner());
+                x.enforcer = publisher.status.verdicts.clone();
+                x.records_exported_total = publisher.status.records_exported_total;
+                x.records_dropped_total = publisher.status.records_dropped_total;
+                x.bus = publisher.status.bus.clone();
+                x.bus_connected = bus.as_ref().is_some_and(connected);
+                x.attached = dir.interface_status();
             }
         }
     }
@@ -543,7 +751,16 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    write_status(&mut publisher, &enforcer, bus.as_ref(), &status_path);
+    if let (Some(tx), Some(task)) = (http_stop, http_task) {
+        let _ = tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    write_status(
+        &mut publisher,
+        enforcer.as_ref(),
+        bus.as_ref(),
+        &status_path,
+    );
     if let Some(b) = bus {
         let _ = b.shutdown(Duration::from_secs(5)).await;
     }
@@ -554,10 +771,10 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
     Ok(publisher.status)
 }
 
-fn write_status(p: &mut Publisher, e: &Enforcer, bus: Option<&BusClient>, path: &Path) {
+fn write_status(p: &mut Publisher, e: Option<&Enforcer>, bus: Option<&BusClient>, path: &Path) {
     p.status.at_unix_ms = clock::unix_ms();
     p.status.bus = bus_state_text(bus);
-    p.status.verdicts = e.stats.clone();
+    p.status.verdicts = e.map(|e| e.stats.clone()).unwrap_or_default();
     p.status.flow_queue_len = p.queue.len();
     p.status.records_dropped_total = p.queue.dropped_total;
     p.status.bus_metrics = bus.map(|b| b.metrics());

@@ -322,6 +322,26 @@ impl Drop for Proc {
     }
 }
 
+/// `GET path` over HTTP/1.0 from `addr` (`host:port`): status code and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP header end: {raw}"));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status code: {head}"));
+    (code, body.to_string())
+}
+
 /// Polls `f` until it returns `Some` or `limit` passes.
 pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + limit;
@@ -337,7 +357,9 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 }
 
 /// A gateway.toml for tests: short export timeouts, own addresses not allowlisted
-/// (the daemon may run outside the gateway namespace), the management network.
+/// (the daemon may run outside the gateway namespace), the management network,
+/// `/metrics` and `/health` on a free port (the status file's `http_listen`).
+/// `extra` goes before the first table (top-level keys, or whole tables).
 pub fn gateway_toml(ctl: &Ctl, bus: Option<&str>, extra: &str) -> PathBuf {
     let (enabled, bus_table) = match bus {
         Some(b) => (true, b.to_string()),
@@ -368,6 +390,9 @@ dashboards = ["dashboard"]
 
 [verdicts]
 max_ttl_s = 3600
+
+[http]
+listen = "127.0.0.1:0"
 {bus_table}
 "#,
         inst = ctl.instance,

@@ -13,10 +13,16 @@
 //! 5. A table: attack, attacker, detected at, blocked at, reaction time, attacker
 //!    packets let through before the block, packets dropped since; and the benign
 //!    hosts ever blocked (must be none).
-//! 6. Checks (`--ci` fails on any): every attacker blocked; no benign host ever
+//! 6. Gateway-side actions ([`enforced`]): a `fw-ctl block` and a `fw-ctl feed
+//!    load` on the router appear in the dashboard's blocklist within 2 s (latency
+//!    printed), a 2 s-TTL block disappears, the gateway's `/health` and `/metrics`
+//!    answer.
+//! 7. Checks (`--ci` fails on any): every attacker blocked; no benign host ever
 //!    blocked; five probe packets from each blocked source raise its XDP drop
 //!    counter by five; every detected attack's alert is served by the dashboard
-//!    API with its audit hash.
+//!    API with its audit hash; the step 6 expectations; the gateway's blocklist
+//!    and the dashboard's list for it are the same prefixes at the end; every
+//!    verdict on the bus verified (signature by the detector it names).
 //!
 //! Without `--ci` the dashboard stays up (with benign traffic) until Ctrl-C.
 //!
@@ -81,6 +87,7 @@ fn now_s() -> f64 {
         .unwrap_or(0.0)
 }
 
+mod enforced;
 mod report;
 
 /// What happened to one attack.
@@ -157,7 +164,9 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         }
     };
     let mut failures = Vec::new();
+    enforced::gateway_side(&stack, &mut failures)?;
     report::report(&stack, &outcomes, &benign, &seen, &mut failures)?;
+    enforced::compare_blocklists(&stack, &mut failures)?;
 
     if !failures.is_empty() {
         println!("\nFAILED expectations:");

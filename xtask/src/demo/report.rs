@@ -158,6 +158,17 @@ pub(super) fn report(
         blocked.len()
     );
 
+    // Every verdict on the bus is signed by the detector it names.
+    let rec = stack.recorded();
+    println!(
+        "verdicts on the bus: {} verified, {} not",
+        rec.verdicts.len(),
+        rec.unverified_verdicts.len()
+    );
+    for (_, topic, why) in &rec.unverified_verdicts {
+        failures.push(format!("a verdict on {topic} did not verify: {why}"));
+    }
+
     // Alerts visible through the dashboard API, with their audit hashes.
     if let Some(url) = &stack.dashboard_url {
         match dashboard_alerts(url) {

@@ -48,7 +48,11 @@ pub struct StackOptions {
 #[derive(Default, Debug, Clone, Serialize)]
 pub struct Recorded {
     pub alerts: Vec<(u64, Alert)>,
+    /// Verdicts whose signature verified against the testbed CA, by a certificate
+    /// naming the topic's detector and the payload's `detector_id`.
     pub verdicts: Vec<(u64, Verdict)>,
+    /// Verdicts that did not verify: (arrival, topic, why).
+    pub unverified_verdicts: Vec<(u64, String, String)>,
     pub acks: Vec<(u64, Ack)>,
 }
 
@@ -303,16 +307,46 @@ impl Stack {
 
     fn start_recorder(&mut self, bus: &nodes::Bus) -> anyhow::Result<()> {
         let rec = self.recorded.clone();
+        let cfg = bus.config(RECORDER_ID);
+        let verifier =
+            tad_bus::Verifier::from_bus_config(&cfg).context("the recorder's verdict verifier")?;
         let sub = Subscriber::start(
             testbed::NS_MONITOR,
-            bus.config(RECORDER_ID),
+            cfg,
             "tad/v1/#",
             move |m: tad_bus::client::Received<tad_bus::AnyMessage>| {
                 let t = now_ms();
                 let mut r = rec.lock().expect("recorder lock");
                 match m.message {
                     tad_bus::AnyMessage::Alert(a) => r.alerts.push((t, a)),
-                    tad_bus::AnyMessage::Verdict(v) => r.verdicts.push((t, v)),
+                    tad_bus::AnyMessage::Verdict(v) => {
+                        let topic_det = match tad_wire::topic::TopicKind::parse(&m.topic) {
+                            Some(tad_wire::topic::TopicKind::Verdicts { detector, .. }) => {
+                                Some(detector)
+                            }
+                            _ => None,
+                        };
+                        match v.verify(&verifier) {
+                            Ok(s)
+                                if topic_det.as_deref() == Some(s.signer.as_str())
+                                    && s.message.detector_id == s.signer =>
+                            {
+                                r.verdicts.push((t, s.message))
+                            }
+                            Ok(s) => r.unverified_verdicts.push((
+                                t,
+                                m.topic.clone(),
+                                format!(
+                                    "signed by {} for detector {}",
+                                    s.signer, s.message.detector_id
+                                ),
+                            )),
+                            Err(e) => {
+                                r.unverified_verdicts
+                                    .push((t, m.topic.clone(), e.to_string()))
+                            }
+                        }
+                    }
                     tad_bus::AnyMessage::Ack(a) => r.acks.push((t, a)),
                     _ => {}
                 }

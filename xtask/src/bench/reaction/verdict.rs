@@ -1,5 +1,7 @@
 //! The verdict-to-map half of the reaction benchmark: the benchmark publishes
-//! block (then unblock) verdicts as [`BENCH_DETECTOR_ID`] and reads the pinned block
+//! block (then unblock) verdicts as [`BENCH_DETECTOR_ID`], signed with its
+//! certificate key on its own verdict topic (so the time includes the gateway's
+//! signature check), and reads the pinned block
 //! map until each entry is there (gone); see the parent module's docs.
 use std::{
     net::Ipv4Addr,
@@ -76,14 +78,15 @@ fn bench_verdict(id: String, action: Action, target: Ipv4Addr) -> Verdict {
 /// is present (`want_present`) or gone. Returns (delay ms, largest read gap ms).
 fn publish_and_wait(
     bus: &tad_bus::BusClient,
+    signer: &tad_bus::Signer,
     reader: &BlockReader,
     v: &Verdict,
     target: Ipv4Addr,
     want_present: bool,
 ) -> anyhow::Result<(f64, f64)> {
-    let topic = topic::verdicts(GATEWAY_ID);
+    let topic = topic::verdicts(GATEWAY_ID, BENCH_DETECTOR_ID);
     let t0 = Instant::now();
-    bus.try_publish(&topic, v, tad_bus::PublishOptions::verdict(60))
+    bus.try_publish_signed(&topic, signer, v, tad_bus::PublishOptions::verdict(60))
         .with_context(|| format!("publishing verdict {}", v.id))?;
     let mut last = t0;
     let mut gap = Duration::ZERO;
@@ -145,6 +148,8 @@ pub fn phase(
                 certs: &certs,
             }
             .config(BENCH_DETECTOR_ID);
+            let signer = tad_bus::Signer::from_bus_config(&cfg)
+                .with_context(|| format!("loading {BENCH_DETECTOR_ID}'s signing key"))?;
             let bus = rt
                 .block_on(async {
                     let b = tad_bus::BusClient::builder(cfg)?;
@@ -171,7 +176,7 @@ pub fn phase(
                         );
                         let v = bench_verdict(format!("{prefix}-b{run}-{i}"), Action::Block, t);
                         let published_unix_ns = unix_ns();
-                        let (ms, gap) = publish_and_wait(&bus, &reader, &v, t, true)?;
+                        let (ms, gap) = publish_and_wait(&bus, &signer, &reader, &v, t, true)?;
                         if ms > SLOW_MS {
                             r.slow.push(Slow {
                                 run,
@@ -190,7 +195,7 @@ pub fn phase(
                     for (i, &t) in targets.iter().enumerate() {
                         check_deadline(deadline, limit)?;
                         let v = bench_verdict(format!("{prefix}-u{run}-{i}"), Action::Unblock, t);
-                        let (ms, gap) = publish_and_wait(&bus, &reader, &v, t, false)?;
+                        let (ms, gap) = publish_and_wait(&bus, &signer, &reader, &v, t, false)?;
                         unblocks.push(ms);
                         r.poll_gap_ms_max = r.poll_gap_ms_max.max(gap);
                         std::thread::sleep(pause);
