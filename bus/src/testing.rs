@@ -472,3 +472,45 @@ impl Drop for TestBroker {
         self.kill();
     }
 }
+
+/// Checks `exposition` with Prometheus's own `promtool check metrics` (Debian
+/// package `prometheus`, installed by `cargo xtask setup`): the text exposition
+/// format 0.0.4 as Prometheus parses it, plus promtool's lint rules (HELP and TYPE
+/// for every family, counter names ending in `_total`, base units). For the
+/// `/metrics` tests of fw-ctl and the dashboard.
+///
+/// # Errors
+/// promtool's own report (its stdout and stderr) when it refuses the text, or a
+/// message naming the missing package when promtool cannot be run.
+pub fn promtool_check(exposition: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot run promtool ({e}): run `cargo xtask setup` (Debian package `prometheus`)"
+            )
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(exposition.as_bytes())
+        .map_err(|e| format!("writing to promtool: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for promtool: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool check metrics: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}

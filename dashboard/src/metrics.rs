@@ -237,7 +237,7 @@ fn label<T: serde::Serialize>(v: &T) -> String {
 /// The block gauges, from what the gateways enforce (the held states, their
 /// unexpired entries) and the commands not shown yet:
 /// `tad_dashboard_blocks{gateway,origin}`, `tad_dashboard_pending_commands{status}`,
-/// `tad_dashboard_gateway_state_rev{gateway}`, `tad_dashboard_gateway_state_at_ms{gateway}`
+/// `tad_dashboard_gateway_state_rev{gateway}`, `tad_dashboard_gateway_state_timestamp_seconds{gateway}`
 /// and `tad_dashboard_gateway_refusals{gateway,reason}` (the gateway's own counters).
 pub fn render_blocks(
     states: &[HeldState],
@@ -295,14 +295,15 @@ pub fn render_blocks(
         );
     }
     out.push_str(
-        "# HELP tad_dashboard_gateway_state_at_ms When the gateway read the held state, Unix ms.\n",
+        "# HELP tad_dashboard_gateway_state_timestamp_seconds When the gateway read the held state, Unix time, s.\n",
     );
-    out.push_str("# TYPE tad_dashboard_gateway_state_at_ms gauge\n");
+    out.push_str("# TYPE tad_dashboard_gateway_state_timestamp_seconds gauge\n");
     for h in states {
         let _ = writeln!(
             out,
-            "tad_dashboard_gateway_state_at_ms{{gateway=\"{}\"}} {}",
-            h.state.gateway_id, h.state.at_ms
+            "tad_dashboard_gateway_state_timestamp_seconds{{gateway=\"{}\"}} {:.3}",
+            h.state.gateway_id,
+            h.state.at_ms as f64 / 1e3
         );
     }
     out.push_str("# HELP tad_dashboard_gateway_refusals Verdicts/commands the gateway refused since it started, by reason.\n");

@@ -295,6 +295,10 @@ async fn a_refused_command_is_listed_as_refused_never_as_a_block() {
             .all(|d| d["blocked"] == false)
     );
     let text = metrics_text(&f).await;
+    // Prometheus's own parser and linter accept it.
+    if let Err(e) = tad_bus::testing::promtool_check(&text) {
+        panic!("{e}\n{text}");
+    }
     assert!(
         text.contains("tad_dashboard_pending_commands{status=\"refused\"} 1"),
         "{text}"

@@ -794,6 +794,10 @@ async fn the_gateway_publishes_what_it_enforces() {
     assert_eq!(h["xdp_attached"][0]["name"], "gw0", "{h}");
     let (code, text) = http_get(&http, "/metrics");
     assert_eq!(code, 200);
+    // Prometheus's own parser and linter accept it.
+    if let Err(e) = tad_bus::testing::promtool_check(&text) {
+        panic!("{e}\n{text}");
+    }
     let sample = |series: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())

@@ -44,6 +44,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "chromium",
     "python3-venv",
+    "prometheus",
 ];
 
 /// bpf-linker version built by setup.
