@@ -5,7 +5,10 @@
 //!    `fw-ctl feed load` (no bus involved: they change the pinned maps and the
 //!    state file) are in the dashboard's `GET /api/v1/blocks` within
 //!    [`VISIBLE_WITHIN`], with origin `cli` / `feed`; the latency is reported.
-//! 2. A block with a 2 s TTL disappears from the dashboard once it expires.
+//! 2. A block with a 6 s TTL (long enough for the browser to show it first) disappears from the dashboard once it expires.
+//!    The Blocks page in headless Chromium (`dashboard/e2e/blocks.mjs`) shows the
+//!    CLI and feed rows and the TTL block, and no longer the TTL block once it
+//!    has expired.
 //! 3. The gateway's own `/health` and `/metrics` (Prometheus text) answer on its
 //!    local port.
 //! 4. At the end ([`compare_blocklists`]): the blocklist the gateway holds
@@ -144,23 +147,30 @@ pub(super) fn gateway_side(stack: &Stack, failures: &mut Vec<String>) -> anyhow:
             "block",
             TTL_BLOCK,
             "--ttl",
-            "2s",
+            "6s",
             "--reason",
             "demo: expires",
         ])?;
         let made = Instant::now();
         let shown = wait_dashboard(url, Duration::from_secs(10), |bs| has(bs, TTL_BLOCK, "cli"))?;
-        report_latency("fw-ctl block --ttl 2s", shown, failures);
+        report_latency("fw-ctl block --ttl 6s", shown, failures);
+        let mut want: Vec<(&str, &str)> = vec![(CLI_BLOCK, "cli"), (TTL_BLOCK, "cli")];
+        want.extend(FEED_PREFIXES.iter().map(|p| (*p, "feed")));
+        page_check(url, &want, &[], failures);
         let gone = wait_dashboard(url, Duration::from_secs(15), |bs| {
             !bs.iter().any(|b| b.prefix == TTL_BLOCK)
         })?;
         match gone {
-            Some(_) => println!(
-                "  {TTL_BLOCK} (TTL 2 s) gone from the dashboard {:.2} s after it was made",
-                made.elapsed().as_secs_f64()
-            ),
+            Some(_) => {
+                println!(
+                    "  {TTL_BLOCK} (TTL 6 s) gone from the dashboard {:.2} s after it was made",
+                    made.elapsed().as_secs_f64()
+                );
+                want.retain(|(p, _)| *p != TTL_BLOCK);
+                page_check(url, &want, &[TTL_BLOCK], failures);
+            }
             None => failures.push(format!(
-                "{TTL_BLOCK} with a 2 s TTL still on the dashboard {:.0} s after it was made",
+                "{TTL_BLOCK} with a 6 s TTL still on the dashboard {:.0} s after it was made",
                 made.elapsed().as_secs_f64()
             )),
         }
@@ -177,6 +187,84 @@ pub(super) fn gateway_side(stack: &Stack, failures: &mut Vec<String>) -> anyhow:
         Err(e) => failures.push(format!("gateway HTTP endpoints: {e:#}")),
     }
     Ok(())
+}
+
+/// The Blocks page as headless Chromium shows it (`dashboard/e2e/blocks.mjs`
+/// with playwright-core, the browser test's harness): every `(prefix, origin)`
+/// of `present` has its row, no prefix of `absent` does. Unmet expectations go
+/// to `failures`.
+fn page_check(url: &str, present: &[(&str, &str)], absent: &[&str], failures: &mut Vec<String>) {
+    let rows = match page_rows(url) {
+        Ok(r) => r,
+        Err(e) => {
+            failures.push(format!("the Blocks page in headless Chromium: {e:#}"));
+            return;
+        }
+    };
+    let shown = |p: &str, o: Option<&str>| {
+        rows.iter().any(|r| {
+            r["prefix"].as_str() == Some(p)
+                && r["gateway"].as_str() == Some(GATEWAY_ID)
+                && o.is_none_or(|o| r["origin"].as_str() == Some(o))
+        })
+    };
+    let missing: Vec<String> = present
+        .iter()
+        .filter(|(p, o)| !shown(p, Some(o)))
+        .map(|(p, o)| format!("{p} ({o})"))
+        .collect();
+    let stale: Vec<&str> = absent.iter().copied().filter(|p| shown(p, None)).collect();
+    if missing.is_empty() && stale.is_empty() {
+        println!(
+            "  Blocks page (headless Chromium): {} rows, the {} expected shown{}",
+            rows.len(),
+            present.len(),
+            if absent.is_empty() {
+                String::new()
+            } else {
+                format!(", {} gone", absent.join(", "))
+            }
+        );
+    } else {
+        failures.push(format!(
+            "the Blocks page in headless Chromium: rows missing {missing:?}, rows that should be gone {stale:?}"
+        ));
+    }
+}
+
+/// The enforced rows of the Blocks page: `node dashboard/e2e/blocks.mjs` from
+/// the root namespace (Debian's chromium and the e2e packages from `cargo xtask
+/// setup`), 60 s at most.
+///
+/// # Errors
+/// node or chromium missing, the script's `fail` line, no `ok` line.
+fn page_rows(url: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let script = crate::util::workspace_root().join("dashboard/e2e/blocks.mjs");
+    let child = std::process::Command::new("timeout")
+        .args(["60", "node"])
+        .arg(&script)
+        .env("DASHBOARD_URL", url.trim_end_matches('/'))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running node {}", script.display()))?;
+    let out = child
+        .wait_with_output()
+        .context("waiting for the browser script")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("");
+    match last.strip_prefix("ok ") {
+        Some(json) => serde_json::from_str(json).context("the browser script's rows"),
+        None => bail!(
+            "{}: {} {}",
+            script.display(),
+            if last.is_empty() { "no output" } else { last },
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
+    }
 }
 
 fn report_latency(what: &str, took: Option<Duration>, failures: &mut Vec<String>) {

@@ -15,7 +15,7 @@
 //!    hosts ever blocked (must be none).
 //! 6. Gateway-side actions ([`enforced`]): a `fw-ctl block` and a `fw-ctl feed
 //!    load` on the router appear in the dashboard's blocklist within 2 s (latency
-//!    printed), a 2 s-TTL block disappears, the gateway's `/health` and `/metrics`
+//!    printed), a 6 s-TTL block disappears, the gateway's `/health` and `/metrics`
 //!    answer.
 //! 7. Checks (`--ci` fails on any): every attacker blocked; no benign host ever
 //!    blocked; five probe packets from each blocked source raise its XDP drop
