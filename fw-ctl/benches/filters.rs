@@ -61,23 +61,22 @@
 //!
 //! Options: `--json FILE`, `--runs N` (default 3), `--window-ms MS` (default 3000).
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     fs::File,
     io::Write as _,
     net::Ipv4Addr,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::process::CommandExt as _,
-    },
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
+use common::{Generator, catch_signals, cpu_ticks, in_ns, run, sleep_unless_interrupted};
 use fw_common::{counters::CounterSlot, filter::BlockEntry, maps as m};
 use fw_ctl::bench_env::machine;
 use fw_testkit::{Harness, XDP_DROP, XDP_PASS};
@@ -201,21 +200,6 @@ fn options() -> anyhow::Result<Options> {
 
 // ---- Commands ---------------------------------------------------------------
 
-/// Runs a command to completion; its stdout, or an error naming the command.
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("run {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Runs a command with `input` as its stdin.
 fn run_with_input(cmd: &mut Command, input: &Path) -> anyhow::Result<String> {
     let f = File::open(input).with_context(|| format!("open {}", input.display()))?;
@@ -231,12 +215,6 @@ fn run_with_input(cmd: &mut Command, input: &Path) -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn in_ns(ns: &str, program: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, program]);
-    c
 }
 
 /// Runs `f` on a thread that has entered network namespace `ns` (interface names
@@ -349,74 +327,6 @@ impl Drop for Testbed {
 }
 
 // ---- Generator ----------------------------------------------------------------
-
-/// A running trafgen in its own process group; stopped on drop (also on panic).
-struct Generator {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Generator {
-    fn start(tb: &Testbed, conf: &Path) -> anyhow::Result<Generator> {
-        let stderr = tb.dir.path().join("trafgen.err");
-        let child = in_ns(&tb.gen_ns, "trafgen")
-            .args(["--dev", GEN_IF, "--conf"])
-            .arg(conf)
-            .args([
-                "--cpus",
-                "1",
-                "--prio-high",
-                "--no-sock-mem",
-                "--notouch-irq",
-                "--no-cpu-stats",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr)?)
-            // Own process group (pgid = pid): the workers trafgen forks stay in it.
-            .process_group(0)
-            .spawn()
-            .context("start trafgen (Debian package netsniff-ng)")?;
-        Ok(Generator { child, stderr })
-    }
-
-    fn ensure_running(&mut self) -> anyhow::Result<()> {
-        if let Some(st) = self.child.try_wait()? {
-            let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-            bail!("trafgen exited early ({st}): {}", err.trim());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Generator {
-    fn drop(&mut self) {
-        let pgid = self.child.id() as i32;
-        // SAFETY: signals our own process group. The leader is not reaped before
-        // the SIGKILL below, so the group id cannot have been reused.
-        unsafe { libc::kill(-pgid, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            // Has the leader exited? (WNOWAIT: leave it unreaped.)
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let rc = unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    pgid as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                )
-            };
-            if rc != 0 || unsafe { info.si_pid() } != 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Workers that outlived the leader, or a leader that ignored SIGINT.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
 
 /// trafgen config: UDP frames to the DUT from sources SRC_BASE + [0, sources).
 fn drop_traffic(sources: u32) -> String {
@@ -765,56 +675,10 @@ impl TrivialXdp {
     }
 }
 
-// ---- Interruption -------------------------------------------------------------------
-
-/// Set by SIGINT/SIGTERM/SIGHUP; the waits below then fail, so the Drop guards stop
-/// trafgen and remove the namespaces before the process exits.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn catch_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-fn sleep_unless_interrupted(d: Duration) -> anyhow::Result<()> {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        ensure!(
-            !INTERRUPTED.load(Ordering::SeqCst),
-            "interrupted; cleaning up"
-        );
-        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));
-    }
-    Ok(())
-}
+// Interruption: SIGINT/SIGTERM/SIGHUP set `common::INTERRUPTED`; the waits then fail,
+// so the guards stop trafgen and remove what the run made before the process exits.
 
 // ---- Measurement -------------------------------------------------------------------
-
-/// Per-CPU (busy, softirq) clock ticks from /proc/stat.
-fn cpu_ticks() -> anyhow::Result<Vec<(u64, u64)>> {
-    let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
-    let mut out = Vec::new();
-    for line in stat
-        .lines()
-        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-    {
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        ensure!(v.len() >= 7, "short /proc/stat line {line:?}");
-        // user nice system idle iowait irq softirq [steal ...]; guest is inside user.
-        out.push((v[0] + v[1] + v[2] + v[5] + v[6], v[6]));
-    }
-    Ok(out)
-}
 
 /// One measured window.
 #[derive(Clone, Copy, Debug, Default)]
@@ -845,7 +709,8 @@ fn measure(
     let tick_ns = 1e9 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let sent0 = tb.gen_tx()?;
     let total0 = count()?;
-    let mut generator = Generator::start(tb, conf)?;
+    let mut generator =
+        Generator::start(&tb.gen_ns, GEN_IF, conf, tb.dir.path().join("trafgen.err"))?;
     sleep_unless_interrupted(WARMUP)?;
     generator.ensure_running()?;
     let timed = || -> anyhow::Result<(u64, Instant)> {

@@ -20,7 +20,7 @@
 //!   cookies once its queue is full) die in the router's blackhole route.
 //! - **Legitimate devices**: a thread of this process sends one 64-byte UDP datagram
 //!   on each of 1,000 long-lived flows (50 device addresses x 20 source ports, to the
-//!   victim's UDP port) every second, from before the flood until after it. The
+//!   victim's UDP port) every second (`--legit-period-ms`), from before the flood until after it. The
 //!   victim counts what it receives per flow. A packet that reached the victim has
 //!   passed the XDP program, so a flow is **kept exact** when its entry is in the
 //!   pinned flow map at the end with exactly the packet count the victim received
@@ -46,23 +46,26 @@
 //!   pins itself to CPU 1 (the legitimate traffic and the client run there).
 //!
 //! Cells ([`CELLS`], one table entry each): `no_program`, `program` (the XDP program
-//! as the gateway runs it today: native mode, enforce, rate limits off, flow
-//! accounting on), and `program_no_flood` (the same without the flood: checks that
+//! as the gateway runs it today: enforce, rate limits off, flow accounting on;
+//! attached in generic (skb) mode, see below), and `program_no_flood` (the same without the flood: checks that
 //! the method finds every legitimate flow exact when nothing evicts them). Later
 //! changes of issue 14 add an entry with their config. Each run measures every cell
 //! once (order rotated between runs); figures are medians over runs.
 //!
 //! Options: `--json FILE`, `--runs N` (default 3), `--window-ms MS` (default 10000),
+//! `--legit-period-ms MS` (default 1000: how often each legitimate flow sends),
 //! `--quick` (1 run, 5 s window). Method and latest figures: BENCHMARKS.md, `flood`.
+
+mod common;
 
 use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
     io::Write as _,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -72,6 +75,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
+use common::{Generator, catch_signals, cpu_ticks, in_ns, run, sleep_unless_interrupted};
 use fw_common::{
     config::{GatewayConfig, MODE_ENFORCE},
     counters::CounterSlot,
@@ -109,7 +113,7 @@ const DEVICES: u32 = 50;
 /// Long-lived UDP flows per device (source ports LEGIT_SPORT + j).
 const FLOWS_PER_DEVICE: u32 = 20;
 const LEGIT_SPORT: u16 = 40_000;
-/// Every legitimate flow sends one datagram per period.
+/// Every legitimate flow sends one datagram per period (default; `--legit-period-ms`).
 const LEGIT_PERIOD: Duration = Duration::from_secs(1);
 /// Legitimate traffic before the flood starts (3 packets per flow).
 const LEGIT_WARMUP: Duration = Duration::from_millis(3_000);
@@ -127,6 +131,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const GEN_CPU: usize = 0;
 const BENCH_CPU: usize = 1;
 const FLOOD_WARMUP: Duration = Duration::from_millis(600);
+/// Generic (skb) mode. Native XDP on veth receives through a 256-entry ring that,
+/// when full, pushes back on the sender (this kernel returns busy to a full ring):
+/// with the slow path behind the program (forwarding and the victim's SYN
+/// handling, ~3 µs per packet) trafgen's TX ring flush then fails with EAGAIN and
+/// trafgen exits (measured). In skb mode the packets take the same per-CPU input
+/// backlog as without a program, so both cells shed excess packets in the same
+/// place (counted: `lan_tx_dropped`); on veth the two modes cost the same
+/// (FIELD-NOTES, `filters`).
+const XDP_MODE: XdpMode = XdpMode::Skb;
 
 // ---- Cells --------------------------------------------------------------------------
 
@@ -138,7 +151,7 @@ struct Cell {
     /// One line for the report.
     what: &'static str,
     flood: bool,
-    /// `None`: no XDP program. `Some(f)`: the program in native mode with the
+    /// `None`: no XDP program. `Some(f)`: the program in skb mode with the
     /// gateway's default runtime config (enforce, no rate limits, flow accounting
     /// on) adjusted by `f`.
     program: Option<fn(&mut GatewayConfig)>,
@@ -155,7 +168,7 @@ const CELLS: &[Cell] = &[
     },
     Cell {
         key: "program",
-        what: "program as today (native, flow accounting on), flood",
+        what: "program as today (flow accounting on), flood",
         flood: true,
         program: Some(as_today),
     },
@@ -173,6 +186,7 @@ struct Options {
     json: Option<PathBuf>,
     runs: usize,
     window: Duration,
+    legit_period: Duration,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -180,6 +194,7 @@ fn options() -> anyhow::Result<Options> {
         json: None,
         runs: 3,
         window: Duration::from_millis(10_000),
+        legit_period: LEGIT_PERIOD,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -197,6 +212,13 @@ fn options() -> anyhow::Result<Options> {
                 ensure!(ms >= 1000, "--window-ms must be at least 1000");
                 o.window = Duration::from_millis(ms);
             }
+            "--legit-period-ms" => {
+                let ms: u64 = value("--legit-period-ms")?
+                    .parse()
+                    .context("--legit-period-ms: milliseconds")?;
+                ensure!(ms >= 10, "--legit-period-ms must be at least 10");
+                o.legit_period = Duration::from_millis(ms);
+            }
             "--quick" => {
                 o.runs = 1;
                 o.window = Duration::from_millis(5_000);
@@ -204,7 +226,7 @@ fn options() -> anyhow::Result<Options> {
             // cargo bench passes --bench to harness = false targets.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?}; known: --json FILE, --runs N, --window-ms MS, --quick"
+                "unknown argument {other:?}; known: --json FILE, --runs N, --window-ms MS, --legit-period-ms MS, --quick"
             ),
         }
     }
@@ -213,29 +235,8 @@ fn options() -> anyhow::Result<Options> {
 
 // ---- Commands and namespaces --------------------------------------------------------
 
-/// Runs a command to completion; its stdout, or an error naming the command.
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("run {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     run(Command::new("ip").arg("-n").arg(ns).args(args))
-}
-
-fn in_ns(ns: &str, program: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, program]);
-    c
 }
 
 fn sysctl(ns: &str, kv: &str) -> anyhow::Result<()> {
@@ -443,73 +444,6 @@ fn flood_conf() -> String {
     )
 }
 
-/// A running trafgen in its own process group; stopped on drop (SIGINT to the
-/// group, SIGKILL after 2 s; also on panic). Only the group we started is signalled.
-struct Generator {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Generator {
-    fn start(tb: &Testbed, conf: &Path) -> anyhow::Result<Generator> {
-        let stderr = tb.dir.path().join("trafgen.err");
-        let child = in_ns(&tb.lan, "trafgen")
-            .args(["--dev", LAN_IF, "--conf"])
-            .arg(conf)
-            .args([
-                "--cpus",
-                "1",
-                "--prio-high",
-                "--no-sock-mem",
-                "--notouch-irq",
-                "--no-cpu-stats",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr)?)
-            .process_group(0)
-            .spawn()
-            .context("start trafgen (Debian package netsniff-ng)")?;
-        Ok(Generator { child, stderr })
-    }
-
-    fn ensure_running(&mut self) -> anyhow::Result<()> {
-        if let Some(st) = self.child.try_wait()? {
-            let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-            bail!("trafgen exited early ({st}): {}", err.trim());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Generator {
-    fn drop(&mut self) {
-        let pgid = self.child.id() as i32;
-        // SAFETY: signals the process group of the child we started; the leader is
-        // not reaped before the SIGKILL below, so the group id cannot be reused.
-        unsafe { libc::kill(-pgid, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: waitid on our own child, WNOWAIT leaves it unreaped.
-            let rc = unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    pgid as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                )
-            };
-            if rc != 0 || unsafe { info.si_pid() } != 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
 // ---- Threads: devices, victim, client, exporter -------------------------------------
 
 /// A background thread with a stop flag; `stop` joins it and returns its result.
@@ -574,16 +508,20 @@ fn legit_flow(i: u32) -> SocketAddrV4 {
 
 const LEGIT_FLOWS: u32 = DEVICES * FLOWS_PER_DEVICE;
 
-/// Sends on every legitimate flow once per [`LEGIT_PERIOD`] (spread over 10 ms
-/// ticks); returns the datagrams sent per flow.
-fn devices(stop: &AtomicBool, ready: &std::sync::mpsc::Sender<()>) -> anyhow::Result<Vec<u64>> {
+/// Sends on every legitimate flow once per `period` (spread over 10 ms ticks);
+/// returns the datagrams sent per flow.
+fn devices(
+    period: Duration,
+    stop: &AtomicBool,
+    ready: &std::sync::mpsc::Sender<()>,
+) -> anyhow::Result<Vec<u64>> {
     let socks: Vec<UdpSocket> = (0..LEGIT_FLOWS)
         .map(|i| UdpSocket::bind(legit_flow(i)).with_context(|| format!("bind {}", legit_flow(i))))
         .collect::<anyhow::Result<_>>()?;
     let _ = ready.send(());
     let dst = SocketAddr::from(SocketAddrV4::new(VICTIM, UDP_PORT));
     let payload = [0x5au8; LEGIT_PAYLOAD];
-    let ticks = (LEGIT_PERIOD.as_millis() / 10) as u32;
+    let ticks = (period.as_millis() / 10).max(1) as u32;
     let per_tick = LEGIT_FLOWS.div_ceil(ticks);
     let mut sent = vec![0u64; LEGIT_FLOWS as usize];
     let started = Instant::now();
@@ -769,55 +707,10 @@ fn export_loop(
     })
 }
 
-// ---- Interruption ---------------------------------------------------------------------
-
-/// Set by SIGINT/SIGTERM/SIGHUP; the waits then fail, so the guards stop trafgen,
-/// detach the program and delete the namespaces before the process exits.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn catch_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-fn sleep(d: Duration) -> anyhow::Result<()> {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        ensure!(
-            !INTERRUPTED.load(Ordering::SeqCst),
-            "interrupted; cleaning up"
-        );
-        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));
-    }
-    Ok(())
-}
+// Interruption: SIGINT/SIGTERM/SIGHUP set `common::INTERRUPTED`; the waits then fail,
+// so the guards stop trafgen and remove what the run made before the process exits.
 
 // ---- Measurement ----------------------------------------------------------------------
-
-/// Per-CPU (busy, softirq) clock ticks from /proc/stat.
-fn cpu_ticks() -> anyhow::Result<Vec<(u64, u64)>> {
-    let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
-    let mut out = Vec::new();
-    for line in stat
-        .lines()
-        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-    {
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        ensure!(v.len() >= 7, "short /proc/stat line {line:?}");
-        out.push((v[0] + v[1] + v[2] + v[5] + v[6], v[6]));
-    }
-    Ok(out)
-}
 
 /// Packets dropped by the per-CPU input backlogs (/proc/net/softnet_stat, column 2).
 fn softnet_dropped() -> u64 {
@@ -855,6 +748,8 @@ struct Sample {
     record_packets: Option<u64>,
     legit_records: Option<u64>,
     records: Option<u64>,
+    /// Records per second of the periodic passes (the last, flushing pass excluded).
+    records_per_s: Option<f64>,
     export_pass_ms_max: Option<f64>,
     attempts: Vec<Option<f64>>,
 }
@@ -863,18 +758,20 @@ fn measure(
     tb: &Testbed,
     cell: &Cell,
     window: Duration,
+    period: Duration,
     flood_conf: &Path,
 ) -> anyhow::Result<Sample> {
     let tick_ns = 1e9 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut s = Sample::default();
 
     // The program (if any): fresh maps pinned privately, attached to the router's
-    // LAN interface in native mode; the daemon's export loop on the pins.
+    // LAN interface in skb mode (see XDP_MODE); the daemon's export loop on the pins.
     let pins;
     let mut prog: Option<(Harness, XdpLinkId)> = None;
     let mut exporter = None;
     let export_stop = Arc::new(AtomicBool::new(false));
     let export = Export::default();
+    let mut export_started = None;
     if let Some(adjust) = cell.program {
         pins = Some(PrivatePins::new(&format!("tadfl-{}", std::process::id())));
         let pins = pins.as_ref().expect("just set");
@@ -894,14 +791,15 @@ fn measure(
                     .program_mut(m::PROGRAM)
                     .context("program fw")?
                     .try_into()?;
-                p.attach(RTR_LAN_IF, XdpMode::Driver)
-                    .with_context(|| format!("attach XDP (native) to {RTR_LAN_IF}"))
+                p.attach(RTR_LAN_IF, XDP_MODE)
+                    .with_context(|| format!("attach XDP ({XDP_MODE:?}) to {RTR_LAN_IF}"))
             })
             .join()
             .map_err(|_| anyhow!("attach thread panicked"))?
         })?;
         prog = Some((h, id));
         let pinned = Pinned::open(&pins.0).map_err(|e| anyhow!("open the pinned maps: {e}"))?;
+        export_started = Some(Instant::now());
         exporter = Some(export_loop(
             pinned,
             Exporter::new(export.timeouts()),
@@ -921,19 +819,25 @@ fn measure(
     let mut service = Worker::start(&tb.dev_fd, tcp_service)?;
     let (sent0, dropped0) = tb.lan_tx()?;
     let (xdp0, softnet0) = (xdp_seen(&prog), softnet_dropped());
-    let mut devs = Worker::start(&tb.lan_fd, devices)?;
-    sleep(LEGIT_WARMUP)?;
+    let mut devs = Worker::start(&tb.lan_fd, move |st, tx| devices(period, st, tx))?;
+    // Every flow has sent before the flood starts.
+    sleep_unless_interrupted(LEGIT_WARMUP.max(period + Duration::from_millis(100)))?;
 
     let mut generator = if cell.flood {
-        let g = Generator::start(tb, flood_conf)?;
-        sleep(FLOOD_WARMUP)?;
+        let g = Generator::start(
+            &tb.lan,
+            LAN_IF,
+            flood_conf,
+            tb.dir.path().join("trafgen.err"),
+        )?;
+        sleep_unless_interrupted(FLOOD_WARMUP)?;
         Some(g)
     } else {
         None
     };
     let mut cl = Worker::start(&tb.lan_fd, client(tb.lan_fd.clone()))?;
     let (a_tx, a_cpu, a_t) = (tb.lan_tx()?.0, cpu_ticks()?, Instant::now());
-    sleep(window)?;
+    sleep_unless_interrupted(window)?;
     let (b_cpu, b_t, b_tx) = (cpu_ticks()?, Instant::now(), tb.lan_tx()?.0);
     if let Some(g) = generator.as_mut() {
         g.ensure_running()?;
@@ -1013,6 +917,8 @@ fn measure(
                 }
             }
         }
+        s.records_per_s =
+            export_started.map(|t0| tally.records as f64 / t0.elapsed().as_secs_f64());
         let t = export.timeouts();
         let flush = monotonic_ns() + (t.idle + t.active + Duration::from_secs(1)).as_nanos() as u64;
         let recs = ex
@@ -1101,7 +1007,7 @@ fn main() -> anyhow::Result<()> {
         order.rotate_left(run_i % CELLS.len());
         for cell in order {
             eprintln!("flood: run {} cell {} ({})", run_i + 1, cell.key, cell.what);
-            let s = measure(&tb, cell, opts.window, &conf)
+            let s = measure(&tb, cell, opts.window, opts.legit_period, &conf)
                 .with_context(|| format!("cell {}", cell.key))?;
             let ok = s.attempts.iter().filter(|a| a.is_some()).count();
             eprintln!(
@@ -1216,7 +1122,13 @@ fn report(
                 })
             })
             .collect();
-        let window_s = opts.window.as_secs_f64();
+        // How long the flood takes to write as many new flows as the LRU holds.
+        let turnover_ms = (cell.flood && cell.program.is_some()).then(|| {
+            r(
+                m::FLOWS_MAX_ENTRIES as f64 / med(&|s| s.pkts_per_s) * 1e3,
+                1,
+            )
+        });
         cells.insert(
             cell.key.to_string(),
             json!({
@@ -1230,7 +1142,8 @@ fn report(
                 "legit_flows_exact_share": exact.map(|x| r(x, 4)),
                 "legit_flows_records_exact_share": rec_exact.map(|x| r(x, 4)),
                 "legit_packets_in_records_share": rec_pkts.map(|x| r(x, 4)),
-                "records_per_s": med_opt(&|s| s.records.map(|x| x as f64 / window_s)).map(|x| x.round()),
+                "flow_map_turnover_ms": turnover_ms,
+                "records_per_s": med_opt(&|s| s.records_per_s).map(|x| x.round()),
                 "client_success_share": r(success, 4),
                 "client_attempts": attempts,
                 "connect_ms_p50": p50.map(|x| r(x, 3)),
@@ -1247,7 +1160,7 @@ fn report(
         "runs": opts.runs,
         "window_ms": opts.window.as_millis() as u64,
         "legit_flows": LEGIT_FLOWS,
-        "legit_period_ms": LEGIT_PERIOD.as_millis() as u64,
+        "legit_period_ms": opts.legit_period.as_millis() as u64,
         "connect_per_s": CONNECT_PER_S,
         "connect_timeout_ms": CONNECT_TIMEOUT.as_millis() as u64,
         "flow_map_entries": m::FLOWS_MAX_ENTRIES,
@@ -1258,7 +1171,7 @@ fn report(
         },
         "victim_tcp_syncookies": syncookies,
         "generator": format!("trafgen --cpus 1 --prio-high (worker on CPU {GEN_CPU}), 54-byte TCP SYNs, random sources in 198.18.0.0/15, veth"),
-        "xdp_mode": "native",
+        "xdp_mode": "skb",
         "machine": machine(),
     });
     if let Some(path) = &opts.json {

@@ -7,6 +7,10 @@
 //!   trafgen (fw-ctl/benches/filters.rs; about 8 minutes).
 //! - `flowmap`: one export pass over the flow map at 64k, 256k and 1M entries
 //!   (fw-ctl/benches/flowmap.rs).
+//! - `flood`: a random-source SYN flood (trafgen) against a device behind the XDP
+//!   interface: softirq per packet, legitimate flows kept in the flow map and in
+//!   the exporter's records, a client's connects (fw-ctl/benches/flood.rs; about
+//!   2 minutes, `--quick` about 30 s).
 //! - `pipeline`: flow records per second end to end, gateway daemon to detector
 //!   over MQTT/TLS ([`pipeline`]); `footprint`: RSS and CPU of the daemon, detector
 //!   and dashboard with 1k and 10k active flows ([`footprint`]). Both run on the
@@ -31,6 +35,7 @@ const ALL: &[&str] = &[
     "xdp",
     "filters",
     "flowmap",
+    "flood",
     "detector",
     "pipeline",
     "footprint",
@@ -39,12 +44,15 @@ const ALL: &[&str] = &[
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Benchmarks to run (default: all): xdp, filters, flowmap, detector, pipeline,
-    /// footprint, reaction.
+    /// Benchmarks to run (default: all): xdp, filters, flowmap, flood, detector,
+    /// pipeline, footprint, reaction.
     names: Vec<String>,
     /// Also write the JSON result here (only with a single benchmark).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// flood: one run with a 5 s window instead of 3 runs of 10 s.
+    #[arg(long)]
+    quick: bool,
     #[command(flatten)]
     reaction: reaction::ReactionArgs,
 }
@@ -67,7 +75,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         let out = results.join(format!("{name}.json"));
         let out_s = out.to_string_lossy().into_owned();
         match name {
-            "xdp" | "filters" | "flowmap" => {
+            "xdp" | "filters" | "flowmap" | "flood" => {
                 setup::ensure_ebpf_toolchain()?;
                 anyhow::ensure!(
                     util::is_root(),
@@ -78,6 +86,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                 let mut args = vec!["bench"];
                 args.extend_from_slice(util::WORKSPACE);
                 args.extend_from_slice(&["--bench", name, "--", "--json", &out_s]);
+                if name == "flood" && a.quick {
+                    args.push("--quick");
+                }
                 util::cargo(&args)?;
             }
             "detector" => {
