@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use common::*;
-use dashboard::{api::routes, bus, publish::ChannelPublisher};
+use dashboard::api::routes;
 use tad_bus::{BusClient, PublishOptions, QoS, RawPayload, signing::Verifier, testing::TestBroker};
 use tad_wire::{
     Action, BlockOrigin, Command, RefusalReason, RemovalCause, RemovedBlock, now_ms, topic,
@@ -21,19 +21,8 @@ use warp::{http::StatusCode, test::request};
 async fn dashboard_ingests_from_and_publishes_to_the_bus() {
     let broker =
         TestBroker::start().expect("mosquitto test broker (cargo xtask setup installs it)");
-    let (publisher, outbound) = ChannelPublisher::new(8);
-    let f = fixture_on_bus(Arc::new(publisher), &broker.config("dashboard").unwrap());
-    let app = f.app.clone();
-
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let dash = tokio::spawn(bus::run(
-        app.clone(),
-        broker.config("dashboard").unwrap(),
-        outbound,
-        async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        },
-    ));
+    let dash = OnBus::start(&broker);
+    let app = dash.f.app.clone();
 
     // A gateway (retained online status on connect, Last Will offline) listening
     // for commands, and a detector.
@@ -212,10 +201,5 @@ async fn dashboard_ingests_from_and_publishes_to_the_bus() {
 
     det.shutdown(Duration::from_secs(2)).await.unwrap();
     det2.shutdown(Duration::from_secs(2)).await.unwrap();
-    stop_tx.send_replace(true);
-    tokio::time::timeout(Duration::from_secs(20), dash)
-        .await
-        .expect("dashboard bus task ends")
-        .unwrap()
-        .unwrap();
+    dash.stop().await;
 }

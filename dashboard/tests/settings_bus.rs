@@ -10,7 +10,6 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::*;
-use dashboard::{bus, publish::ChannelPublisher};
 use detector::{config::Config as DetectorConfig, engine::Engine, service};
 use serde_json::{Value, json};
 use tad_bus::{BusClient, testing::TestBroker};
@@ -46,18 +45,8 @@ async fn acked(app: &Arc<dashboard::app::App>, det: &str) -> Value {
 async fn a_change_is_checked_applied_acked_shown_and_removable_with_the_real_detector() {
     let broker =
         TestBroker::start().expect("mosquitto test broker (cargo xtask setup installs it)");
-    let (publisher, outbound) = ChannelPublisher::new(8);
-    let f = fixture_on_bus(Arc::new(publisher), &broker.config("dashboard").unwrap());
-    let app = f.app.clone();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let dash = tokio::spawn(bus::run(
-        app.clone(),
-        broker.config("dashboard").unwrap(),
-        outbound,
-        async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        },
-    ));
+    let dash = OnBus::start(&broker);
+    let app = dash.f.app.clone();
 
     // Before any detector: nothing can be checked.
     let (s, b) = call(
@@ -187,10 +176,5 @@ async fn a_change_is_checked_applied_acked_shown_and_removable_with_the_real_det
         "30; 30 again without the weight; {{}}: applied. The weight: refused. The \
          unknown key never reached the detector"
     );
-    stop_tx.send_replace(true);
-    tokio::time::timeout(Duration::from_secs(20), dash)
-        .await
-        .expect("dashboard bus task ends")
-        .unwrap()
-        .unwrap();
+    dash.stop().await;
 }

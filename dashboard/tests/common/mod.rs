@@ -358,3 +358,39 @@ pub fn gw_delta(rev: u64, at_ms: u64) -> GatewayStateDelta {
         limits: None,
     }
 }
+
+/// The dashboard's bus task ([`dashboard::bus::run`]) on a test broker as
+/// `dashboard`, with a fixture whose publisher feeds it; [`Self::stop`] ends it.
+pub struct OnBus {
+    pub f: Fixture,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), tad_bus::BusError>>,
+}
+
+impl OnBus {
+    /// Starts the bus task for a fresh fixture.
+    pub fn start(broker: &tad_bus::testing::TestBroker) -> OnBus {
+        let (publisher, outbound) = dashboard::publish::ChannelPublisher::new(8);
+        let f = fixture_on_bus(Arc::new(publisher), &broker.config("dashboard").unwrap());
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(dashboard::bus::run(
+            f.app.clone(),
+            broker.config("dashboard").unwrap(),
+            outbound,
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        ));
+        OnBus { f, stop, task }
+    }
+
+    /// Stops the bus task; panics unless it ends cleanly within 20 s.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        tokio::time::timeout(std::time::Duration::from_secs(20), self.task)
+            .await
+            .expect("dashboard bus task ends")
+            .unwrap()
+            .unwrap();
+    }
+}
