@@ -66,7 +66,6 @@ mod common;
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::Write as _,
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
@@ -76,7 +75,9 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
-use common::{Generator, catch_signals, cpu_ticks, in_ns, run, sleep_unless_interrupted};
+use common::{
+    Generator, catch_signals, cpu_ticks, in_ns, run, sleep_unless_interrupted, write_json,
+};
 use fw_common::{counters::CounterSlot, filter::BlockEntry, maps as m};
 use fw_ctl::bench_env::machine;
 use fw_testkit::{Harness, XDP_DROP, XDP_PASS};
@@ -1127,12 +1128,7 @@ fn report(r: &Results, opts: &Options, flows_in_map: usize, took: Duration) -> a
         "machine": machine(),
     });
     if let Some(path) = &opts.json {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
-        let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
-        writeln!(f, "{}", serde_json::to_string_pretty(&doc)?)?;
-        println!("wrote {}", path.display());
+        write_json(path, &doc)?;
     }
     Ok(())
 }

@@ -61,7 +61,6 @@ mod common;
 use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
-    io::Write as _,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
@@ -75,7 +74,9 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
-use common::{Generator, catch_signals, cpu_ticks, in_ns, run, sleep_unless_interrupted};
+use common::{
+    Generator, catch_signals, cpu_ticks, in_ns, run, sleep_unless_interrupted, write_json,
+};
 use fw_common::{
     config::{GatewayConfig, MODE_ENFORCE},
     counters::CounterSlot,
@@ -1175,12 +1176,7 @@ fn report(
         "machine": machine(),
     });
     if let Some(path) = &opts.json {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
-        let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
-        writeln!(f, "{}", serde_json::to_string_pretty(&doc)?)?;
-        println!("wrote {}", path.display());
+        write_json(path, &doc)?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 use std::{
     fs::File,
+    io::Write as _,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -153,4 +154,19 @@ impl Drop for Generator {
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// Writes `doc` pretty-printed to `path` (its directory made if missing) and
+/// says so on stdout.
+///
+/// # Errors
+/// The directory or the file cannot be written.
+pub fn write_json(path: &Path, doc: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string_pretty(doc)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

@@ -195,6 +195,22 @@ impl Refusal {
     }
 }
 
+/// Which of the two signed message kinds a payload is.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Verdict,
+    Command,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Verdict => "verdict",
+            Kind::Command => "command",
+        }
+    }
+}
+
 /// A refusal reason's name (`bad_signature`), as in the status file.
 pub fn reason_name(r: RefusalReason) -> String {
     serde_json::to_value(r)
@@ -362,7 +378,7 @@ impl Enforcer {
     /// Counts and logs a refusal; the ack to publish, if any.
     fn refuse(
         &mut self,
-        kind: &str,
+        kind: Kind,
         topic_identity: &str,
         r: Refusal,
         received: Instant,
@@ -372,7 +388,7 @@ impl Enforcer {
             self.stats.malformed += 1;
         }
         let reason = reason_name(r.reason);
-        tracing::warn!(kind, sender = topic_identity, reason = %reason, id = r.id.as_deref().unwrap_or(""),
+        tracing::warn!(kind = kind.name(), sender = topic_identity, reason = %reason, id = r.id.as_deref().unwrap_or(""),
             error = %r.why, "refused");
         if r.reason == RefusalReason::Replayed {
             return None;
@@ -404,12 +420,13 @@ impl Enforcer {
         topic_identity: &str,
         received: Instant,
     ) -> Option<Ack> {
-        let trusted = self.policy.trusted_detectors.clone();
-        let (v, signer) = match self.admit::<Verdict>(payload, topic_identity, &trusted) {
+        let admitted =
+            self.admit::<Verdict>(payload, topic_identity, &self.policy.trusted_detectors);
+        let (v, signer) = match admitted {
             Ok(x) => x,
             Err(r) => {
-                self.stats.verdicts_rejected += 1;
-                return self.refuse("verdict", topic_identity, r, received);
+                self.count(Kind::Verdict, Outcome::Rejected);
+                return self.refuse(Kind::Verdict, topic_identity, r, received);
             }
         };
         let result = if v.observe_only {
@@ -435,31 +452,18 @@ impl Enforcer {
                 },
             )
         };
-        let outcome = match result {
-            Ok(o) => o,
-            Err(r) => {
-                self.stats.verdicts_rejected += 1;
-                return self.refuse(
-                    "verdict",
-                    topic_identity,
-                    Refusal {
-                        id: Some(v.id.clone()),
-                        ..r
-                    },
-                    received,
-                );
-            }
-        };
-        self.remember(&signer, &v.id);
-        match outcome {
-            Outcome::Applied => self.stats.verdicts_applied += 1,
-            Outcome::NoChange => self.stats.verdicts_no_change += 1,
-            Outcome::Observed => self.stats.verdicts_observed += 1,
-            Outcome::Rejected => self.stats.verdicts_rejected += 1,
+        if let Ok(outcome) = &result {
+            tracing::info!(id = %v.id, detector = %signer, action = ?v.action,
+                target = %v.target, outcome = ?outcome, "verdict");
         }
-        tracing::info!(id = %v.id, detector = %signer, action = ?v.action,
-            target = %v.target, outcome = ?outcome, "verdict");
-        Some(self.ack(&v.id, outcome, None, received))
+        self.finish(
+            Kind::Verdict,
+            topic_identity,
+            &v.id,
+            &signer,
+            result,
+            received,
+        )
     }
 
     /// Handles a command payload (a JWS) received on the topic of dashboard
@@ -471,12 +475,13 @@ impl Enforcer {
         topic_identity: &str,
         received: Instant,
     ) -> Option<Ack> {
-        let trusted = self.policy.trusted_dashboards.clone();
-        let (c, signer) = match self.admit::<Command>(payload, topic_identity, &trusted) {
+        let admitted =
+            self.admit::<Command>(payload, topic_identity, &self.policy.trusted_dashboards);
+        let (c, signer) = match admitted {
             Ok(x) => x,
             Err(r) => {
-                self.stats.commands_rejected += 1;
-                return self.refuse("command", topic_identity, r, received);
+                self.count(Kind::Command, Outcome::Rejected);
+                return self.refuse(Kind::Command, topic_identity, r, received);
             }
         };
         let reason = match c.action {
@@ -497,30 +502,61 @@ impl Enforcer {
                 rule_id: rule_id_of(&c.id),
             },
         );
-        let outcome = match result {
-            Ok(o) => o,
-            Err(r) => {
-                self.stats.commands_rejected += 1;
-                return self.refuse(
-                    "command",
-                    topic_identity,
-                    Refusal {
-                        id: Some(c.id.clone()),
-                        ..r
-                    },
-                    received,
-                );
-            }
-        };
-        self.remember(&signer, &c.id);
-        match outcome {
-            Outcome::Applied => self.stats.commands_applied += 1,
-            Outcome::Rejected => self.stats.commands_rejected += 1,
-            _ => self.stats.commands_no_change += 1,
+        if let Ok(outcome) = &result {
+            tracing::info!(id = %c.id, by = %by, action = ?c.action, target = %c.target,
+                outcome = ?outcome, "command");
         }
-        tracing::info!(id = %c.id, by = %by, action = ?c.action, target = %c.target,
-            outcome = ?outcome, "command");
-        Some(self.ack(&c.id, outcome, None, received))
+        self.finish(
+            Kind::Command,
+            topic_identity,
+            &c.id,
+            &signer,
+            result,
+            received,
+        )
+    }
+
+    /// Counts `o` for a message of `kind` in [`EnforcerStats`].
+    fn count(&mut self, kind: Kind, o: Outcome) {
+        let s = &mut self.stats;
+        match (kind, o) {
+            (Kind::Verdict, Outcome::Applied) => s.verdicts_applied += 1,
+            (Kind::Verdict, Outcome::NoChange) => s.verdicts_no_change += 1,
+            (Kind::Verdict, Outcome::Observed) => s.verdicts_observed += 1,
+            (Kind::Verdict, Outcome::Rejected) => s.verdicts_rejected += 1,
+            (Kind::Command, Outcome::Applied) => s.commands_applied += 1,
+            (Kind::Command, Outcome::Rejected) => s.commands_rejected += 1,
+            (Kind::Command, _) => s.commands_no_change += 1,
+        }
+    }
+
+    /// The end of an admitted message `id` from `signer`: a policy refusal
+    /// (check 6) is counted and answered as one; otherwise the id goes into the
+    /// replay window, the outcome is counted and acked.
+    fn finish(
+        &mut self,
+        kind: Kind,
+        topic_identity: &str,
+        id: &str,
+        signer: &NodeId,
+        result: Result<Outcome, Refusal>,
+        received: Instant,
+    ) -> Option<Ack> {
+        match result {
+            Ok(outcome) => {
+                self.remember(signer, id);
+                self.count(kind, outcome);
+                Some(self.ack(id, outcome, None, received))
+            }
+            Err(r) => {
+                self.count(kind, Outcome::Rejected);
+                let r = Refusal {
+                    id: Some(id.to_string()),
+                    ..r
+                };
+                self.refuse(kind, topic_identity, r, received)
+            }
+        }
     }
 
     fn act<L: Lists + ?Sized>(
