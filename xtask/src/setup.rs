@@ -280,7 +280,7 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
 }
 
 /// `npm ci` for the dashboard's browser test when its packages are missing.
-fn ensure_e2e_packages() -> anyhow::Result<()> {
+pub fn ensure_e2e_packages() -> anyhow::Result<()> {
     let dir = workspace_root().join("dashboard/e2e");
     if !dir.join("package-lock.json").exists() {
         return Ok(());

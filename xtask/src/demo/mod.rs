@@ -118,7 +118,12 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             "tcpreplay",
             "netcat-openbsd",
             "iproute2",
+            "chromium",
         ])?;
+        // The Blocks-page check drives Chromium with playwright-core.
+        if !a.no_dashboard {
+            crate::setup::ensure_e2e_packages()?;
+        }
         crate::build::run()?;
     }
     let _ = testbed::down();
