@@ -7,8 +7,8 @@
 //!
 //! | role | write | read |
 //! |---|---|---|
-//! | gateway `<gw>` | `tad/v1/gw/<gw>/{flows/#,counters,status,acks,state,state/delta}` | `tad/v1/gw/<gw>/{verdicts,commands}/+` |
-//! | detector `<det>` | `tad/v1/det/<det>/#`, `tad/v1/gw/+/verdicts/<det>` | `tad/v1/gw/+/flows/#`, `tad/v1/gw/+/acks`, `tad/v1/settings/#` |
+//! | gateway `<gw>` | `tad/v1/gw/<gw>/{flows/#,evidence/+,counters,status,acks,state,state/delta}` | `tad/v1/gw/<gw>/{verdicts,commands}/+` |
+//! | detector `<det>` | `tad/v1/det/<det>/#`, `tad/v1/gw/+/verdicts/<det>` | `tad/v1/gw/+/flows/#`, `tad/v1/gw/+/evidence/+`, `tad/v1/gw/+/acks`, `tad/v1/settings/#` |
 //! | dashboard `<id>` | `tad/v1/gw/+/commands/<id>`, `tad/v1/settings/thresholds`, `tad/v1/dash/<id>/status` | `tad/v1/#` |
 //!
 //! The identity level at the end of a verdict or command topic is the client's own
@@ -81,6 +81,7 @@ pub fn rules_for(node_id: &str) -> Result<Vec<AclRule>, BrokerConfigError> {
     Ok(match role_of(node_id)? {
         Role::Gateway => vec![
             w(format!("{r}/gw/{node_id}/flows/#")),
+            w(format!("{r}/gw/{node_id}/evidence/+")),
             w(format!("{r}/gw/{node_id}/counters")),
             w(format!("{r}/gw/{node_id}/status")),
             w(format!("{r}/gw/{node_id}/acks")),
@@ -93,6 +94,7 @@ pub fn rules_for(node_id: &str) -> Result<Vec<AclRule>, BrokerConfigError> {
             w(format!("{r}/det/{node_id}/#")),
             w(format!("{r}/gw/+/verdicts/{node_id}")),
             rd(format!("{r}/gw/+/flows/#")),
+            rd(format!("{r}/gw/+/evidence/+")),
             rd(format!("{r}/gw/+/acks")),
             rd(format!("{r}/settings/#")),
         ],
@@ -127,10 +129,10 @@ pub fn render_acl(nodes: &[String]) -> Result<String, BrokerConfigError> {
         }
         let role = match role_of(n)? {
             Role::Gateway => {
-                "gateway: publishes its own flows, counters, status, acks, enforced state; reads its own verdicts and commands"
+                "gateway: publishes its own flows, evidence, counters, status, acks, enforced state; reads its own verdicts and commands"
             }
             Role::Detector => {
-                "detector: reads flows, acks and settings; writes its alerts/trust/status/settings and verdicts under its own id"
+                "detector: reads flows, evidence, acks and settings; writes its alerts/trust/status/settings and verdicts under its own id"
             }
             Role::Dashboard => {
                 "dashboard: reads everything; writes commands under its own id, thresholds and its own status"
@@ -308,6 +310,17 @@ mod tests {
         ));
         assert!(!allowed(&r, Access::Write, "tad/v1/gw/gateway-2/flows/0"));
         assert!(!allowed(&r, Access::Write, "tad/v1/gw/gateway-2/state"));
+        assert!(allowed(&r, Access::Write, "tad/v1/gw/gateway-1/evidence/0"));
+        assert!(!allowed(
+            &r,
+            Access::Write,
+            "tad/v1/gw/gateway-2/evidence/0"
+        ));
+        assert!(
+            !allowed(&r, Access::Write, "tad/v1/gw/gateway-1/evidence/0/x"),
+            "one partition level only"
+        );
+        assert!(!allowed(&r, Access::Read, "tad/v1/gw/gateway-1/evidence/0"));
         assert!(allowed(
             &r,
             Access::Read,
@@ -330,6 +343,11 @@ mod tests {
     fn detector_and_dashboard_rules() {
         let d = rules_for("detector-1").unwrap();
         assert!(allowed(&d, Access::Read, "tad/v1/gw/gateway-7/flows/3"));
+        assert!(allowed(&d, Access::Read, "tad/v1/gw/gateway-7/evidence/3"));
+        assert!(
+            !allowed(&d, Access::Write, "tad/v1/gw/gateway-7/evidence/3"),
+            "only the gateway publishes its evidence"
+        );
         assert!(allowed(
             &d,
             Access::Write,

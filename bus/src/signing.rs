@@ -366,6 +366,7 @@ mod tests {
             confidence: 0.9,
             alert_id: None,
             observe_only: false,
+            port: None,
         }
     }
 

@@ -280,6 +280,7 @@ async fn acl_confines_verdicts_and_commands_to_the_publishers_own_topic() {
         target: "192.0.2.9/32".parse().unwrap(),
         ttl_s: None,
         reason: None,
+        port: None,
     };
     dash2
         .publish_signed(

@@ -286,8 +286,9 @@ async function blocksPage() {
   // the gateways' state does not show yet.
   const tbody = document.getElementById('blocks');
   const pending = document.getElementById('pending');
+  const protectedBody = document.getElementById('protected');
   const stateLine = document.getElementById('blocks-state');
-  let data = { blocks: [], pending: [], gateways: [] };
+  let data = { blocks: [], pending: [], protected: [], gateways: [] };
   const fetchedAt = { t: Date.now() };
   const draw = () => {
     const elapsed = Math.floor((Date.now() - fetchedAt.t) / 1000);
@@ -319,12 +320,43 @@ async function blocksPage() {
       }, 'Unblock'))))
       : [h('tr', {}, h('td', { colspan: 10, class: 'empty' },
         data.gateways.length ? 'Nothing blocked.' : 'No gateway has published its state yet.'))]));
+    // Protected services: the gateways' own list (never a guess from protect_syn
+    // verdicts), with the counters as of the state they come from.
+    const prot = (data.protected || []).filter((p) => p.ttl_left_s === null || p.ttl_left_s - elapsed > 0);
+    protectedBody.replaceChildren(...(prot.length ? prot.map((p) => h('tr', {
+      'data-service': p.service, 'data-origin': p.origin, 'data-gateway': p.gateway_id,
+    },
+      h('td', {}, p.gateway_id),
+      h('td', {}, p.port === null ? `${p.service} (every TCP port)` : p.service),
+      h('td', {}, h('span', { class: `badge origin-${p.origin}` }, p.origin)),
+      h('td', {}, p.rule || '–'),
+      h('td', {}, p.by || '–'),
+      h('td', { title: fmtTime(p.created_ms) }, p.created_ms ? ago(p.created_ms) : 'unknown'),
+      h('td', {}, p.ttl_left_s === null ? 'until removed' : duration(Math.max(0, p.ttl_left_s - elapsed))),
+      h('td', { class: 'num challenged', title: `as of ${fmtTime(p.state_at_ms)}` }, fmtNum(p.challenged)),
+      h('td', { class: 'num' }, fmtNum(p.validated)),
+      h('td', { class: 'num' }, fmtNum(p.passed)),
+      h('td', { class: 'num' }, fmtNum(p.limited)),
+      h('td', {}, h('button', {
+        class: 'small',
+        onclick: async (e) => {
+          e.target.disabled = true;
+          const port = p.port === null ? '' : `&port=${p.port}`;
+          try {
+            await mutate('DELETE', `/protected?gateway_id=${encodeURIComponent(p.gateway_id)}&target=${encodeURIComponent(p.addr)}${port}`);
+          } catch (err) {
+            alert(`Unprotect failed: ${err.message}`);
+          }
+          e.target.disabled = false;
+        },
+      }, 'Unprotect'))))
+      : [h('tr', {}, h('td', { colspan: 12, class: 'empty' }, 'No service under SYN authentication.'))]));
     pending.replaceChildren(...(data.pending.length ? data.pending.map((p) => h('tr', {
       'data-target': p.target, 'data-status': p.status, 'data-command': p.command_id,
     },
       h('td', {}, p.gateway_id),
-      h('td', {}, p.action),
-      h('td', {}, p.target),
+      h('td', {}, p.action.replace(/_/g, ' ')),
+      h('td', {}, p.port ? `${p.target} port ${p.port}` : p.target),
       h('td', {}, p.operator),
       h('td', { title: fmtTime(p.issued_at_ms) }, ago(p.issued_at_ms)),
       h('td', { title: p.error || '' }, p.status === 'refused'
@@ -340,6 +372,21 @@ async function blocksPage() {
   setInterval(draw, 1000);
   on('blocks', throttle(load, 300));
   await fillGatewaySelect(document.getElementById('block-gateway'), false);
+  await fillGatewaySelect(document.getElementById('protect-gateway'), false);
+
+  document.getElementById('protect-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    const body = { gateway_id: f.get('gateway_id'), target: f.get('target').trim(), ttl_s: Number(f.get('ttl_s')) };
+    if (f.get('port')) body.port = Number(f.get('port'));
+    if (f.get('reason').trim()) body.reason = f.get('reason').trim();
+    const out = document.getElementById('protect-result');
+    try {
+      const r = await mutate('POST', '/protected', body);
+      showResult(out, true, `Sent (command ${r.command.id}).`);
+      load();
+    } catch (err) { showResult(out, false, err.message); }
+  });
 
   document.getElementById('block-form').addEventListener('submit', async (e) => {
     e.preventDefault();

@@ -3,7 +3,9 @@
 // Loads DASHBOARD_URL/blocks in headless Chromium, waits until the page has drawn
 // its first answer from GET /api/v1/blocks (a row with data-prefix, or the empty
 // row), and prints one line: `ok <json>` with the enforced rows
-// ([{prefix, origin, gateway}]), or `fail <reason>`. Exit code 0 only with `ok`.
+// ([{prefix, origin, gateway}], then the protected services drawn in the same
+// pass as [{kind: "protected", service, origin, gateway, challenged}]), or
+// `fail <reason>`. Exit code 0 only with `ok`.
 //
 // Env: DASHBOARD_URL (http://HOST:PORT), CHROMIUM (default /usr/bin/chromium).
 import { chromium } from 'playwright-core';
@@ -27,6 +29,12 @@ try {
   const rows = await page.$$eval('#blocks tr[data-prefix]', (trs) => trs.map((tr) => ({
     prefix: tr.dataset.prefix, origin: tr.dataset.origin, gateway: tr.dataset.gateway,
   })));
+  const prot = await page.$$eval('#protected tr[data-service]', (trs) => trs.map((tr) => ({
+    kind: 'protected', service: tr.dataset.service, origin: tr.dataset.origin,
+    gateway: tr.dataset.gateway,
+    challenged: Number((tr.querySelector('td.challenged')?.textContent || '').replace(/[^0-9]/g, '')),
+  })));
+  rows.push(...prot);
   console.log(`ok ${JSON.stringify(rows)}`);
 } catch (e) {
   console.log(`fail ${String(e).split('\n')[0]}`);

@@ -34,7 +34,7 @@ use tad_bus::signing::Unverified;
 use tad_wire::{
     self, Ack, Alert, Command, CountersSnapshot, EnforcedBlock, FlowBatch, GatewayState,
     GatewayStateDelta, Message, NodeStatus, RefusalCounts, RefusalReason, ThresholdSettings,
-    TrustUpdate, Verdict, now_ms, topic::TopicKind,
+    TrustUpdate, Verdict, now_ms, state::ProtectedService, topic::TopicKind,
 };
 
 use crate::{
@@ -165,6 +165,49 @@ fn refusal_increases(
         .collect()
 }
 
+/// A protected service switched on (or changed) in an audited state change.
+#[derive(Serialize)]
+struct ProtectionRecord<'a> {
+    service: String,
+    origin: tad_wire::BlockOrigin,
+    rule: Option<&'a str>,
+    by: Option<&'a str>,
+    expires_at_ms: Option<u64>,
+}
+
+/// The SYN-authentication protections switched on or changed (expiry, origin,
+/// rule) and the services switched off between two states. Counters alone are
+/// not news.
+fn protection_changes<'a>(
+    before: &[ProtectedService],
+    after: &'a [ProtectedService],
+) -> (Vec<ProtectionRecord<'a>>, Vec<String>) {
+    let same_service =
+        |a: &ProtectedService, b: &ProtectedService| a.addr == b.addr && a.port == b.port;
+    let on = after
+        .iter()
+        .filter(|p| {
+            before
+                .iter()
+                .find(|o| same_service(o, p))
+                .is_none_or(|o| !o.same_but_counters(p))
+        })
+        .map(|p| ProtectionRecord {
+            service: p.service(),
+            origin: p.origin,
+            rule: p.rule.as_deref(),
+            by: p.by.as_deref(),
+            expires_at_ms: p.expires_at_ms,
+        })
+        .collect();
+    let off = before
+        .iter()
+        .filter(|o| !after.iter().any(|p| same_service(o, p)))
+        .map(ProtectedService::service)
+        .collect();
+    (on, off)
+}
+
 impl App {
     /// Ingests one bus message. Errors are counted in the metrics and returned;
     /// the caller logs them and goes on.
@@ -194,6 +237,9 @@ impl App {
                 self.on_counters(&s)?;
                 Ok(Ingested::Stored("counters"))
             }
+            // Kernel evidence is for the detectors; the dashboard shows its outcome
+            // (alerts, provisional quarantines in the gateway state).
+            TopicKind::Evidence { .. } => Ok(Ingested::Ignored),
             TopicKind::Flows { gateway: gw, .. } => {
                 let b: FlowBatch = decode(topic, payload)?;
                 same(topic, gw, &b.gateway_id)?;
@@ -266,8 +312,11 @@ impl App {
                 let d: GatewayStateDelta = decode(topic, payload)?;
                 same(topic, gw, &d.gateway_id)?;
                 match self.store.apply_gateway_delta(&d, now_ms())? {
-                    DeltaOutcome::Applied { refusals_before } => {
-                        self.audit_delta(&d, &refusals_before)?;
+                    DeltaOutcome::Applied {
+                        refusals_before,
+                        protected_before,
+                    } => {
+                        self.audit_delta(&d, &refusals_before, &protected_before)?;
                         self.emit(LiveEvent::Blocks);
                         Ok(Ingested::Stored("state_delta"))
                     }
@@ -427,7 +476,13 @@ impl App {
         let empty = RefusalCounts::new();
         // A restarted gateway counts from zero again: only increases are news.
         let increases = refusal_increases(before.map_or(&empty, |b| &b.refusals), &s.refusals);
-        if upserted.is_empty() && removed.is_empty() && increases.is_empty() {
+        let (on, off) = protection_changes(before.map_or(&[], |b| &b.protected), &s.protected);
+        if upserted.is_empty()
+            && removed.is_empty()
+            && increases.is_empty()
+            && on.is_empty()
+            && off.is_empty()
+        {
             return Ok(());
         }
         self.audit(
@@ -436,6 +491,7 @@ impl App {
                 "gateway_id": s.gateway_id, "via": "snapshot", "rev": s.rev, "at_ms": s.at_ms,
                 "upserted": upserted, "removed": removed,
                 "refusals_increased": increases,
+                "protected_on": on, "protected_off": off,
             }),
         )?;
         Ok(())
@@ -447,13 +503,24 @@ impl App {
         &self,
         d: &GatewayStateDelta,
         refusals_before: &RefusalCounts,
+        protected_before: &[ProtectedService],
     ) -> Result<(), IngestError> {
         let increases = d
             .refusals
             .as_ref()
             .map(|r| refusal_increases(refusals_before, r))
             .unwrap_or_default();
-        if d.upserted.is_empty() && d.removed.is_empty() && increases.is_empty() {
+        let (on, off) = d
+            .protected
+            .as_ref()
+            .map(|p| protection_changes(protected_before, p))
+            .unwrap_or_default();
+        if d.upserted.is_empty()
+            && d.removed.is_empty()
+            && increases.is_empty()
+            && on.is_empty()
+            && off.is_empty()
+        {
             return Ok(());
         }
         let upserted: Vec<EntryRecord<'_>> = d.upserted.iter().map(EntryRecord::from).collect();
@@ -463,6 +530,7 @@ impl App {
                 "gateway_id": d.gateway_id, "via": "delta", "rev": d.rev, "at_ms": d.at_ms,
                 "upserted": upserted, "removed": d.removed,
                 "refusals_increased": increases,
+                "protected_on": on, "protected_off": off,
             }),
         )?;
         Ok(())
@@ -504,7 +572,11 @@ impl App {
         for c in &s.counters {
             match (c.verdict, c.reason) {
                 (V::Pass, _) => p.pass_pps += c.pps,
-                (V::Drop, Reason::SynRate) => p.drop_syn_rate_pps += c.pps,
+                // SYNs that never reached their server: the per-source SYN limit,
+                // a protected service's fallback rate, a SYN-authentication challenge.
+                (V::Drop, Reason::SynRate | Reason::VictimRate) | (V::Tx, _) => {
+                    p.drop_syn_rate_pps += c.pps
+                }
                 (V::Drop, Reason::PktRate) => p.drop_pkt_rate_pps += c.pps,
                 (V::Drop, _) => p.drop_blocklist_pps += c.pps,
                 (V::WouldDrop, _) => p.would_drop_pps += c.pps,

@@ -237,6 +237,7 @@ fn label<T: serde::Serialize>(v: &T) -> String {
 /// The block gauges, from what the gateways enforce (the held states, their
 /// unexpired entries) and the commands not shown yet:
 /// `tad_dashboard_blocks{gateway,origin}`, `tad_dashboard_pending_commands{status}`,
+/// `tad_dashboard_protected_services{gateway}` (SYN authentication),
 /// `tad_dashboard_gateway_state_rev{gateway}`, `tad_dashboard_gateway_state_timestamp_seconds{gateway}`
 /// and `tad_dashboard_gateway_refusals{gateway,reason}` (the gateway's own counters).
 pub fn render_blocks(
@@ -253,6 +254,7 @@ pub fn render_blocks(
             BlockOrigin::Verdict,
             BlockOrigin::Command,
             BlockOrigin::Config,
+            BlockOrigin::Datapath,
         ] {
             by.insert((h.state.gateway_id.as_str(), o), 0);
         }
@@ -281,6 +283,22 @@ pub fn render_blocks(
             out,
             "tad_dashboard_pending_commands{{status=\"{}\"}} {n}",
             label(&st)
+        );
+    }
+    out.push_str("# HELP tad_dashboard_protected_services TCP services a gateway protects with SYN authentication (from its published state).\n");
+    out.push_str("# TYPE tad_dashboard_protected_services gauge\n");
+    let now = tad_wire::now_ms();
+    for h in states {
+        let n = h
+            .state
+            .protected
+            .iter()
+            .filter(|p| p.expires_at_ms.is_none_or(|e| e > now))
+            .count();
+        let _ = writeln!(
+            out,
+            "tad_dashboard_protected_services{{gateway=\"{}\"}} {n}",
+            h.state.gateway_id
         );
     }
     out.push_str(

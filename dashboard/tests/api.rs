@@ -887,3 +887,91 @@ async fn every_read_is_documented_in_the_openapi_file() {
         assert!(spec.contains(mutation), "{mutation}");
     }
 }
+
+#[tokio::test]
+async fn protect_and_unprotect_publish_signed_syn_auth_commands_for_one_host() {
+    let f = fixture();
+    known_gateway(&f.app);
+    let before = snapshot(&f).await;
+    for (body, needle) in [
+        (
+            json!({"gateway_id": GW, "target": "192.0.2.0/24", "ttl_s": 600}),
+            "one host",
+        ),
+        (
+            json!({"gateway_id": GW, "target": "192.0.2.10", "port": 0, "ttl_s": 600}),
+            "port",
+        ),
+        (json!({"gateway_id": GW, "target": "192.0.2.10"}), "ttl_s"),
+        (
+            json!({"gateway_id": GW, "target": "192.0.2.10", "ttl_s": 2_592_001}),
+            "ttl_s",
+        ),
+    ] {
+        let (got, answer) = post(&f, "/api/v1/protected", Some(&bearer()), &body).await;
+        assert_eq!(got, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(needle),
+            "{body}: {answer}"
+        );
+        assert_unchanged(&f, &before).await;
+    }
+    let (status, _) = post(
+        &f,
+        "/api/v1/protected",
+        None,
+        &json!({"gateway_id": GW, "target": "192.0.2.10", "port": 80, "ttl_s": 600}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, body) = post(
+        &f,
+        "/api/v1/protected",
+        Some(&bearer()),
+        &json!({"gateway_id": GW, "target": "192.0.2.10", "port": 80, "ttl_s": 600,
+                "reason": "camera under flood"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let sent = f.publisher.sent();
+    assert_eq!(sent[0].topic, topic::commands(GW, "dashboard"));
+    assert!(sent[0].signed);
+    let cmd: Command = tad_wire::decode(&sent[0].payload).unwrap();
+    assert_eq!(
+        (cmd.action, cmd.target.to_string(), cmd.port, cmd.ttl_s),
+        (
+            Action::ProtectSyn,
+            "192.0.2.10/32".into(),
+            Some(80),
+            Some(600)
+        )
+    );
+    // Pending (not a block, not yet a protection) until the gateway's state lists it.
+    let (_, blocks) = get(&f.app, "/api/v1/blocks").await;
+    assert_eq!(blocks["blocks"], json!([]));
+    assert_eq!(blocks["protected"], json!([]));
+    assert_eq!(
+        (
+            &blocks["pending"][0]["action"],
+            &blocks["pending"][0]["port"]
+        ),
+        (&json!("protect_syn"), &json!(80))
+    );
+
+    let res = request()
+        .method("DELETE")
+        .path(&format!(
+            "/api/v1/protected?gateway_id={GW}&target=192.0.2.10&port=80"
+        ))
+        .header("authorization", bearer())
+        .header("host", "dash.example:8080")
+        .reply(&routes(f.app.clone()))
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let cmd: Command = tad_wire::decode(&f.publisher.sent()[1].payload).unwrap();
+    assert_eq!(
+        (cmd.action, cmd.port, cmd.ttl_s),
+        (Action::UnprotectSyn, Some(80), None)
+    );
+}

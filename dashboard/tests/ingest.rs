@@ -238,6 +238,7 @@ fn commands_from_another_dashboard_are_verified_against_their_topic_level() {
         target: "192.0.2.30".parse().unwrap(),
         ttl_s: None,
         reason: None,
+        port: None,
     };
     // dashboard-2 signing, claiming to be dashboard: refused.
     let err = f
@@ -456,4 +457,107 @@ async fn influx_export_gets_counters_alerts_and_trust() {
     assert!(text.starts_with("tad_traffic,gateway=gateway-1,mode=enforce pass_pps=10,"));
     assert!(text.contains("\ntad_alert,gateway=gateway-1,detector=detector-1,kind=port_scan"));
     assert!(text.contains("\ntad_trust,device=192.0.2.10,level=alert score=40,"));
+}
+
+#[test]
+fn protect_syn_verdicts_and_acks_are_stored_and_audited_and_protection_comes_only_from_state() {
+    use tad_wire::{Ack, Action, BlockReason, Outcome, state::ProtectedService};
+
+    let f = fixture();
+    let now = now_ms();
+    let mut v = verdict("v-protect", now, "192.0.2.10/32");
+    v.action = Action::ProtectSyn;
+    v.port = Some(80);
+    v.ttl_s = Some(300);
+    v.reason = BlockReason::SynFlood;
+    v.rule = "synflood.spoofed".into();
+    assert_eq!(
+        f.app
+            .ingest(&topic::verdicts(GW, DET), &sign_as(DET, &v))
+            .unwrap(),
+        Ingested::Stored("verdict")
+    );
+    let stored = &f.app.store.verdicts(10).unwrap()[0].verdict;
+    assert_eq!((stored.action, stored.port), (Action::ProtectSyn, Some(80)));
+    let r = audit_records(&f).pop().unwrap();
+    assert_eq!(
+        (&r["kind"], &r["data"]["verdict"]["action"]),
+        (&"verdict".into(), &"protect_syn".into())
+    );
+    // Neither a block nor a protection: only the gateway's state says what it does.
+    assert!(f.app.store.blocks(now).unwrap().is_empty());
+    assert!(f.app.store.protected(now).unwrap().is_empty());
+    let ack = Ack {
+        v: SCHEMA_VERSION,
+        id: "v-protect".into(),
+        gateway_id: GW.parse().unwrap(),
+        outcome: Outcome::Applied,
+        error: None,
+        at_ms: now,
+        apply_us: 90,
+    };
+    assert_eq!(
+        f.app
+            .ingest(&topic::acks(GW), &tad_wire::encode(&ack))
+            .unwrap(),
+        Ingested::Stored("ack")
+    );
+    assert_eq!(audit_records(&f).pop().unwrap()["kind"], "ack");
+
+    let svc = |challenged| ProtectedService {
+        addr: "192.0.2.10".parse().unwrap(),
+        port: Some(80),
+        origin: BlockOrigin::Verdict,
+        rule: Some("synflood.spoofed".into()),
+        by: Some(DET.into()),
+        created_ms: now,
+        expires_at_ms: Some(now + 300_000),
+        challenged,
+        validated: 1,
+        passed: 2,
+        limited: 0,
+    };
+    let mut s = gw_state(20, now, vec![]);
+    s.protected = vec![svc(500)];
+    f.app
+        .ingest(&topic::gateway_state(GW), &tad_wire::encode(&s))
+        .unwrap();
+    let p = f.app.store.protected(now).unwrap();
+    assert_eq!(
+        (
+            p[0].service.as_str(),
+            p[0].origin,
+            p[0].challenged,
+            p[0].by.as_deref()
+        ),
+        ("192.0.2.10:80", BlockOrigin::Verdict, 500, Some(DET))
+    );
+    assert!(
+        f.app.store.blocks(now).unwrap().is_empty(),
+        "no source is blocked"
+    );
+    let r = audit_records(&f).pop().unwrap();
+    assert_eq!(r["kind"], "gateway_state");
+    assert_eq!(r["data"]["protected_on"][0]["service"], "192.0.2.10:80");
+    let audited = audit_records(&f).len();
+    // The next snapshot only moves the counters: shown, not audited.
+    s.protected = vec![svc(90_000)];
+    s.at_ms = now + 5_000;
+    f.app
+        .ingest(&topic::gateway_state(GW), &tad_wire::encode(&s))
+        .unwrap();
+    assert_eq!(f.app.store.protected(now).unwrap()[0].challenged, 90_000);
+    assert_eq!(audit_records(&f).len(), audited);
+    // The flood ends: the delta takes the service off, audited.
+    let mut d = gw_delta(21, now + 6_000);
+    d.protected = Some(vec![]);
+    assert_eq!(
+        f.app
+            .ingest(&topic::gateway_state_delta(GW), &tad_wire::encode(&d))
+            .unwrap(),
+        Ingested::Stored("state_delta")
+    );
+    assert!(f.app.store.protected(now).unwrap().is_empty());
+    let r = audit_records(&f).pop().unwrap();
+    assert_eq!(r["data"]["protected_off"][0], "192.0.2.10:80");
 }

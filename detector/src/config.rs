@@ -59,6 +59,7 @@ pub struct Config {
     pub bus: tad_bus::BusConfig,
     pub service: ServiceSection,
     pub portscan: PortScan,
+    pub evidence: Evidence,
     pub synflood: SynFlood,
     pub spike: Spike,
     pub bruteforce: BruteForce,
@@ -170,6 +171,33 @@ impl Default for PortScan {
     }
 }
 
+/// The kernel-evidence rules (`rules::evidence`): the gateways' per-address,
+/// per-epoch counts ([`tad_wire::EvidenceBatch`]) judged with the `[portscan]`
+/// thresholds (`window_s`, `vertical_ports`, `horizontal_hosts`, `sweep_hosts`) and
+/// the `[synflood]` victim thresholds (`window_s`, `per_victim_half_open`,
+/// `spoofed_min_sources`), without waiting for flow records.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Evidence {
+    /// Whether evidence batches are used at all (`false`: ignored and counted; the
+    /// XDP program's provisional quarantines then expire by themselves).
+    pub enabled: bool,
+    /// Share of a source's new flows in the window left without a reply (refused,
+    /// ICMP error or silence: `new_flows - replies`) at or above which many
+    /// distinct ports or hosts make a scan, in [0, 1]. A busy client whose
+    /// connections are answered stays far below it.
+    pub unreplied_share: f64,
+}
+
+impl Default for Evidence {
+    fn default() -> Self {
+        Evidence {
+            enabled: true,
+            unreplied_share: 0.5,
+        }
+    }
+}
+
 /// SYN floods (`rules::synflood`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -185,6 +213,15 @@ pub struct SynFlood {
     /// Distinct sources at which a victim-side flood counts as distributed or
     /// spoofed (reported without a source).
     pub spoofed_min_sources: u32,
+    /// Answer a victim-side flood with SYN authentication of the victim at its
+    /// gateway (`ProtectSyn` verdict; `fw_common::synauth`), switched off again
+    /// `syn_auth_quiet_s` after the flood's last sign.
+    pub syn_auth: bool,
+    /// Lifetime of a `ProtectSyn` verdict, seconds (renewed while the flood goes
+    /// on; the gateway ends it by itself if no `UnprotectSyn` arrives).
+    pub syn_auth_ttl_s: u64,
+    /// Seconds without a victim-side flood detection before `UnprotectSyn`.
+    pub syn_auth_quiet_s: f64,
 }
 
 impl Default for SynFlood {
@@ -194,6 +231,9 @@ impl Default for SynFlood {
             per_source_half_open: 20,
             per_victim_half_open: 200,
             spoofed_min_sources: 50,
+            syn_auth: true,
+            syn_auth_ttl_s: 300,
+            syn_auth_quiet_s: 5.0,
         }
     }
 }
@@ -492,6 +532,22 @@ impl Config {
         }
         if self.partitions.count == 0 {
             return bad("partitions.count must be at least 1".into());
+        }
+        if !(1..=tad_wire::MAX_TTL_S).contains(&self.synflood.syn_auth_ttl_s) {
+            return bad(format!(
+                "synflood.syn_auth_ttl_s = {} must be 1-{} s",
+                self.synflood.syn_auth_ttl_s,
+                tad_wire::MAX_TTL_S
+            ));
+        }
+        if !(self.synflood.syn_auth_quiet_s.is_finite()
+            && self.synflood.syn_auth_quiet_s > 0.0
+            && (self.synflood.syn_auth_quiet_s as u64) < self.synflood.syn_auth_ttl_s)
+        {
+            return bad(format!(
+                "synflood.syn_auth_quiet_s = {} must be above 0 and below synflood.syn_auth_ttl_s",
+                self.synflood.syn_auth_quiet_s
+            ));
         }
         if let Some(p) = self
             .partitions

@@ -17,18 +17,43 @@
 //!   source showing spoofing evidence; no new verdict while a quarantine is active;
 //! * everything else alerts only;
 //! * in observe mode verdicts carry `observe_only: true` and are counted.
+//!
+//! Kernel evidence ([`Engine::evidence`], [`EvidenceBatch`]es): the records update
+//! the per-address evidence ([`crate::rules::evidence`]), every address a batch
+//! touches is judged at once (scans of its sources, floods on its destinations),
+//! and its XDP events are answered:
+//!
+//! * `report`: the source is judged now (on this engine's view and on the event's
+//!   own numbers);
+//! * `quarantine` (the XDP program already drops the source's new flows for
+//!   `quarantine_ttl_ms`): when a scan rule fires and the policy blocks, the block
+//!   verdict goes out at once (`evidence.*`, reason `port_scan`); when no rule fires
+//!   (or the policy would not block, e.g. an allowlisted address) an
+//!   `Action::Unblock` verdict (`evidence.lift`, reason `quarantine`) releases the
+//!   benign burst, unless this engine has the address quarantined itself (for any
+//!   reason), which is never lifted;
+//! * a source the evidence path quarantined that later shows spoofing evidence in
+//!   its flow records (an idle scan's zombie) is lifted the same way.
+//!
+//! One report per attack across the two paths: a scan source (or flood victim) an
+//! alert of one path (`portscan.{vertical,horizontal,sweep}` /
+//! `evidence.{vertical,horizontal,sweep}`, `synflood.victim` /
+//! `evidence.synflood`) named is not alerted on by the other path until
+//! `policy.alert_cooldown_s` after that path's last such alert (`portscan.low` is
+//! suppressed too, but claims nothing); counted in `cross_path_suppressed`.
 
 use std::{collections::HashSet, net::IpAddr};
 
 use flow_meter::features;
 use fw_common::filter::BlockReason;
 use tad_wire::{
-    Action, Alert, AlertKind, Explanation, FlowBatch, FlowRecord, Mode, NodeId, SCHEMA_VERSION,
-    Severity, Target, TrustLevel, TrustUpdate, Verdict,
+    Action, Alert, AlertKind, EvidenceBatch, EvidenceEventKind, EvidenceRole, Explanation,
+    FlowBatch, FlowRecord, Mode, NodeId, SCHEMA_VERSION, Severity, Target, TrustLevel, TrustUpdate,
+    Verdict,
 };
 
 use crate::{
-    HashMap,
+    HashMap, classify,
     config::{Config, ConfigError},
     model::Autoencoder,
     partition::Partitioner,
@@ -36,6 +61,10 @@ use crate::{
     trust::{TrustBook, TrustChange},
     window::Distinct,
 };
+
+/// Confidence an `evidence.lift` unblock carries: no scan rule fired on the
+/// source's evidence.
+pub const LIFT_CONFIDENCE: f32 = 0.8;
 
 /// A verdict and the gateway it goes to.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,6 +93,10 @@ impl Output {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub records: u64,
+    /// `ProtectSyn` verdicts sent (SYN authentication switched on or renewed).
+    pub syn_auth_on: u64,
+    /// `UnprotectSyn` verdicts sent (the flood ended).
+    pub syn_auth_off: u64,
     /// Records of partitions this instance does not take (ignored).
     pub foreign_records: u64,
     pub alerts: u64,
@@ -85,11 +118,70 @@ pub struct Counters {
     pub records_dropped_upstream: u64,
     /// Records a rule skipped because its state table was full (`rules::MAX_TRACKED`).
     pub state_full: u64,
+    /// Evidence batches processed (also those ignored with `evidence.enabled = false`).
+    pub evidence_batches: u64,
+    /// Evidence records of this instance's partitions.
+    pub evidence_records: u64,
+    /// Evidence records and events of partitions this instance does not take.
+    pub foreign_evidence: u64,
+    /// Evidence batches whose sequence number skipped (per gateway and partition).
+    pub evidence_gaps: u64,
+    /// Evidence records not kept: the evidence book was full.
+    pub evidence_state_full: u64,
+    /// XDP events received (`report` and `quarantine`).
+    pub evidence_events: u64,
+    /// Provisional quarantines confirmed (a block verdict sent, or already
+    /// quarantined by this engine).
+    pub quarantines_confirmed: u64,
+    /// `evidence.lift` unblock verdicts sent.
+    pub quarantines_lifted: u64,
+    /// Evidence scans not reported because the source shows spoofing evidence.
+    pub evidence_spoofed: u64,
+    /// Alerts of one path suppressed because the other path reported the same
+    /// source (victim) within the cooldown.
+    pub cross_path_suppressed: u64,
 }
 
 struct Quarantine {
     until_ms: u64,
     offences: u32,
+    /// Whether the active quarantine came from an `evidence.*` rule.
+    by_evidence: bool,
+}
+
+/// Key of the cross-path dedupe: (kind, source) for scans, (kind, victim) for
+/// victim-side floods.
+type OwnerKey = (AlertKind, Option<IpAddr>, Option<IpAddr>);
+
+/// Where a scan/flood detection sits in the cross-path dedupe.
+#[derive(Clone, Copy)]
+struct PathOf {
+    /// From the evidence path (else the flow path).
+    evidence: bool,
+    key: OwnerKey,
+    /// Whether its alert claims the key (`portscan.low` is only suppressed).
+    claims: bool,
+}
+
+/// The detection's place in the cross-path dedupe, if it takes part.
+fn path_of(d: &Detection) -> Option<PathOf> {
+    let (evidence, claims) = match d.rule {
+        "evidence.vertical" | "evidence.horizontal" | "evidence.sweep" => (true, true),
+        "portscan.vertical" | "portscan.horizontal" | "portscan.sweep" => (false, true),
+        "portscan.low" => (false, false),
+        "evidence.synflood" => (true, true),
+        "synflood.victim" => (false, true),
+        _ => return None,
+    };
+    let key = match d.kind {
+        AlertKind::SynFlood => (d.kind, None, d.target),
+        _ => (d.kind, Some(d.source?), None),
+    };
+    Some(PathOf {
+        evidence,
+        key,
+        claims,
+    })
 }
 
 /// One detector instance's engine.
@@ -106,6 +198,13 @@ pub struct Engine {
     /// (rule, source, target) -> (last alert ms, its main observed number).
     cooldown: HashMap<CooldownKey, (u64, f64)>,
     quarantines: HashMap<IpAddr, Quarantine>,
+    /// Victims under SYN authentication at a gateway: (gateway, victim) ->
+    /// (last flood sign ms, protection renewed until ms).
+    syn_auth: HashMap<(NodeId, IpAddr), (u64, u64)>,
+    /// Cross-path dedupe: key -> (claimed by the evidence path, last alert ms).
+    scan_owner: HashMap<OwnerKey, (bool, u64)>,
+    /// Last evidence sequence number per (gateway, partition).
+    last_evidence_seq: HashMap<(NodeId, u16), u64>,
     anomalies: HashMap<IpAddr, Distinct<u8>>,
     anomaly_budget: (u64, u32),
     last_seq: HashMap<String, u64>,
@@ -127,6 +226,9 @@ impl Engine {
             trust: TrustBook::default(),
             cooldown: HashMap::default(),
             quarantines: HashMap::default(),
+            syn_auth: HashMap::default(),
+            scan_owner: HashMap::default(),
+            last_evidence_seq: HashMap::default(),
             anomalies: HashMap::default(),
             anomaly_budget: (0, 0),
             last_seq: HashMap::default(),
@@ -220,10 +322,15 @@ impl Engine {
             for d in found.drain(..) {
                 self.detection(gateway_id, d, now_ms, &mut out);
             }
+            if classify::unsolicited_rst(r) && self.quarantined_by_evidence(r.src, now_ms) {
+                tracing::info!(src = %r.src, "evidence quarantine of a source with spoofing evidence lifted");
+                self.lift(gateway_id, r.src, now_ms, &mut out);
+            }
         }
         for c in self.trust.tick(&self.cfg, now_ms) {
             self.push_trust(c, now_ms, &mut out);
         }
+        self.end_syn_auth(now_ms, &mut out);
         self.counters.state_full = self.rules.state_full;
         let full = self.rules.sources.len() >= rules::MAX_TRACKED
             || self.rules.victims.len() >= rules::MAX_TRACKED
@@ -232,6 +339,251 @@ impl Engine {
             self.gc(now_ms);
         }
         out
+    }
+
+    /// Processes one evidence batch received at `now_ms` (Unix ms, detector clock;
+    /// never goes back): see the module docs. Windows are measured on the
+    /// gateway's clock, the batch's `sent_at_ms`.
+    pub fn evidence(&mut self, b: &EvidenceBatch, now_ms: u64) -> Output {
+        let mut out = Output::default();
+        self.counters.evidence_batches += 1;
+        if let Some(prev) = self
+            .last_evidence_seq
+            .insert((b.gateway_id.clone(), b.partition), b.seq)
+            && b.seq > prev + 1
+        {
+            self.counters.evidence_gaps += 1;
+        }
+        if !self.cfg.evidence.enabled {
+            return out;
+        }
+        let gw = &b.gateway_id;
+        let newest = b
+            .records
+            .iter()
+            .map(|r| r.epoch_start_ms + rules::evidence::EPOCH_MS)
+            .max()
+            .unwrap_or(0);
+        let gw_now = b.sent_at_ms.max(newest);
+        let keep = rules::evidence::keep_ms(&self.cfg);
+        let mut sources = Vec::new();
+        let mut victims = Vec::new();
+        for r in &b.records {
+            if !self.part.takes(r.addr) {
+                self.counters.foreign_evidence += 1;
+                continue;
+            }
+            self.counters.evidence_records += 1;
+            if self.rules.evidence.insert(gw, r, now_ms, gw_now, keep) {
+                match r.role {
+                    EvidenceRole::Source => sources.push(r.addr),
+                    EvidenceRole::Destination => victims.push(r.addr),
+                }
+            }
+        }
+        // Each address once, in a stable order.
+        for list in [&mut sources, &mut victims] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        self.counters.evidence_state_full = self.rules.evidence.state_full;
+        // Events first (a quarantine is answered even when the source also had
+        // records), one answer per address and batch, a quarantine before a report.
+        let mut events: Vec<&tad_wire::EvidenceEvent> = Vec::new();
+        for e in &b.events {
+            self.counters.evidence_events += 1;
+            if !self.part.takes(e.addr) {
+                self.counters.foreign_evidence += 1;
+                continue;
+            }
+            match events.iter_mut().find(|x| x.addr == e.addr) {
+                Some(x) if e.kind == EvidenceEventKind::Quarantine => *x = e,
+                Some(_) => {}
+                None => events.push(e),
+            }
+        }
+        for e in events {
+            if let Ok(i) = sources.binary_search(&e.addr) {
+                sources.remove(i);
+            }
+            // The event's own numbers stand in for a view that does not fire,
+            // unless the view shows the source's address is being forged.
+            let d = match self.scan_view(gw, e.addr, gw_now, now_ms) {
+                Some(d) => Some(d),
+                None if self.view_spoofed(gw, e.addr, gw_now) => None,
+                None => self.scan_of(e.addr, &rules::evidence::Summary::of_event(e), now_ms),
+            };
+            match e.kind {
+                EvidenceEventKind::Report => {
+                    if let Some(d) = d {
+                        self.detection(gw, d, now_ms, &mut out);
+                    }
+                }
+                EvidenceEventKind::Quarantine => {
+                    self.answer_quarantine(gw, e.addr, d, now_ms, &mut out)
+                }
+            }
+        }
+        for src in sources {
+            if let Some(d) = self.scan_view(gw, src, gw_now, now_ms) {
+                self.detection(gw, d, now_ms, &mut out);
+            }
+        }
+        let flood_ms = (self.cfg.synflood.window_s * 1000.0).round() as u64;
+        for victim in victims {
+            let Some(st) =
+                self.rules
+                    .evidence
+                    .states
+                    .get(&(gw.clone(), victim, EvidenceRole::Destination))
+            else {
+                continue;
+            };
+            let s = st.summary(gw_now, flood_ms);
+            if let Some(d) = rules::evidence::flood(&self.cfg, victim, &s) {
+                self.detection(gw, d, now_ms, &mut out);
+            }
+        }
+        self.end_syn_auth(now_ms, &mut out);
+        let full = self.rules.evidence.states.len() >= rules::MAX_TRACKED / 2;
+        if now_ms.saturating_sub(self.last_gc_ms) >= if full { 1_000 } else { 10_000 } {
+            self.gc(now_ms);
+        }
+        out
+    }
+
+    /// Whether this engine's evidence of source `src` at `gw` has unsolicited RSTs
+    /// in the scan window (spoofing evidence, see [`Self::scan_of`]).
+    fn view_spoofed(&self, gw: &NodeId, src: IpAddr, gw_now_ms: u64) -> bool {
+        self.rules
+            .evidence
+            .states
+            .get(&(gw.clone(), src, EvidenceRole::Source))
+            .is_some_and(|st| {
+                st.summary(
+                    gw_now_ms,
+                    (self.cfg.portscan.window_s * 1000.0).round() as u64,
+                )
+                .unsolicited_rsts
+                    > 0
+            })
+    }
+
+    /// The scan rule this engine's evidence of source `src` at `gw` meets.
+    fn scan_view(
+        &mut self,
+        gw: &NodeId,
+        src: IpAddr,
+        gw_now_ms: u64,
+        now_ms: u64,
+    ) -> Option<Detection> {
+        let st = self
+            .rules
+            .evidence
+            .states
+            .get(&(gw.clone(), src, EvidenceRole::Source))?;
+        let s = st.summary(
+            gw_now_ms,
+            (self.cfg.portscan.window_s * 1000.0).round() as u64,
+        );
+        self.scan_of(src, &s, now_ms)
+    }
+
+    /// The scan rule summary `s` of `src` meets, unless `src` shows spoofing
+    /// evidence in its flow records or in the kernel's evidence (unsolicited RSTs):
+    /// then the flow path reports the victim.
+    fn scan_of(
+        &mut self,
+        src: IpAddr,
+        s: &rules::evidence::Summary,
+        now_ms: u64,
+    ) -> Option<Detection> {
+        let d = rules::evidence::scan(&self.cfg.portscan, &self.cfg.evidence, src, s)?;
+        let window_ms = (self.cfg.portscan.window_s * 1000.0).round() as u64;
+        if s.unsolicited_rsts > 0 || self.rules.spoof_evidence(src, now_ms, window_ms) {
+            self.counters.evidence_spoofed += 1;
+            return None;
+        }
+        Some(d)
+    }
+
+    /// Answers a provisional quarantine of `src` by `gw`'s XDP program: confirms
+    /// it with a block when `found` (a scan rule that fired) and the policy blocks,
+    /// lifts it otherwise, except while this engine has `src` quarantined itself.
+    fn answer_quarantine(
+        &mut self,
+        gw: &NodeId,
+        src: IpAddr,
+        found: Option<Detection>,
+        now_ms: u64,
+        out: &mut Output,
+    ) {
+        if let Some(d) = found {
+            let blocking = d.may_block && d.confidence as f64 >= self.cfg.policy.block_confidence;
+            let (kind, rule, confidence) = (d.kind, d.rule, d.confidence);
+            self.detection(gw, d, now_ms, out);
+            // The alert may have been suppressed (cooldown, the other path):
+            // the block goes out all the same.
+            if blocking
+                && !self.is_quarantined(src, now_ms)
+                && let Some(v) = self.verdict(src, kind, rule.to_string(), confidence, None, now_ms)
+            {
+                out.verdicts.push(RoutedVerdict {
+                    gateway_id: gw.clone(),
+                    verdict: v,
+                });
+            }
+        }
+        if self.is_quarantined(src, now_ms) {
+            self.counters.quarantines_confirmed += 1;
+        } else {
+            self.lift(gw, src, now_ms, out);
+        }
+    }
+
+    fn is_quarantined(&self, src: IpAddr, now_ms: u64) -> bool {
+        self.quarantines
+            .get(&src)
+            .is_some_and(|q| q.until_ms > now_ms)
+    }
+
+    fn quarantined_by_evidence(&self, src: IpAddr, now_ms: u64) -> bool {
+        self.quarantines
+            .get(&src)
+            .is_some_and(|q| q.until_ms > now_ms && q.by_evidence)
+    }
+
+    /// An `evidence.lift` unblock of `src` to `gw`; ends this engine's own
+    /// evidence quarantine of it, if any (a quarantine for another reason is never
+    /// lifted: callers check).
+    fn lift(&mut self, gw: &NodeId, src: IpAddr, now_ms: u64, out: &mut Output) {
+        if let Some(q) = self.quarantines.get_mut(&src)
+            && q.by_evidence
+        {
+            q.until_ms = now_ms;
+        }
+        let observe = self.cfg.detector.mode == Mode::Observe;
+        self.counters.quarantines_lifted += 1;
+        let id = self.next_id('v');
+        tracing::info!(%src, gateway = %gw, observe_only = observe, "provisional quarantine lifted");
+        out.verdicts.push(RoutedVerdict {
+            gateway_id: gw.clone(),
+            verdict: Verdict {
+                v: SCHEMA_VERSION,
+                id,
+                detector_id: self.cfg.detector.id.clone(),
+                issued_at_ms: now_ms,
+                action: Action::Unblock,
+                target: Target::host(src),
+                ttl_s: None,
+                reason: BlockReason::Quarantine,
+                rule: "evidence.lift".to_string(),
+                confidence: LIFT_CONFIDENCE,
+                alert_id: None,
+                observe_only: observe,
+                port: None,
+            },
+        });
     }
 
     /// Advances time without records (trust recovery, quarantine expiry).
@@ -259,6 +611,8 @@ impl Engine {
         let cool_ms = (c.policy.alert_cooldown_s * 1000.0) as u64;
         self.cooldown
             .retain(|_, (t, _)| now_ms.saturating_sub(*t) <= cool_ms);
+        self.scan_owner
+            .retain(|_, (_, t)| now_ms.saturating_sub(*t) <= cool_ms);
         let ml_ms = (c.ml.window_s * 1000.0) as u64;
         self.anomalies.retain(|_, w| {
             w.evict(now_ms, ml_ms);
@@ -370,11 +724,41 @@ impl Engine {
     }
 
     fn detection(&mut self, gateway_id: &NodeId, d: Detection, now_ms: u64, out: &mut Output) {
+        // A flood from many sources (spoofed or distributed: blocking its sources is
+        // useless) is answered with SYN authentication of the victim, whatever the
+        // alert cooldown says. A single spoofed source (`synflood.spoofed`, an idle
+        // scan's zombie) is not such a flood.
+        let many_sources = match d.rule {
+            "evidence.synflood" => true,
+            "synflood.victim" => d
+                .observed
+                .get("distinct_sources")
+                .is_some_and(|n| *n >= self.cfg.synflood.spoofed_min_sources as f64),
+            _ => false,
+        };
+        if d.kind == AlertKind::SynFlood
+            && many_sources
+            && d.source.is_none()
+            && let Some(victim) = d.target
+        {
+            self.protect_syn(gateway_id, victim, d.rule, d.confidence, now_ms, out);
+        }
         // Cooldown: the same rule on the same pair again only after the cooldown,
         // unless it now may block and did not before, or its main number doubled.
         let key = (d.rule, d.source, d.target);
         let main = d.main;
         let cool_ms = (self.cfg.policy.alert_cooldown_s * 1000.0) as u64;
+        // Cross-path dedupe: the other path reported this source (victim) lately.
+        let path = path_of(&d);
+        if let Some(p) = path
+            && let Some((owner, t)) = self.scan_owner.get(&p.key)
+            && *owner != p.evidence
+            && now_ms.saturating_sub(*t) < cool_ms
+        {
+            self.counters.alerts_suppressed += 1;
+            self.counters.cross_path_suppressed += 1;
+            return;
+        }
         if let Some((t, last_main)) = self.cooldown.get(&key)
             && now_ms.saturating_sub(*t) < cool_ms
             && main < 2.0 * last_main
@@ -391,6 +775,9 @@ impl Engine {
             self.anomaly_budget.1 += 1;
         }
         self.cooldown.insert(key, (now_ms, main));
+        if let Some(p) = path.filter(|p| p.claims) {
+            self.scan_owner.insert(p.key, (p.evidence, now_ms));
+        }
         let alert_id = self.next_id('a');
         let mut alert = Alert {
             v: SCHEMA_VERSION,
@@ -436,7 +823,7 @@ impl Engine {
             } else {
                 d.confidence.max(0.8)
             };
-            if let Some(v) = self.verdict(src, d.kind, rule, confidence, &alert_id, now_ms) {
+            if let Some(v) = self.verdict(src, d.kind, rule, confidence, Some(&alert_id), now_ms) {
                 alert.verdict_id = Some(v.id.clone());
                 out.verdicts.push(RoutedVerdict {
                     gateway_id: gateway_id.clone(),
@@ -447,13 +834,111 @@ impl Engine {
         out.alerts.push(alert);
     }
 
+    /// Records a flood sign for `victim` at `gw`; sends a `ProtectSyn` verdict when
+    /// its protection is off or past half its lifetime (renewal).
+    fn protect_syn(
+        &mut self,
+        gw: &NodeId,
+        victim: IpAddr,
+        rule: &str,
+        confidence: f32,
+        now_ms: u64,
+        out: &mut Output,
+    ) {
+        let sf = &self.cfg.synflood;
+        if !sf.syn_auth {
+            return;
+        }
+        let ttl_ms = sf.syn_auth_ttl_s * 1000;
+        let e = self
+            .syn_auth
+            .entry((gw.clone(), victim))
+            .or_insert((now_ms, 0));
+        e.0 = now_ms;
+        if e.1 > now_ms + ttl_ms / 2 {
+            return;
+        }
+        e.1 = now_ms + ttl_ms;
+        let v = self.syn_auth_verdict(
+            victim,
+            Action::ProtectSyn,
+            Some(sf.syn_auth_ttl_s),
+            rule,
+            confidence,
+            now_ms,
+        );
+        self.counters.syn_auth_on += 1;
+        tracing::info!(%victim, gateway = %gw, "SYN authentication on");
+        out.verdicts.push(RoutedVerdict {
+            gateway_id: gw.clone(),
+            verdict: v,
+        });
+    }
+
+    /// Sends `UnprotectSyn` for every victim whose flood has shown no sign for
+    /// `synflood.syn_auth_quiet_s`.
+    fn end_syn_auth(&mut self, now_ms: u64, out: &mut Output) {
+        let quiet_ms = (self.cfg.synflood.syn_auth_quiet_s * 1000.0) as u64;
+        let ended: Vec<(NodeId, IpAddr)> = self
+            .syn_auth
+            .iter()
+            .filter(|(_, (last, _))| now_ms.saturating_sub(*last) > quiet_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (gw, victim) in ended {
+            self.syn_auth.remove(&(gw.clone(), victim));
+            let v = self.syn_auth_verdict(
+                victim,
+                Action::UnprotectSyn,
+                None,
+                "synflood.ended",
+                1.0,
+                now_ms,
+            );
+            self.counters.syn_auth_off += 1;
+            tracing::info!(%victim, gateway = %gw, "SYN authentication off: the flood ended");
+            out.verdicts.push(RoutedVerdict {
+                gateway_id: gw,
+                verdict: v,
+            });
+        }
+    }
+
+    fn syn_auth_verdict(
+        &mut self,
+        victim: IpAddr,
+        action: Action,
+        ttl_s: Option<u64>,
+        rule: &str,
+        confidence: f32,
+        now_ms: u64,
+    ) -> Verdict {
+        let observe = self.cfg.detector.mode == Mode::Observe;
+        self.counters.verdicts += 1;
+        Verdict {
+            v: SCHEMA_VERSION,
+            id: self.next_id('v'),
+            detector_id: self.cfg.detector.id.clone(),
+            issued_at_ms: now_ms,
+            action,
+            target: Target::host(victim),
+            ttl_s,
+            reason: BlockReason::SynFlood,
+            rule: rule.to_string(),
+            confidence: confidence.clamp(0.0, 1.0),
+            alert_id: None,
+            observe_only: observe,
+            port: None,
+        }
+    }
+
     fn verdict(
         &mut self,
         src: IpAddr,
         kind: AlertKind,
         rule: String,
         confidence: f32,
-        alert_id: &str,
+        alert_id: Option<&str>,
         now_ms: u64,
     ) -> Option<Verdict> {
         if self.cfg.never_block(src) {
@@ -465,6 +950,7 @@ impl Engine {
         let q = self.quarantines.entry(src).or_insert(Quarantine {
             until_ms: 0,
             offences: 0,
+            by_evidence: false,
         });
         if q.until_ms > now_ms {
             self.counters.already_quarantined += 1;
@@ -477,6 +963,7 @@ impl Engine {
             .min(p.max_ttl_s)
             .max(1);
         q.until_ms = now_ms + ttl_s * 1000;
+        q.by_evidence = rule.starts_with("evidence.");
         let observe = self.cfg.detector.mode == Mode::Observe;
         self.counters.verdicts += 1;
         if observe {
@@ -498,8 +985,9 @@ impl Engine {
             },
             rule,
             confidence: confidence.clamp(0.0, 1.0),
-            alert_id: Some(alert_id.to_string()),
+            alert_id: alert_id.map(str::to_string),
             observe_only: observe,
+            port: None,
         })
     }
 

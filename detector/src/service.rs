@@ -5,6 +5,7 @@
 //! | direction | topic | payload | publish options |
 //! |---|---|---|---|
 //! | in | `tad/v1/gw/+/flows/<p>` for each taken partition `p` | [`FlowBatch`] | QoS 1 |
+//! | in | `tad/v1/gw/+/evidence/<p>` for each taken partition `p` (unless `evidence.enabled = false`) | [`EvidenceBatch`]: the gateways' kernel evidence and XDP events ([`Engine::evidence`]) | QoS 0 |
 //! | in | `tad/v1/settings/thresholds` (retained) | [`ThresholdSettings`] | QoS 1 |
 //! | out | `tad/v1/det/<det>/alerts` | [`Alert`](tad_wire::Alert) | QoS 1, waits for room |
 //! | out | `tad/v1/gw/<gw>/verdicts/<det>` (`gw`: the gateway that saw the flows) | [`Verdict`](tad_wire::Verdict), signed: a JWS by this detector's certificate key ([`tad_bus::signing`], content type `application/jose`) | QoS 1, expiry `service.verdict_expiry_s` |
@@ -30,7 +31,8 @@
 //! Queues: each subscription has the bus client's bounded queue (overflow dropped
 //! and counted in its metrics); a forwarding task per flow subscription feeds one
 //! bounded channel of `service.queue` batches, waiting when it is full
-//! (back-pressure onto the subscription queues).
+//! (back-pressure onto the subscription queues). Evidence batches have their own
+//! channel of the same size, so a backlog of flow batches does not delay them.
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
@@ -40,8 +42,8 @@ use tad_bus::{
     Subscription,
 };
 use tad_wire::{
-    FlowBatch, NodeId, NodeStatus, Role, SCHEMA_VERSION, SettingsAck, SettingsOutcome,
-    ThresholdSettings, now_ms, topic,
+    EvidenceBatch, FlowBatch, NodeId, NodeStatus, Role, SCHEMA_VERSION, SettingsAck,
+    SettingsOutcome, ThresholdSettings, now_ms, topic,
 };
 use tokio::sync::mpsc;
 
@@ -117,20 +119,39 @@ pub fn signer(cfg: &Config) -> Result<Signer, ServiceError> {
 /// broker queued for this detector's session are not missed.
 pub struct Inputs {
     pub flows: Vec<Subscription<FlowBatch>>,
+    /// Empty when `evidence.enabled` is false.
+    pub evidence: Vec<Subscription<EvidenceBatch>>,
     pub settings: Subscription<ThresholdSettings>,
 }
 
-/// Registers the flow-partition and settings subscriptions.
+/// Registers the flow-partition, evidence-partition and settings subscriptions.
 pub fn subscribe(builder: &mut BusBuilder, cfg: &Config) -> Inputs {
-    let flows = Partitioner::new(&cfg.partitions)
-        .partitions()
-        .into_iter()
+    let parts = Partitioner::new(&cfg.partitions).partitions();
+    let flows = parts
+        .iter()
         .map(|p| {
-            builder.subscribe::<FlowBatch>(&topic::flows_partition_filter(p), QoS::AtLeastOnce)
+            builder.subscribe::<FlowBatch>(&topic::flows_partition_filter(*p), QoS::AtLeastOnce)
         })
         .collect();
+    let evidence = if cfg.evidence.enabled {
+        parts
+            .iter()
+            .map(|p| {
+                builder.subscribe::<EvidenceBatch>(
+                    &topic::evidence_partition_filter(*p),
+                    QoS::AtMostOnce,
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let settings = builder.subscribe::<ThresholdSettings>(&topic::thresholds(), QoS::AtLeastOnce);
-    Inputs { flows, settings }
+    Inputs {
+        flows,
+        evidence,
+        settings,
+    }
 }
 
 /// What the service did, returned at shutdown.
@@ -138,6 +159,8 @@ pub fn subscribe(builder: &mut BusBuilder, cfg: &Config) -> Inputs {
 pub struct ServiceStats {
     /// Flow batches processed.
     pub batches: u64,
+    /// Evidence batches processed.
+    pub evidence_batches: u64,
     /// Threshold settings messages applied (acked `applied`).
     pub settings_applied: u64,
     /// Threshold settings messages refused (acked `refused`; nothing changed).
@@ -296,6 +319,18 @@ pub async fn serve(
         }));
     }
     drop(tx);
+    let (etx, mut erx) = mpsc::channel::<EvidenceBatch>(cfg.service.queue);
+    for mut sub in inputs.evidence {
+        let tx = etx.clone();
+        forwarders.push(tokio::spawn(async move {
+            while let Some(r) = sub.recv().await {
+                if tx.send(r.message).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(etx);
     let mut settings = inputs.settings;
     let mut stats = ServiceStats::default();
     let outlet = Outlet {
@@ -322,6 +357,12 @@ pub async fn serve(
                 stats.batches += 1;
                 last_ms = last_ms.max(now_ms());
                 let out = engine.batch(&batch, last_ms);
+                publish(&outlet, out, &mut stats).await;
+            }
+            Some(batch) = erx.recv() => {
+                stats.evidence_batches += 1;
+                last_ms = last_ms.max(now_ms());
+                let out = engine.evidence(&batch, last_ms);
                 publish(&outlet, out, &mut stats).await;
             }
             Some(s) = settings.recv() => {

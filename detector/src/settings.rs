@@ -20,7 +20,7 @@
 //! day; other durations at most a day; trust points are out of 100.
 //!
 //! Keys are the dotted config paths of the numeric fields of `portscan`,
-//! `synflood`, `spike`, `bruteforce`, `ml`, `trust` and `policy`, plus one
+//! `evidence`, `synflood`, `spike`, `bruteforce`, `ml`, `trust` and `policy`, plus one
 //! `trust.risky_ports.<port>` per port of the loaded `[trust.risky_ports]` table.
 
 use std::collections::BTreeMap;
@@ -221,6 +221,7 @@ pub fn thresholds(cfg: &Config) -> Vec<Threshold> {
         th!(portscan.sweep_hosts, [1, MAX], "hosts", "Distinct hosts sent ICMP echo/timestamp/mask requests that make a sweep (blocks)"),
         th!(portscan.low_ports, [1, MAX], "ports", "Distinct ports probed on one host that raise a low-volume scan alert (no block)"),
         th!(portscan.max_probe_packets, [0, MAX], "packets", "A flow with more initiator packets than this is a connection, not a probe"),
+        th!(evidence.unreplied_share, [0, 1], "", "Share of a source's new flows left unanswered at or above which many distinct ports/hosts in the kernel evidence make a scan (blocks)"),
         th!(synflood.window_s, [W, D], "s", "Sliding window of the half-open handshake counts"),
         th!(synflood.per_source_half_open, [1, MAX], "handshakes", "Half-open handshakes from one source to one host that make a SYN flood (blocks)"),
         th!(synflood.per_victim_half_open, [1, MAX], "handshakes", "Half-open handshakes to one host from any source that raise a victim-side alert (no block)"),

@@ -89,7 +89,12 @@ fn every_capture_meets_its_ground_truth() {
         let blocked: BTreeSet<IpAddr> = out
             .verdicts
             .iter()
-            .filter(|v| v.verdict.action != tad_wire::Action::Unblock)
+            .filter(|v| {
+                matches!(
+                    v.verdict.action,
+                    tad_wire::Action::Block | tad_wire::Action::Quarantine
+                )
+            })
             .map(|v| v.verdict.target.addr())
             .collect();
         for v in &out.verdicts {
@@ -98,7 +103,16 @@ fn every_capture_meets_its_ground_truth() {
                 v.verdict.target.max_prefix_len(),
                 "single-host verdicts"
             );
-            assert!(v.verdict.ttl_s.is_some());
+            // Blocks and SYN authentication expire; a lift (unblock of a
+            // provisional quarantine) and the end of a SYN authentication have no TTL.
+            assert_eq!(
+                v.verdict.ttl_s.is_some(),
+                !matches!(
+                    v.verdict.action,
+                    tad_wire::Action::Unblock | tad_wire::Action::UnprotectSyn
+                ),
+                "{v:?}"
+            );
         }
         if !row.must_block.is_subset(&blocked) {
             failures.push(format!(
@@ -106,9 +120,41 @@ fn every_capture_meets_its_ground_truth() {
                 row.file, row.must_block, blocked
             ));
         }
+        // The gateway's own provisional quarantines (the meter runs the XDP rule):
+        // never an innocent address.
+        let (_, evidence) = replay::records_and_evidence(&path).unwrap();
+        let quarantined: BTreeSet<IpAddr> = evidence
+            .iter()
+            .flat_map(|e| &e.events)
+            .filter(|e| e.kind == tad_wire::EvidenceEventKind::Quarantine)
+            .map(|e| e.addr)
+            .collect();
+        let wrongly: Vec<_> = quarantined.difference(&row.must_block).collect();
+        if !wrongly.is_empty() {
+            failures.push(format!(
+                "{}: provisionally quarantined innocent {wrongly:?}",
+                row.file
+            ));
+        }
         let extra: Vec<_> = blocked.difference(&row.must_block).collect();
         if !extra.is_empty() {
-            failures.push(format!("{}: blocked innocent {:?}", row.file, extra));
+            let rules: Vec<String> = out
+                .verdicts
+                .iter()
+                .filter(|v| extra.contains(&&v.verdict.target.addr()))
+                .map(|v| {
+                    format!(
+                        "{:?} {} by {}",
+                        v.verdict.action, v.verdict.target, v.verdict.rule
+                    )
+                })
+                .collect();
+            failures.push(format!(
+                "{}: blocked innocent {:?} ({})",
+                row.file,
+                extra,
+                rules.join(", ")
+            ));
         }
         for (kinds, addr) in &row.expect {
             let hit = out.alerts.iter().any(|a| {
@@ -131,13 +177,25 @@ fn every_capture_meets_its_ground_truth() {
 }
 
 #[test]
-fn benign_captures_raise_no_rule_alerts() {
+fn benign_captures_raise_no_rule_alerts_and_no_provisional_quarantine() {
     for row in manifest()
         .iter()
         .filter(|r| r.must_block.is_empty() && r.expect.is_empty())
     {
+        let path = pcaps_dir().join(&row.file);
         let mut engine = Engine::new(Config::default(), None);
-        let out = replay::replay_pcap(&mut engine, &pcaps_dir().join(&row.file)).unwrap();
+        let out = replay::replay_pcap(&mut engine, &path).unwrap();
         assert!(out.alerts.is_empty(), "{}: {:?}", row.file, out.alerts);
+        // The gateway's own budgets (the meter runs the XDP program's rule): no
+        // benign host is ever quarantined provisionally, nor reported.
+        let (_, evidence) = replay::records_and_evidence(&path).unwrap();
+        let events: Vec<_> = evidence.iter().flat_map(|e| &e.events).collect();
+        assert!(
+            events
+                .iter()
+                .all(|e| e.kind != tad_wire::EvidenceEventKind::Quarantine),
+            "{}: {events:?}",
+            row.file
+        );
     }
 }

@@ -334,7 +334,17 @@ fn syn_flood_per_source_blocks_and_spoofed_flood_reports_the_victim_only() {
         (AlertKind::SynFlood, None, Some(VICTIM.parse().unwrap()))
     );
     assert!(a.explanation.text.contains("spoofed"));
-    assert!(out.verdicts.is_empty(), "spoofed sources are never blocked");
+    // Spoofed sources are never blocked; the victim gets SYN authentication.
+    let actions: Vec<_> = out
+        .verdicts
+        .iter()
+        .map(|v| (v.verdict.action, v.verdict.target.addr()))
+        .collect();
+    assert_eq!(
+        actions,
+        [(tad_wire::Action::ProtectSyn, VICTIM.parse().unwrap())],
+        "spoofed sources are never blocked"
+    );
 }
 
 #[test]

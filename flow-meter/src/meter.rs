@@ -30,16 +30,50 @@
 //! Timestamps: the flow statistics use the capture's Unix time in ns directly (the
 //! kernel's monotonic clock in the daemon), so `unix_offset_ns` is 0 and
 //! [`FlowRecord::start_ms`] is the capture time of the flow's first packet.
+//!
+//! # Evidence and the provisional quarantine
+//! Each packet then goes through the XDP program's step 6 ([`crate::evidence`],
+//! settings in [`MeterOptions::evidence`], by default the gateway daemon's), in
+//! the program's order (`fw-ebpf/src/main.rs`, `try_fw`):
+//! 1. a source on the meter's allowlist ([`Meter::allow`]) passes
+//!    (`PassAllowlist`) and counts no evidence;
+//! 2. a source with a provisional quarantine entry in force: a packet of a flow
+//!    already in the table passes (`PassNoMatch`); one that would open a flow
+//!    counts in the entry's `hits` and is dropped (`DropQuarantine`: it opens no
+//!    flow, counts no evidence and is in no record) or, in observe mode, counted
+//!    `WouldDropQuarantine` and metered like any other;
+//! 3. flow accounting; a responder's first packet counts an answer in its
+//!    receiver's source slot, a packet that opened a flow counts in the evidence
+//!    tables (`count_opening`), which may raise a report event or quarantine the
+//!    sender.
+//!
+//! [`Meter::frame`] returns the counter slot the program would count the packet
+//! in, and [`MeterStats::by_slot`] sums them. Not modelled: blocklist entries
+//! other than the meter's own quarantines, the token-bucket rate limits, the
+//! flow map's LRU eviction, and the kernel's per-CPU flow copies (the meter is
+//! one CPU). With `evidence.export_records` (what [`for_each_output`] sets), every
+//! export pass also reads the evidence tables like the daemon's poll
+//! ([`crate::evidence::EvidenceTracker`]) and a packet that raised an event
+//! triggers one at once (the ring buffer's wake-up); the results wait in
+//! [`Meter::take_evidence`] as [`TimedEvidence`].
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
 
-use fw_common::flow::{FlowKey, FlowStats};
-use tad_wire::{EndReason, FlowRecord};
+use fw_common::{
+    counters::{COUNTER_SLOTS, CounterSlot, Reason, Verdict},
+    evidence::answer_on_flow,
+    flow::{FlowKey, FlowStats},
+};
+use tad_wire::{EndReason, EpochEvidence, EvidenceEvent, FlowRecord};
 
-use crate::export::{self, Timeouts};
 pub use crate::{
     capture::{CapturedFrame, MeterError, for_each_frame},
+    evidence::{Evidence, EvidenceOptions, PrefixError},
     parse::{LinkType, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, ParsedPacket, parse_frame},
+};
+use crate::{
+    evidence::Filter,
+    export::{self, Timeouts},
 };
 
 /// Meter settings.
@@ -47,8 +81,12 @@ pub use crate::{
 pub struct MeterOptions {
     /// Export timeouts (the daemon's defaults unless changed).
     pub timeouts: Timeouts,
-    /// Interval between export passes, capture time (default 250 ms).
+    /// Interval between export passes, capture time (default 250 ms); evidence
+    /// records are read at the same passes.
     pub poll: Duration,
+    /// Evidence, report events and provisional quarantine settings (default: the
+    /// gateway daemon's; [`EvidenceOptions::off`] for no quarantine and no events).
+    pub evidence: EvidenceOptions,
 }
 
 impl Default for MeterOptions {
@@ -56,6 +94,7 @@ impl Default for MeterOptions {
         MeterOptions {
             timeouts: Timeouts::default(),
             poll: Duration::from_millis(250),
+            evidence: EvidenceOptions::default(),
         }
     }
 }
@@ -69,6 +108,19 @@ pub struct TimedRecord {
     pub record: FlowRecord,
 }
 
+/// Evidence the meter read at one export pass, or at once after a packet that
+/// raised an event (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimedEvidence {
+    /// Capture time of the reading (Unix ns).
+    pub at_ns: u64,
+    /// Records whose counts changed since the previous reading
+    /// ([`crate::evidence::EvidenceTracker`]), source table first.
+    pub records: Vec<EpochEvidence>,
+    /// Events raised since the previous reading, in order.
+    pub events: Vec<EvidenceEvent>,
+}
+
 /// Counts of what the meter saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MeterStats {
@@ -80,6 +132,13 @@ pub struct MeterStats {
     pub skipped: u64,
     /// Records emitted.
     pub records: u64,
+    /// IP frames dropped (a provisionally quarantined source's new flows, enforce
+    /// mode): neither accounted nor metered.
+    pub dropped: u64,
+    /// IP frames per counter slot the XDP program would count them in, indexed by
+    /// `CounterSlot as usize` (only `PassNoMatch`, `PassAllowlist`,
+    /// `DropQuarantine` and `WouldDropQuarantine` occur).
+    pub by_slot: [u64; COUNTER_SLOTS as usize],
 }
 
 struct Entry {
@@ -103,10 +162,13 @@ pub struct Meter {
     next_pass_ns: Option<u64>,
     last_ts_ns: u64,
     stats: MeterStats,
+    evidence: Evidence,
+    pending: Vec<TimedEvidence>,
 }
 
 impl Meter {
-    /// An empty flow table; the export clock starts at the first packet.
+    /// An empty flow table and evidence tables; the export clock starts at the
+    /// first packet.
     pub fn new(opts: MeterOptions) -> Self {
         Meter {
             opts,
@@ -114,7 +176,34 @@ impl Meter {
             next_pass_ns: None,
             last_ts_ns: 0,
             stats: MeterStats::default(),
+            evidence: Evidence::new(&opts.evidence),
+            pending: Vec::new(),
         }
+    }
+
+    /// Adds an allowlist prefix (see [`Evidence::allow`]): its sources pass, are
+    /// metered, and count no evidence. Errors: a length over 32 (IPv4) / 128 (IPv6).
+    pub fn allow(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), PrefixError> {
+        self.evidence.allow(addr, prefix_len)
+    }
+
+    /// The evidence tables, quarantine entries and events
+    /// ([`Evidence::src`], [`Evidence::dst`], [`Evidence::quarantines`],
+    /// [`Evidence::events`]).
+    pub fn evidence(&self) -> &Evidence {
+        &self.evidence
+    }
+
+    /// The evidence readings made since the previous call (only with
+    /// `evidence.export_records`), in capture-time order.
+    pub fn take_evidence(&mut self) -> Vec<TimedEvidence> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// The flows in the table now (unordered): key and statistics, as the kernel's
+    /// flow map holds them.
+    pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, &FlowStats)> {
+        self.flows.iter().map(|(k, e)| (k, &e.stats))
     }
 
     /// What the meter has seen so far.
@@ -128,38 +217,112 @@ impl Meter {
     }
 
     /// Feeds one frame captured at `ts_ns` (Unix ns). Export passes due up to `ts_ns`
-    /// run first; their records go to `emit`.
+    /// run first; their records go to `emit`. Returns the counter slot the XDP
+    /// program would count the frame in (its verdict), `None` for a frame skipped
+    /// (not IP, headers cut short).
     pub fn frame(
         &mut self,
         ts_ns: u64,
         link: LinkType,
         frame: &[u8],
         emit: &mut impl FnMut(TimedRecord),
-    ) {
+    ) -> Option<CounterSlot> {
         self.stats.frames += 1;
         let Some(p) = parse_frame(link, frame) else {
             self.stats.skipped += 1;
-            return;
+            return None;
         };
-        self.packet(ts_ns, &p, emit);
+        Some(self.packet(ts_ns, &p, emit))
     }
 
-    /// Accounts one parsed packet captured at `ts_ns` (Unix ns), after running the
-    /// export passes due up to then.
-    pub fn packet(&mut self, ts_ns: u64, p: &ParsedPacket, emit: &mut impl FnMut(TimedRecord)) {
+    /// Filters, accounts and counts the evidence of one parsed packet captured at
+    /// `ts_ns` (Unix ns; an earlier time than the previous packet's is read as
+    /// that), after running the export passes due up to then; returns its counter
+    /// slot (see the module docs for the steps).
+    pub fn packet(
+        &mut self,
+        ts_ns: u64,
+        p: &ParsedPacket,
+        emit: &mut impl FnMut(TimedRecord),
+    ) -> CounterSlot {
         // 0 means "no packet" in FlowStats; no real capture starts at the epoch.
         let ts_ns = ts_ns.max(1).max(self.last_ts_ns);
         self.advance(ts_ns, emit);
         self.last_ts_ns = ts_ns;
-        self.stats.accounted += 1;
         let (key, side) =
             FlowKey::new(p.src, p.sport, p.dst, p.dport, p.proto, p.family, p.vlan_id);
-        let entry = self.flows.entry(key).or_insert_with(|| Entry {
-            stats: FlowStats::default(),
-            base: None,
-            last_export_ns: None,
-        });
-        entry.stats.account(side, &p.meta, ts_ns);
+        let slot = match self.evidence.filter(p, ts_ns) {
+            Filter::Allowed => CounterSlot::PassAllowlist,
+            Filter::NoMatch => CounterSlot::PassNoMatch,
+            // A provisionally quarantined source: its established flows pass.
+            Filter::Quarantined if self.flows.contains_key(&key) => CounterSlot::PassNoMatch,
+            Filter::Quarantined => {
+                self.evidence.hit(&p.src);
+                CounterSlot::dropping(Reason::Quarantine, self.evidence.observe())
+            }
+        };
+        self.stats.by_slot[slot as usize] += 1;
+        if slot.verdict() == Verdict::Drop {
+            self.stats.dropped += 1;
+            return slot;
+        }
+        self.stats.accounted += 1;
+        let evidence = slot != CounterSlot::PassAllowlist;
+        let events_before = self.evidence.events().len();
+        match self.flows.get_mut(&key) {
+            Some(entry) => {
+                // The program's `answer_on_flow` test (the meter's one table always
+                // saw the flow open); answers count whoever sends them.
+                let m = &p.meta;
+                if let Some(a) = answer_on_flow(
+                    entry.stats.first_seen_ns != 0,
+                    side == entry.stats.opener,
+                    entry.stats.dir[side as usize].packets,
+                    p.proto,
+                    m.is_tcp,
+                    m.tcp_flags,
+                    m.icmp,
+                ) {
+                    self.evidence.answer_to(&p.dst, a);
+                }
+                entry.stats.account(side, &p.meta, ts_ns);
+            }
+            None => {
+                let mut stats = FlowStats::default();
+                stats.account(side, &p.meta, ts_ns);
+                self.flows.insert(
+                    key,
+                    Entry {
+                        stats,
+                        base: None,
+                        last_export_ns: None,
+                    },
+                );
+                self.evidence.count_opening(p, ts_ns, evidence);
+            }
+        }
+        if self.evidence.events().len() > events_before {
+            // The ring buffer wakes the daemon, which reads the maps at once.
+            self.evidence_pass(ts_ns);
+        }
+        slot
+    }
+
+    /// Reads the evidence tables (when `export_records`) and sweeps expired
+    /// quarantine entries.
+    fn evidence_pass(&mut self, now_ns: u64) {
+        if !self.opts.evidence.export_records {
+            self.evidence.prune(now_ns);
+            return;
+        }
+        let (records, events) = self.evidence.export(now_ns);
+        if !records.is_empty() || !events.is_empty() {
+            self.pending.push(TimedEvidence {
+                at_ns: now_ns,
+                records,
+                events,
+            });
+        }
     }
 
     /// Runs every export pass due at or before `now_ns`.
@@ -178,6 +341,7 @@ impl Meter {
                 next += (now_ns - next) / poll * poll;
             }
             self.pass(next, emit);
+            self.evidence_pass(next);
             next += poll;
         }
         self.next_pass_ns = Some(next);
@@ -238,6 +402,7 @@ impl Meter {
                 });
             }
         }
+        self.evidence_pass(now);
     }
 }
 
@@ -250,18 +415,44 @@ impl Meter {
 pub fn for_each_record(
     path: &Path,
     opts: &MeterOptions,
-    mut emit: impl FnMut(TimedRecord),
+    emit: impl FnMut(TimedRecord),
 ) -> Result<MeterStats, MeterError> {
-    let mut meter = Meter::new(*opts);
+    meter_capture(path, *opts, emit, |_| {})
+}
+
+/// [`for_each_record`] with the evidence too: `on_evidence` gets every
+/// [`TimedEvidence`] (the records that changed at each export pass and the events,
+/// see the module docs; `opts.evidence.export_records` is set), interleaved with
+/// the flow records in capture-time order. Errors as [`for_each_record`].
+pub fn for_each_output(
+    path: &Path,
+    opts: &MeterOptions,
+    on_record: impl FnMut(TimedRecord),
+    on_evidence: impl FnMut(TimedEvidence),
+) -> Result<MeterStats, MeterError> {
+    let mut opts = *opts;
+    opts.evidence.export_records = true;
+    meter_capture(path, opts, on_record, on_evidence)
+}
+
+fn meter_capture(
+    path: &Path,
+    opts: MeterOptions,
+    mut emit: impl FnMut(TimedRecord),
+    mut on_evidence: impl FnMut(TimedEvidence),
+) -> Result<MeterStats, MeterError> {
+    let mut meter = Meter::new(opts);
     for_each_frame(path, |fr| {
         let link = LinkType::of(fr.linktype).ok_or_else(|| MeterError::Linktype {
             path: path.to_owned(),
             linktype: u32::from(fr.linktype),
         })?;
         meter.frame(fr.ts_ns, link, fr.data, &mut emit);
+        meter.take_evidence().into_iter().for_each(&mut on_evidence);
         Ok(())
     })?;
     meter.finish(None, &mut emit);
+    meter.take_evidence().into_iter().for_each(&mut on_evidence);
     Ok(meter.stats())
 }
 
@@ -276,7 +467,10 @@ pub fn records_from_pcap(path: &Path, opts: &MeterOptions) -> Result<Vec<TimedRe
 mod tests {
     use std::{borrow::Cow, fs::File, path::PathBuf};
 
-    use fw_common::flow::tcp_flags::{ACK, RST, SYN};
+    use fw_common::{
+        counters::CounterSlot,
+        flow::tcp_flags::{ACK, RST, SYN},
+    };
     use pcap_file::{
         DataLink,
         pcap::{PcapHeader, PcapPacket, PcapWriter},
@@ -357,6 +551,114 @@ mod tests {
             "delta counts add up: {reasons:?}"
         );
         assert_eq!(reasons[2], (EndReason::ForcedEnd, 1));
+    }
+
+    #[test]
+    fn a_quarantined_source_loses_its_new_flows_but_keeps_its_established_ones() {
+        let scanner = [198, 51, 100, 7];
+        let target = [192, 0, 2, 10];
+        let t0 = 1_000 * S;
+        for observe in [false, true] {
+            let opts = MeterOptions {
+                evidence: EvidenceOptions {
+                    observe,
+                    ..EvidenceOptions::default()
+                },
+                ..MeterOptions::default()
+            };
+            let mut m = Meter::new(opts);
+            let mut t = t0;
+            let mut send = |m: &mut Meter, f: Vec<u8>| {
+                t += 1_000;
+                m.frame(t, LinkType::RawIp, &f, &mut |_| {}).unwrap()
+            };
+            send(&mut m, ipv4(scanner, target, 6, 0, 0, &tcp(50000, 22, SYN)));
+            send(
+                &mut m,
+                ipv4(target, scanner, 6, 0, 0, &tcp(22, 50000, SYN | ACK)),
+            );
+            let mut slots = Vec::new();
+            for port in 1000..1100u16 {
+                let slot = send(
+                    &mut m,
+                    ipv4(scanner, target, 6, 0, 0, &tcp(40000, port, SYN)),
+                );
+                if slot == CounterSlot::PassNoMatch {
+                    send(
+                        &mut m,
+                        ipv4(target, scanner, 6, 0, 0, &tcp(port, 40000, RST | ACK)),
+                    );
+                }
+                slots.push(slot);
+            }
+            let est = send(&mut m, ipv4(scanner, target, 6, 0, 0, &tcp(50000, 22, ACK)));
+            assert_eq!(est, CounterSlot::PassNoMatch, "observe {observe}");
+            let limited = if observe {
+                CounterSlot::WouldDropQuarantine
+            } else {
+                CounterSlot::DropQuarantine
+            };
+            let first = slots
+                .iter()
+                .position(|s| *s == limited)
+                .expect("quarantined");
+            assert!(slots[first..].iter().all(|s| *s == limited));
+            let q = m.evidence().quarantines();
+            assert_eq!(q.len(), 1);
+            assert_eq!(q[0].1.hits as usize, 100 - first);
+            let stats = m.stats();
+            assert_eq!(stats.by_slot[limited as usize] as usize, 100 - first);
+            // Enforce: the dropped probes opened no flow; observe: all did.
+            let flows = if observe { 101 } else { 1 + first };
+            assert_eq!(m.active_flows(), flows, "observe {observe}");
+            assert_eq!(
+                stats.dropped as usize,
+                if observe { 0 } else { 100 - first }
+            );
+        }
+    }
+
+    #[test]
+    fn evidence_records_follow_the_export_passes() {
+        let c = [192, 0, 2, 1];
+        let t0 = 1_000 * S;
+        let opts = MeterOptions {
+            evidence: EvidenceOptions {
+                export_records: true,
+                ..EvidenceOptions::off()
+            },
+            ..MeterOptions::default()
+        };
+        let mut m = Meter::new(opts);
+        for i in 0..4u64 {
+            // One new flow every 300 ms: passes every 250 ms see each.
+            let f = ipv4(c, [192, 0, 2, 100 + i as u8], 17, 0, 0, &udp(5000, 53, 0));
+            m.frame(t0 + i * 300_000_000, LinkType::RawIp, &f, &mut |_| {});
+        }
+        m.finish(None, &mut |_| {});
+        let ev = m.take_evidence();
+        let src: Vec<(u64, u64, u32)> = ev
+            .iter()
+            .flat_map(|te| {
+                te.records
+                    .iter()
+                    .filter(|r| r.role == tad_wire::EvidenceRole::Source)
+                    .map(move |r| (te.at_ns - t0, r.epoch_start_ms, r.new_flows))
+            })
+            .collect();
+        // Epoch 1000 s holds the first four flows (0, .3, .6, .9 s); each pass
+        // after one publishes the grown count.
+        let e = 1_000_000;
+        assert_eq!(
+            src,
+            vec![
+                (250_000_000, e, 1),
+                (500_000_000, e, 2),
+                (750_000_000, e, 3),
+                (900_000_000, e, 4),
+            ],
+            "{ev:?}"
+        );
     }
 
     fn tmp(name: &str) -> PathBuf {

@@ -1,6 +1,8 @@
 //! The gateway configuration the XDP program reads on every packet (map
 //! [`crate::maps::CONFIG`], index 0). All-zero is a valid configuration: enforce
-//! mode, flow accounting on, no rate limits.
+//! mode, flow accounting and evidence on, no rate limits, no provisional quarantine,
+//! no report events (the gateway daemon's defaults switch the last two on:
+//! [`DEFAULT_QUARANTINE_DISTINCT`], [`DEFAULT_REPORT_DISTINCT`]).
 
 /// Enforce (IPS) mode: matching packets get `XDP_DROP`.
 pub const MODE_ENFORCE: u32 = 0;
@@ -10,7 +12,16 @@ pub const MODE_OBSERVE: u32 = 1;
 /// `flags` bit: do not record flows (the flow map is left untouched).
 pub const FLAG_NO_FLOW_ACCOUNTING: u32 = 1 << 0;
 
-/// Runtime configuration of the XDP program. 24 bytes, host byte order.
+/// Default [`GatewayConfig::quarantine_distinct`]: 48 set bits, about 52 distinct
+/// hosts or ports in one to two seconds, each without a reply.
+pub const DEFAULT_QUARANTINE_DISTINCT: u32 = 48;
+/// Default [`GatewayConfig::quarantine_ttl_ms`]: 30 s, long enough for a detector
+/// to confirm (block) or lift it, short enough to end by itself when none answers.
+pub const DEFAULT_QUARANTINE_TTL_MS: u32 = 30_000;
+/// Default [`GatewayConfig::report_distinct`]: 16 set bits.
+pub const DEFAULT_REPORT_DISTINCT: u32 = 16;
+
+/// Runtime configuration of the XDP program. 40 bytes, host byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayConfig {
@@ -26,6 +37,21 @@ pub struct GatewayConfig {
     pub pkt_rate_pps: u32,
     /// Burst of packets a source may send back to back, packets (>= 1 when on).
     pub pkt_burst: u32,
+    /// Provisional quarantine threshold ([`crate::evidence::EvidenceSlot::over_budget`]):
+    /// a source with this many distinct destination hosts or ports (set bits of the
+    /// one-to-two-second union) and this many new flows without a reply gets a
+    /// blocklist entry that drops its *new* flows only
+    /// ([`crate::filter::BLOCK_FLAG_NEW_FLOWS_ONLY`]) for
+    /// [`Self::quarantine_ttl_ms`]; 0 = off.
+    pub quarantine_distinct: u32,
+    /// Lifetime of a provisional quarantine entry, ms (0 is treated as 1 s).
+    pub quarantine_ttl_ms: u32,
+    /// Distinct hosts or ports (set bits) at which a source's first crossing per
+    /// epoch wakes the gateway daemon through the event ring buffer; 0 = no events.
+    pub report_distinct: u32,
+    /// How long a source that answered a SYN-authentication challenge stays
+    /// validated, s (0 is treated as [`crate::synauth::DEFAULT_VALIDATED_TTL_S`]).
+    pub syn_auth_ttl_s: u32,
 }
 
 impl GatewayConfig {
@@ -33,6 +59,47 @@ impl GatewayConfig {
     #[inline(always)]
     pub fn observe(&self) -> bool {
         self.mode == MODE_OBSERVE
+    }
+
+    /// The evidence thresholds in [`crate::evidence::Budgets`] form.
+    #[inline(always)]
+    pub fn budgets(&self) -> crate::evidence::Budgets {
+        let ttl_ms = if self.quarantine_ttl_ms == 0 {
+            1_000
+        } else {
+            self.quarantine_ttl_ms
+        };
+        crate::evidence::Budgets {
+            quarantine: self.quarantine_distinct,
+            report: self.report_distinct,
+            // One epoch more than the TTL covers: a quarantine made mid-epoch has
+            // surely expired when the same CPU may make the next one.
+            quarantine_epochs: (ttl_ms as u64).div_ceil(crate::evidence::EPOCH_NS / 1_000_000)
+                as u32
+                + 1,
+        }
+    }
+
+    /// [`Self::quarantine_ttl_ms`] in ns, 0 read as 1 s.
+    #[inline(always)]
+    pub fn quarantine_ttl_ns(&self) -> u64 {
+        let ms = if self.quarantine_ttl_ms == 0 {
+            1_000
+        } else {
+            self.quarantine_ttl_ms
+        };
+        ms as u64 * 1_000_000
+    }
+
+    /// [`Self::syn_auth_ttl_s`] in ns, 0 read as the default.
+    #[inline(always)]
+    pub fn syn_auth_ttl_ns(&self) -> u64 {
+        let s = if self.syn_auth_ttl_s == 0 {
+            crate::synauth::DEFAULT_VALIDATED_TTL_S
+        } else {
+            self.syn_auth_ttl_s
+        };
+        s as u64 * 1_000_000_000
     }
 
     /// Whether the flow map is updated.

@@ -21,8 +21,11 @@ pub enum Verdict {
     Pass,
     /// `XDP_DROP` (enforce mode).
     Drop,
-    /// Would have been dropped; passed because the gateway is in observe mode.
+    /// Would have been dropped (or answered); passed because the gateway is in
+    /// observe mode.
     WouldDrop,
+    /// `XDP_TX`: answered by the program itself (a SYN-authentication challenge).
+    Tx,
 }
 
 /// Why the program reached its verdict.
@@ -44,6 +47,15 @@ pub enum Reason {
     SynRate,
     /// Source exceeded its packet token bucket.
     PktRate,
+    /// A provisionally quarantined source opened a new flow
+    /// ([`crate::filter::BLOCK_FLAG_NEW_FLOWS_ONLY`]).
+    Quarantine,
+    /// SYN authentication of a protected service ([`crate::synauth`]): a SYN
+    /// challenged (`Tx`), or a client's RST with a valid cookie consumed (`Drop`).
+    SynAuth,
+    /// A SYN to a protected service that could not be challenged, over the
+    /// service's fallback rate.
+    VictimRate,
 }
 
 /// Index into the counter array. Host byte order `u32`.
@@ -60,10 +72,17 @@ pub enum CounterSlot {
     WouldDropBlocklist = 7,
     WouldDropSynRate = 8,
     WouldDropPktRate = 9,
+    DropQuarantine = 10,
+    WouldDropQuarantine = 11,
+    TxSynAuth = 12,
+    WouldTxSynAuth = 13,
+    DropSynAuth = 14,
+    DropVictimRate = 15,
+    WouldDropVictimRate = 16,
 }
 
 /// Number of slots in the counter array.
-pub const COUNTER_SLOTS: u32 = 10;
+pub const COUNTER_SLOTS: u32 = 17;
 
 impl CounterSlot {
     /// Every slot, in index order.
@@ -78,6 +97,13 @@ impl CounterSlot {
         CounterSlot::WouldDropBlocklist,
         CounterSlot::WouldDropSynRate,
         CounterSlot::WouldDropPktRate,
+        CounterSlot::DropQuarantine,
+        CounterSlot::WouldDropQuarantine,
+        CounterSlot::TxSynAuth,
+        CounterSlot::WouldTxSynAuth,
+        CounterSlot::DropSynAuth,
+        CounterSlot::DropVictimRate,
+        CounterSlot::WouldDropVictimRate,
     ];
 
     /// The verdict this slot counts.
@@ -87,12 +113,19 @@ impl CounterSlot {
             | CounterSlot::PassAllowlist
             | CounterSlot::PassNonIp
             | CounterSlot::PassMalformed => Verdict::Pass,
-            CounterSlot::DropBlocklist | CounterSlot::DropSynRate | CounterSlot::DropPktRate => {
-                Verdict::Drop
-            }
+            CounterSlot::DropBlocklist
+            | CounterSlot::DropSynRate
+            | CounterSlot::DropPktRate
+            | CounterSlot::DropQuarantine
+            | CounterSlot::DropSynAuth
+            | CounterSlot::DropVictimRate => Verdict::Drop,
             CounterSlot::WouldDropBlocklist
             | CounterSlot::WouldDropSynRate
-            | CounterSlot::WouldDropPktRate => Verdict::WouldDrop,
+            | CounterSlot::WouldDropPktRate
+            | CounterSlot::WouldDropQuarantine
+            | CounterSlot::WouldTxSynAuth
+            | CounterSlot::WouldDropVictimRate => Verdict::WouldDrop,
+            CounterSlot::TxSynAuth => Verdict::Tx,
         }
     }
 
@@ -106,11 +139,16 @@ impl CounterSlot {
             CounterSlot::DropBlocklist | CounterSlot::WouldDropBlocklist => Reason::Blocklist,
             CounterSlot::DropSynRate | CounterSlot::WouldDropSynRate => Reason::SynRate,
             CounterSlot::DropPktRate | CounterSlot::WouldDropPktRate => Reason::PktRate,
+            CounterSlot::DropQuarantine | CounterSlot::WouldDropQuarantine => Reason::Quarantine,
+            CounterSlot::TxSynAuth | CounterSlot::WouldTxSynAuth | CounterSlot::DropSynAuth => {
+                Reason::SynAuth
+            }
+            CounterSlot::DropVictimRate | CounterSlot::WouldDropVictimRate => Reason::VictimRate,
         }
     }
 
     /// The slot for a filtering decision: `Drop` in enforce mode, `WouldDrop` in
-    /// observe mode. `reason` must be a dropping reason (blocklist or a rate limit).
+    /// observe mode. `reason` must be a dropping reason (blocklist, a rate limit or quarantine).
     #[inline(always)]
     pub const fn dropping(reason: Reason, observe: bool) -> CounterSlot {
         match (reason, observe) {
@@ -118,6 +156,10 @@ impl CounterSlot {
             (Reason::SynRate, true) => CounterSlot::WouldDropSynRate,
             (Reason::PktRate, false) => CounterSlot::DropPktRate,
             (Reason::PktRate, true) => CounterSlot::WouldDropPktRate,
+            (Reason::Quarantine, false) => CounterSlot::DropQuarantine,
+            (Reason::Quarantine, true) => CounterSlot::WouldDropQuarantine,
+            (Reason::VictimRate, false) => CounterSlot::DropVictimRate,
+            (Reason::VictimRate, true) => CounterSlot::WouldDropVictimRate,
             (_, false) => CounterSlot::DropBlocklist,
             (_, true) => CounterSlot::WouldDropBlocklist,
         }

@@ -14,6 +14,14 @@ pub const ORIGIN_FEED: u8 = 2;
 pub const ORIGIN_CONFIG: u8 = 3;
 /// Put there by a dashboard operator's command.
 pub const ORIGIN_COMMAND: u8 = 4;
+/// Put there by the XDP program itself: a provisional quarantine
+/// ([`crate::config::GatewayConfig::quarantine_distinct`]).
+pub const ORIGIN_DATAPATH: u8 = 5;
+
+/// [`BlockEntry::flags`] bit: the entry drops only packets that would open a new
+/// flow (no entry in the flow map); the source's established flows pass. A
+/// provisional quarantine is such an entry.
+pub const BLOCK_FLAG_NEW_FLOWS_ONLY: u8 = 1 << 0;
 
 /// Why a source is blocked (stable codes; the text lives in userspace).
 #[repr(u8)]
@@ -67,10 +75,18 @@ pub struct BlockEntry {
     pub reason: u8,
     /// `ORIGIN_*` code.
     pub origin: u8,
-    pub _pad: [u8; 2],
+    /// `BLOCK_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
 }
 
 impl BlockEntry {
+    /// Whether the entry drops only a source's new flows (a provisional quarantine).
+    #[inline(always)]
+    pub fn new_flows_only(&self) -> bool {
+        self.flags & BLOCK_FLAG_NEW_FLOWS_ONLY != 0
+    }
+
     /// Whether the entry is in force at `now_ns` (same clock as `expires_ns`).
     #[inline(always)]
     pub fn active(&self, now_ns: u64) -> bool {

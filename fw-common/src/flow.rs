@@ -85,33 +85,46 @@ impl FlowKey {
         family: u8,
         vlan_id: u16,
     ) -> (FlowKey, u8) {
-        let src_lower = match cmp_addr(&src, &dst) {
+        let mut key = FlowKey::default();
+        let side = key.set(&src, sport, &dst, dport, proto, family, vlan_id);
+        (key, side)
+    }
+
+    /// [`Self::new`] in place: overwrites `self` with the key of a packet and
+    /// returns its sender's side. The XDP program builds the key in its scratch
+    /// map this way, without a 40-byte temporary on the 512-byte BPF stack.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn set(
+        &mut self,
+        src: &[u8; 16],
+        sport: u16,
+        dst: &[u8; 16],
+        dport: u16,
+        proto: u8,
+        family: u8,
+        vlan_id: u16,
+    ) -> u8 {
+        let src_lower = match cmp_addr(src, dst) {
             Ord3::Less => true,
             Ord3::Greater => false,
             Ord3::Equal => sport <= dport,
         };
+        self.proto = proto;
+        self.family = family;
+        self.vlan_id = vlan_id;
         if src_lower {
-            let key = FlowKey {
-                addr_a: src,
-                addr_b: dst,
-                port_a: sport,
-                port_b: dport,
-                proto,
-                family,
-                vlan_id,
-            };
-            (key, SIDE_A)
+            self.addr_a = *src;
+            self.addr_b = *dst;
+            self.port_a = sport;
+            self.port_b = dport;
+            SIDE_A
         } else {
-            let key = FlowKey {
-                addr_a: dst,
-                addr_b: src,
-                port_a: dport,
-                port_b: sport,
-                proto,
-                family,
-                vlan_id,
-            };
-            (key, SIDE_B)
+            self.addr_a = *dst;
+            self.addr_b = *src;
+            self.port_a = dport;
+            self.port_b = sport;
+            SIDE_B
         }
     }
 }

@@ -15,17 +15,19 @@
 
 pub mod config;
 pub mod counters;
+pub mod evidence;
 pub mod filter;
 pub mod flow;
 pub mod maps;
 pub mod proto;
 pub mod rate;
+pub mod synauth;
 
 /// `aya::Pod` for the map types: plain old data with no padding holes left
 /// uninitialised (all padding is an explicit field).
 #[cfg(feature = "user")]
 mod pod {
-    use crate::{config, counters, filter, flow, rate};
+    use crate::{config, counters, evidence, filter, flow, rate, synauth};
 
     macro_rules! pod {
         ($($t:ty),* $(,)?) => { $(unsafe impl aya::Pod for $t {})* };
@@ -33,6 +35,9 @@ mod pod {
     pod!(
         config::GatewayConfig,
         counters::CounterValue,
+        evidence::EpochCounts,
+        evidence::EvidenceSlot,
+        evidence::EvidenceEvent,
         filter::AllowEntry,
         filter::BlockEntry,
         flow::FlowKey,
@@ -40,5 +45,7 @@ mod pod {
         flow::DirStats,
         rate::RateKey,
         rate::RateState,
+        synauth::ServiceKey,
+        synauth::SynAuthEntry,
     );
 }

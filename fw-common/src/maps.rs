@@ -33,9 +33,37 @@ pub const FLOWS: &str = "FLOWS";
 pub const COUNTERS: &str = "COUNTERS";
 /// Array with one [`crate::config::GatewayConfig`] at index 0.
 pub const CONFIG: &str = "CONFIG";
+/// Array (one value shared by all CPUs, `BPF_F_MMAPABLE`: readable through `mmap`
+/// of the map fd, slot `i` at byte `i * size_of::<EvidenceSlot>()`) of
+/// [`EVIDENCE_SLOTS`] [`crate::evidence::EvidenceSlot`]s, one per sending address
+/// (hash-indexed, see [`crate::evidence::slot_index`]).
+pub const EVIDENCE_SRC: &str = "EVIDENCE_SRC";
+/// The same for receiving addresses.
+pub const EVIDENCE_DST: &str = "EVIDENCE_DST";
+/// BPF ring buffer of [`crate::evidence::EvidenceEvent`]s ([`EVENTS_BYTES`] bytes).
+pub const EVENTS: &str = "EVENTS";
+
+/// Hash map of protected TCP services (SYN authentication, see
+/// [`crate::synauth`]). Key [`crate::synauth::ServiceKey`], value
+/// [`crate::synauth::SynAuthEntry`].
+pub const SYN_AUTH: &str = "SYN_AUTH";
+/// LRU hash of sources that answered a SYN-authentication challenge. Key: the
+/// source address (16 bytes, network order, IPv4-mapped), value: `u64` expiry on
+/// the `bpf_ktime_get_ns` clock (ns).
+pub const SYN_VALIDATED: &str = "SYN_VALIDATED";
+/// Capacity of [`SYN_AUTH`] (protected services).
+pub const SYN_AUTH_MAX_ENTRIES: u32 = 1024;
+/// Capacity of [`SYN_VALIDATED`] (validated sources). Spoofed sources never get
+/// in (they never answer), so a flood cannot churn it.
+pub const SYN_VALIDATED_MAX_ENTRIES: u32 = 65_536;
+
+pub use crate::evidence::EVIDENCE_SLOTS;
+/// Size of the [`EVENTS`] ring buffer, bytes (a power of two, a multiple of the
+/// page size): 64 KiB, about 1,300 events.
+pub const EVENTS_BYTES: u32 = 64 * 1024;
 
 /// Every map, in the order the loader pins them.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 15] = [
     ALLOW_V4,
     ALLOW_V6,
     BLOCK_V4,
@@ -46,6 +74,11 @@ pub const ALL: [&str; 10] = [
     FLOWS,
     COUNTERS,
     CONFIG,
+    EVIDENCE_SRC,
+    EVIDENCE_DST,
+    EVENTS,
+    SYN_AUTH,
+    SYN_VALIDATED,
 ];
 
 /// Whether a blocklist prefix of `prefix_len` bits is a single address, kept in the

@@ -69,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             mode: AttachMode::Skb,
             observe: false,
             limits: Limits::default(),
+            evidence: Default::default(),
             sizes: MapSizes::default(),
             allow: Vec::new(),
             allow_own_addresses: false,

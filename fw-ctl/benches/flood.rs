@@ -156,6 +156,9 @@ struct Cell {
     /// gateway's default runtime config (enforce, no rate limits, flow accounting
     /// on) adjusted by `f`.
     program: Option<fn(&mut GatewayConfig)>,
+    /// With the program: the victim's TCP service under SYN authentication
+    /// (`fw_common::synauth`, what a detector's `ProtectSyn` verdict switches on).
+    syn_auth: bool,
 }
 
 fn as_today(_: &mut GatewayConfig) {}
@@ -166,18 +169,28 @@ const CELLS: &[Cell] = &[
         what: "no XDP program, flood",
         flood: true,
         program: None,
+        syn_auth: false,
     },
     Cell {
         key: "program",
         what: "program as today (flow accounting on), flood",
         flood: true,
         program: Some(as_today),
+        syn_auth: false,
+    },
+    Cell {
+        key: "program_syn_auth",
+        what: "program, victim service under SYN authentication, flood",
+        flood: true,
+        program: Some(as_today),
+        syn_auth: true,
     },
     Cell {
         key: "program_no_flood",
         what: "program as today, no flood (method check)",
         flood: false,
         program: Some(as_today),
+        syn_auth: false,
     },
 ];
 
@@ -783,6 +796,13 @@ fn measure(
         };
         adjust(&mut cfg);
         h.set_config(cfg);
+        if cell.syn_auth {
+            h.protect(
+                &VICTIM.to_string(),
+                TCP_PORT,
+                fw_common::synauth::SynAuthEntry::default(),
+            );
+        }
         let rtr = tb.rtr_fd.clone();
         let xdp = &mut h.ebpf;
         let id = std::thread::scope(|sc| {
@@ -1136,6 +1156,7 @@ fn report(
                 "what": cell.what,
                 "flood": cell.flood,
                 "program": cell.program.is_some(),
+                "syn_auth": cell.syn_auth,
                 "pkts_per_s": med(&|s| s.pkts_per_s).round(),
                 "softirq_ns_per_pkt": r(med(&|s| s.softirq_ns), 1),
                 "cpu_ns_per_pkt": r(med(&|s| s.cpu_ns), 1),

@@ -80,6 +80,11 @@ pub struct GatewayFile {
     pub state: StatePublication,
     /// The local HTTP endpoints (`/metrics`, `/health`).
     pub http: Http,
+    /// IPFIX export of the flow records to a standard collector (off by default).
+    pub ipfix: Ipfix,
+    /// Evidence at packet speed (the XDP program's per-address counts) and the
+    /// provisional quarantine it makes.
+    pub evidence: Evidence,
 }
 
 impl Default for GatewayFile {
@@ -104,6 +109,8 @@ impl Default for GatewayFile {
             verdicts: Verdicts::default(),
             state: StatePublication::default(),
             http: Http::default(),
+            ipfix: Ipfix::default(),
+            evidence: Evidence::default(),
         }
     }
 }
@@ -253,6 +260,144 @@ impl Default for StatePublication {
             poll_interval_ms: 500,
             snapshot_interval_ms: 5_000,
         }
+    }
+}
+
+/// Evidence at packet speed (`fw_common::evidence`): the XDP program counts, per
+/// address and 1 s epoch, new flows, distinct peers and ports and the answers they
+/// got; the daemon reads those counts every `poll_interval_ms` (and at once when
+/// the program raises an event) and publishes them to the detectors as
+/// `tad_wire::EvidenceBatch`es. The thresholds are written into the kernel
+/// configuration map at load and daemon start; they count set bits of the 256-bit
+/// peer bitmaps (about distinct peers for small numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Evidence {
+    /// How often both evidence maps are read and the changed records published,
+    /// ms (50..=1000; at most one epoch, so no epoch goes unseen).
+    pub poll_interval_ms: u64,
+    /// Provisional quarantine: a source with this many distinct destination hosts
+    /// or ports and this many new flows without a reply within one to two seconds
+    /// gets a blocklist entry that drops its new flows only, until a detector
+    /// confirms (block) or lifts (unblock) it or it expires; 0 = off.
+    pub quarantine_distinct: u32,
+    /// Lifetime of a provisional quarantine entry, ms (1000..=3600000).
+    pub quarantine_ttl_ms: u32,
+    /// Distinct hosts or ports at which the program wakes the daemon (a `report`
+    /// event, at most one per source and epoch); 0 = off.
+    pub report_distinct: u32,
+}
+
+impl Default for Evidence {
+    fn default() -> Self {
+        use fw_common::config as c;
+        Evidence {
+            poll_interval_ms: 250,
+            quarantine_distinct: c::DEFAULT_QUARANTINE_DISTINCT,
+            quarantine_ttl_ms: c::DEFAULT_QUARANTINE_TTL_MS,
+            report_distinct: c::DEFAULT_REPORT_DISTINCT,
+        }
+    }
+}
+
+impl Evidence {
+    /// Every problem, each naming its key.
+    pub fn check(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(50..=1000).contains(&self.poll_interval_ms) {
+            p.push(format!(
+                "evidence.poll_interval_ms {}: must be in 50..=1000 (ms)",
+                self.poll_interval_ms
+            ));
+        }
+        if !(1000..=3_600_000).contains(&self.quarantine_ttl_ms) {
+            p.push(format!(
+                "evidence.quarantine_ttl_ms {}: must be in 1000..=3600000 (ms)",
+                self.quarantine_ttl_ms
+            ));
+        }
+        let bits = fw_common::evidence::BITMAP_BITS;
+        for (key, v) in [
+            ("quarantine_distinct", self.quarantine_distinct),
+            ("report_distinct", self.report_distinct),
+        ] {
+            if v > bits {
+                p.push(format!(
+                    "evidence.{key} {v}: at most {bits} (bits of the peer bitmap); 0 = off"
+                ));
+            }
+        }
+        p
+    }
+
+    /// Writes the thresholds into the kernel configuration (the other fields
+    /// untouched).
+    pub fn apply(&self, cfg: &mut fw_common::config::GatewayConfig) {
+        cfg.quarantine_distinct = self.quarantine_distinct;
+        cfg.quarantine_ttl_ms = self.quarantine_ttl_ms;
+        cfg.report_distinct = self.report_distinct;
+    }
+}
+
+/// IPFIX export (RFC 7011 over UDP, `daemon::ipfix`): every flow record the
+/// daemon exports also goes to this collector, as one uniflow data record per
+/// direction with packets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ipfix {
+    /// The collector, `host:port` (e.g. `"192.0.2.10:4739"`, `"[2001:db8::10]:4739"`,
+    /// `"collector.lan:2055"`; resolved once at start); absent = no IPFIX export.
+    pub collector: Option<String>,
+    /// Observation domain id in every message header (RFC 7011 §3.1).
+    pub observation_domain_id: u32,
+    /// Templates are resent this often, s (RFC 7011 §8.4, UDP); 1..=3600.
+    pub template_refresh_s: u64,
+    /// Largest IPFIX message (the UDP payload), bytes; 512..=65507. Keep it under
+    /// the path MTU less the IP and UDP headers (default 1400).
+    pub max_message_bytes: usize,
+}
+
+impl Default for Ipfix {
+    fn default() -> Self {
+        Ipfix {
+            collector: None,
+            observation_domain_id: 1,
+            template_refresh_s: 60,
+            max_message_bytes: 1400,
+        }
+    }
+}
+
+impl Ipfix {
+    /// Every problem of this section, each naming its key (the collector is
+    /// resolved only when the daemon starts).
+    pub fn check(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(c) = &self.collector {
+            let ok = c.rsplit_once(':').is_some_and(|(host, port)| {
+                let host_ok = !host.is_empty()
+                    && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
+                host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                p.push(format!(
+                    "ipfix.collector {c:?}: not host:port (e.g. \"192.0.2.10:4739\", \"[2001:db8::10]:4739\"); leave it out to turn IPFIX export off"
+                ));
+            }
+        }
+        if !(1..=3600).contains(&self.template_refresh_s) {
+            p.push(format!(
+                "ipfix.template_refresh_s {}: must be in 1..=3600 (s)",
+                self.template_refresh_s
+            ));
+        }
+        if !(512..=65507).contains(&self.max_message_bytes) {
+            p.push(format!(
+                "ipfix.max_message_bytes {}: must be in 512..=65507 (bytes, the UDP payload)",
+                self.max_message_bytes
+            ));
+        }
+        p
     }
 }
 
@@ -423,6 +568,8 @@ impl GatewayFile {
         if let Err(e) = self.http.addr() {
             p.push(e);
         }
+        p.extend(self.ipfix.check());
+        p.extend(self.evidence.check());
         if self.bus_enabled {
             let b = self.bus_config();
             if !b.node_id.starts_with("gateway-") {
@@ -542,6 +689,33 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_evidence_defaults_switch_provisional_quarantine_on() {
+        use fw_common::config::{self as k, GatewayConfig};
+        let mut cfg = GatewayConfig {
+            syn_rate_pps: 7,
+            ..Default::default()
+        };
+        GatewayFile::default().evidence.apply(&mut cfg);
+        assert_eq!(
+            (
+                cfg.quarantine_distinct,
+                cfg.quarantine_ttl_ms,
+                cfg.report_distinct
+            ),
+            (
+                k::DEFAULT_QUARANTINE_DISTINCT,
+                k::DEFAULT_QUARANTINE_TTL_MS,
+                k::DEFAULT_REPORT_DISTINCT
+            )
+        );
+        assert!(cfg.quarantine_distinct > 0);
+        assert_eq!(cfg.syn_rate_pps, 7, "the other fields are left alone");
+        let off = GatewayFile::parse("[evidence]\nquarantine_distinct = 0\n").unwrap();
+        assert_eq!(off.evidence.quarantine_distinct, 0);
+        assert!(off.evidence.check().is_empty(), "0 is off, not an error");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let e = GatewayFile::parse("gateway_id = \"gw\"\nmanagment = []\n").unwrap_err();
         assert!(e.contains("managment"), "{e}");
@@ -574,9 +748,66 @@ mod tests {
         assert!(p.contains("verdicts.max_age_s"), "{p}");
         assert!(p.contains("verdicts.replay_window"), "{p}");
         assert!(p.contains("http.listen \"localhost\""), "{p}");
+        let c = GatewayFile::parse(
+            "bus_enabled = false\n[evidence]\npoll_interval_ms = 20\nquarantine_ttl_ms = 10\nreport_distinct = 300\n",
+        )
+        .unwrap();
+        let p = c.check().join("\n");
+        assert!(p.contains("evidence.poll_interval_ms 20"), "{p}");
+        assert!(p.contains("evidence.quarantine_ttl_ms 10"), "{p}");
+        assert!(p.contains("evidence.report_distinct 300"), "{p}");
+        assert!(!p.contains("quarantine_distinct"), "{p}");
         let c = GatewayFile::parse("bus_enabled = false\n[http]\nlisten = \"\"\n").unwrap();
         assert_eq!(c.check(), Vec::<String>::new());
         assert_eq!(c.http.addr(), Ok(None));
+    }
+
+    #[test]
+    fn ipfix_section_is_checked_key_by_key() {
+        let c =
+            GatewayFile::parse("bus_enabled = false\n[ipfix]\ncollector = \"127.0.0.1:4739\"\n")
+                .unwrap();
+        assert_eq!(c.check(), Vec::<String>::new());
+        assert_eq!(c.ipfix.collector.as_deref(), Some("127.0.0.1:4739"));
+        assert_eq!(c.ipfix.max_message_bytes, 1400, "defaults for the rest");
+        assert_eq!(
+            GatewayFile::parse("").unwrap().ipfix.collector,
+            None,
+            "off by default"
+        );
+        for ok in ["[2001:db8::10]:4739", "collector.lan:2055"] {
+            let i = Ipfix {
+                collector: Some(ok.into()),
+                ..Ipfix::default()
+            };
+            assert_eq!(i.check(), Vec::<String>::new(), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "2001:db8::10:4739",
+            ":4739",
+            "host:0",
+            "host:70000",
+        ] {
+            let i = Ipfix {
+                collector: Some(bad.into()),
+                ..Ipfix::default()
+            };
+            let p = i.check().join("\n");
+            assert!(
+                p.contains("ipfix.collector") && p.contains(bad),
+                "{bad}: {p}"
+            );
+        }
+        let c = GatewayFile::parse(
+            "bus_enabled = false\n[ipfix]\ntemplate_refresh_s = 0\nmax_message_bytes = 100\n",
+        )
+        .unwrap();
+        let p = c.check().join("\n");
+        assert!(p.contains("ipfix.template_refresh_s 0"), "{p}");
+        assert!(p.contains("ipfix.max_message_bytes 100"), "{p}");
+        let e = GatewayFile::parse("[ipfix]\ncolector = \"x:1\"\n").unwrap_err();
+        assert!(e.contains("colector"), "{e}");
     }
 
     #[test]

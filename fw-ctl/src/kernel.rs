@@ -1,7 +1,19 @@
 //! Access to a loaded instance's pinned maps (`/sys/fs/bpf/<instance>/maps/*`):
 //! the allow/block LPM tries (as [`Lists`]), the runtime configuration, the verdict
 //! counters, the flow table and the fill level of each map. Every verb other than
-//! `load` works through this, with or without the daemon running.
+//! `load` works through this, with or without the daemon running. The evidence
+//! arrays and the event ring buffer have their own handles ([`EvidenceTable`],
+//! [`open_events`]), which only the daemon's evidence task holds.
+//!
+//! # Evidence arrays
+//! `EVIDENCE_SRC` / `EVIDENCE_DST` are `BPF_F_MMAPABLE` arrays: [`EvidenceTable`]
+//! maps them read-only and shared (`mmap(PROT_READ, MAP_SHARED)` of the map fd,
+//! kernel `array_map_mmap`; slot `i` at byte `i * 232`), so reading all 4,096 slots
+//! is a memory copy, not 4,096 syscalls. The program updates the slots with plain
+//! stores while they are read: a copy may be torn (half of an update), which costs
+//! at most one increment or bit until the next read. When the kernel refuses the
+//! mapping (a map made without the flag by an older version, kept by `unload
+//! --keep-maps`), each slot is read with a lookup instead.
 //!
 //! # Exact lookups in an LPM trie
 //! A lookup in `BPF_MAP_TYPE_LPM_TRIE` is a longest-prefix match: asking for
@@ -21,16 +33,18 @@
 use std::{collections::BTreeMap, io, net::IpAddr};
 
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
     lpm_trie::{Key, LpmTrie},
 };
 use fw_common::{
     config::GatewayConfig,
     counters::{COUNTER_SLOTS, CounterSlot, CounterValue},
+    evidence::{EVIDENCE_SLOTS, EvidenceEvent, EvidenceSlot},
     filter::{AllowEntry, BlockEntry},
     flow::{FlowKey, FlowStats},
     maps as names,
     rate::{RateKey, RateState},
+    synauth::{ServiceKey, SynAuthEntry},
 };
 use ipnet::IpNet;
 use tad_wire::MapFill;
@@ -78,7 +92,7 @@ fn open(dir: &PinDir, name: &str) -> Result<Map> {
     Map::from_map_data(data).map_err(|e| err(name, "open pinned map", e))
 }
 
-fn typed<T: TryFrom<Map, Error = MapError>>(dir: &PinDir, name: &str) -> Result<T> {
+pub(crate) fn typed<T: TryFrom<Map, Error = MapError>>(dir: &PinDir, name: &str) -> Result<T> {
     T::try_from(open(dir, name)?).map_err(|e| err(name, "unexpected map type", e))
 }
 
@@ -340,6 +354,11 @@ impl Pinned {
             (names::FLOWS, count(self.flows.keys()), max(&self.flows)),
             (names::COUNTERS, COUNTER_SLOTS as u64, COUNTER_SLOTS),
             (names::CONFIG, 1, 1),
+            evidence_fill(&self.dir, names::EVIDENCE_SRC),
+            evidence_fill(&self.dir, names::EVIDENCE_DST),
+            // A ring buffer has no entries to count: its size in bytes, nothing
+            // pending (the daemon drains it as events arrive).
+            (names::EVENTS, 0, names::EVENTS_BYTES),
         ]
         .into_iter()
         .map(|(n, c, m)| (n, (c, m)))
@@ -347,7 +366,12 @@ impl Pinned {
         Ok(names::ALL
             .iter()
             .map(|n| {
-                let (entries, max_entries) = counts[n];
+                // A map this function does not know yet: its capacity, entries
+                // not counted.
+                let (entries, max_entries) = counts
+                    .get(n)
+                    .copied()
+                    .unwrap_or_else(|| (0, capacity_of(&self.dir, n)));
                 MapFill {
                     name: n.to_string(),
                     entries,
@@ -371,6 +395,179 @@ impl Pinned {
         }
         (n, Ok(()))
     }
+}
+
+/// `max_entries` of the pinned map `name` (0 when it cannot be opened).
+fn capacity_of(dir: &PinDir, name: &str) -> u32 {
+    MapData::from_pin(dir.map(name))
+        .and_then(|m| m.info())
+        .map(|i| i.max_entries())
+        .unwrap_or(0)
+}
+
+/// Slots in use (epoch != 0) and slots of an evidence array; `(0, 0)` when it
+/// cannot be opened.
+fn evidence_fill(dir: &PinDir, name: &'static str) -> (&'static str, u64, u32) {
+    match EvidenceTable::open(dir, name) {
+        Ok(t) => {
+            let mut v = Vec::new();
+            let used = match t.read_all(&mut v) {
+                Ok(()) => v.iter().filter(|s| s.epoch != 0).count() as u64,
+                Err(_) => 0,
+            };
+            (name, used, t.slots())
+        }
+        Err(_) => (name, 0, 0),
+    }
+}
+
+/// A read-only shared mapping of an mmapable BPF array.
+struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value; reads are volatile
+// copies, so sharing it between threads reads what the kernel wrote.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// One evidence array (`EVIDENCE_SRC` or `EVIDENCE_DST`) of a loaded instance:
+/// [`EVIDENCE_SLOTS`] [`EvidenceSlot`]s, read through a shared read-only mapping
+/// (see the module docs) or, when the kernel refuses it, by lookups.
+pub struct EvidenceTable {
+    name: &'static str,
+    map: Array<MapData, EvidenceSlot>,
+    mapping: Option<Mapping>,
+    slots: u32,
+}
+
+impl EvidenceTable {
+    /// Opens the pinned array `name` and maps it.
+    ///
+    /// # Errors
+    /// [`CtlError::NotLoaded`] when it is not pinned; a map of another type or
+    /// value size. A refused `mmap` is not an error: the table falls back to
+    /// lookups ([`Self::mapped`] tells which) and logs why.
+    pub fn open(dir: &PinDir, name: &'static str) -> Result<EvidenceTable> {
+        let map: Array<MapData, EvidenceSlot> = typed(dir, name)?;
+        let slots = max(&map);
+        let len = slots as usize * std::mem::size_of::<EvidenceSlot>();
+        let mapping = if len == 0 {
+            None
+        } else {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            let fd = aya::maps::IterableMap::map(&map).fd().as_fd().as_raw_fd();
+            // SAFETY: mapping a BPF map fd read-only and shared at offset 0 for
+            // `len` bytes (the kernel checks the range against the map size); the
+            // mapping lives until `Mapping::drop`.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    fd,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                let e = io::Error::last_os_error();
+                tracing::warn!(map = name, error = %e, "cannot mmap the evidence map; reading it slot by slot");
+                None
+            } else {
+                std::ptr::NonNull::new(p.cast()).map(|ptr| Mapping { ptr, len })
+            }
+        };
+        Ok(EvidenceTable {
+            name,
+            map,
+            mapping,
+            slots,
+        })
+    }
+
+    /// Whether the table is read through the shared mapping.
+    pub fn mapped(&self) -> bool {
+        self.mapping.is_some()
+    }
+
+    /// Number of slots (the map's `max_entries`, [`EVIDENCE_SLOTS`] as built).
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Copies every slot into `out` (cleared first), in index order.
+    ///
+    /// # Errors
+    /// Only on the lookup fallback: a lookup that fails.
+    pub fn read_all(&self, out: &mut Vec<EvidenceSlot>) -> Result<()> {
+        out.clear();
+        out.reserve(self.slots as usize);
+        match &self.mapping {
+            Some(m) => {
+                let base = m.ptr.as_ptr().cast::<EvidenceSlot>();
+                for i in 0..self.slots as usize {
+                    // SAFETY: `i < slots` keeps the read inside the mapping; the
+                    // kernel aligns array values to 8 bytes (232 = 29 * 8), and
+                    // every bit pattern is a valid `EvidenceSlot` (plain integers).
+                    out.push(unsafe { std::ptr::read_volatile(base.add(i)) });
+                }
+            }
+            None => {
+                for i in 0..self.slots {
+                    let s = self
+                        .map
+                        .get(&i, 0)
+                        .map_err(|e| err(self.name, "lookup", e))?;
+                    out.push(s);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrites slot `index` (tests; the program owns the slots otherwise).
+    ///
+    /// # Errors
+    /// An index past the end or a failing update.
+    pub fn write(&mut self, index: u32, slot: &EvidenceSlot) -> Result<()> {
+        self.map
+            .set(index, slot, 0)
+            .map_err(|e| err(self.name, "write", e))
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<EvidenceSlot>().is_multiple_of(8));
+const _: () = assert!(EVIDENCE_SLOTS > 0);
+
+/// Opens the pinned `EVENTS` ring buffer of `dir` (aya's [`RingBuf`]: poll its fd
+/// for readability, e.g. through `tokio::io::unix::AsyncFd`, then take records
+/// with `next` until it returns `None`; decode each with [`decode_event`]).
+///
+/// # Errors
+/// [`CtlError::NotLoaded`] when it is not pinned; a map of another type or a
+/// failing mmap of its pages.
+pub fn open_events(dir: &PinDir) -> Result<RingBuf<MapData>> {
+    typed(dir, names::EVENTS)
+}
+
+/// An [`EvidenceEvent`] from one ring buffer record; `None` when the record is
+/// shorter than the event (a program of another version).
+pub fn decode_event(bytes: &[u8]) -> Option<EvidenceEvent> {
+    if bytes.len() < std::mem::size_of::<EvidenceEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; `EvidenceEvent` is plain integers (any bit pattern
+    // is valid); read_unaligned copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<EvidenceEvent>()) })
 }
 
 fn max<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(m: &M) -> u32 {
@@ -600,4 +797,55 @@ impl Lists for Pinned {
             IpNet::V6(n) => removed(self.allow6.remove(&key_v6(n)), names::ALLOW_V6),
         }
     }
+
+    fn protections(&self) -> Result<Vec<(std::net::SocketAddr, SynAuthEntry)>> {
+        let h = syn_auth(&self.dir)?;
+        let mut out = Vec::new();
+        for kv in h.iter() {
+            let (k, e) = kv.map_err(|e| err(names::SYN_AUTH, "iterate", e))?;
+            out.push((service_of(&k), e));
+        }
+        Ok(out)
+    }
+
+    fn put_protection(
+        &mut self,
+        service: std::net::SocketAddr,
+        entry: &SynAuthEntry,
+    ) -> Result<()> {
+        let mut h = syn_auth(&self.dir)?;
+        let m = max(&h);
+        h.insert(service_key(service), entry, 0)
+            .map_err(|e| insert_err(names::SYN_AUTH, e, m))
+    }
+
+    fn del_protection(&mut self, service: std::net::SocketAddr) -> Result<bool> {
+        let mut h = syn_auth(&self.dir)?;
+        removed(h.remove(&service_key(service)), names::SYN_AUTH)
+    }
+}
+
+/// `SYN_AUTH`, opened from its pin for one call (it is used rarely: a mitigation
+/// verdict, a state poll).
+fn syn_auth(dir: &PinDir) -> Result<HashMap<MapData, ServiceKey, SynAuthEntry>> {
+    typed(dir, names::SYN_AUTH)
+}
+
+/// The `SYN_AUTH` key of `address:port` (IPv4-mapped, `fw_common::synauth`).
+fn service_key(service: std::net::SocketAddr) -> ServiceKey {
+    let addr = match service.ip() {
+        IpAddr::V4(a) => fw_common::flow::v4_mapped(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    };
+    ServiceKey {
+        addr,
+        port: service.port(),
+        _pad: [0; 2],
+    }
+}
+
+fn service_of(k: &ServiceKey) -> std::net::SocketAddr {
+    let a = std::net::Ipv6Addr::from(k.addr);
+    let ip = a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4);
+    std::net::SocketAddr::new(ip, k.port)
 }

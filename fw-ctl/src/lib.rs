@@ -40,3 +40,4 @@ pub mod loader;
 pub mod object;
 pub mod pin;
 pub mod state;
+pub mod synauth;

@@ -9,14 +9,22 @@
 //!   the management network; origin [`ORIGIN_CONFIG`]) cannot be removed by hand;
 //! - an expired block counts as absent (the XDP program ignores it) and is swept.
 //!
-//! [`Lists`] abstracts the four LPM tries so the same rules run against the kernel
-//! maps ([`crate::kernel::Pinned`]) and, in tests, against [`MemLists`].
+//! [`Lists`] abstracts the four LPM tries (and the protected services of SYN
+//! authentication, `SYN_AUTH`) so the same rules run against the kernel maps
+//! ([`crate::kernel::Pinned`]) and, in tests, against [`MemLists`].
+//!
+//! Protected services ([`apply_protection`]) follow the blocks' merge rule for
+//! automatic sources: a protection is only ever extended, never shortened, and
+//! keeps its counters when extended. They never touch the blocklist.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use fw_common::filter::{
-    AllowEntry, BlockEntry, BlockReason, ORIGIN_COMMAND, ORIGIN_CONFIG, ORIGIN_DETECTOR,
-    ORIGIN_FEED, ORIGIN_MANUAL,
+use fw_common::{
+    filter::{
+        AllowEntry, BlockEntry, BlockReason, ORIGIN_COMMAND, ORIGIN_CONFIG, ORIGIN_DATAPATH,
+        ORIGIN_DETECTOR, ORIGIN_FEED, ORIGIN_MANUAL,
+    },
+    synauth::SynAuthEntry,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -40,6 +48,8 @@ pub enum Origin {
     Config,
     /// A dashboard operator's command (verified, from a trusted dashboard).
     Command,
+    /// The XDP program's provisional quarantine (never made by userspace).
+    Datapath,
 }
 
 impl Origin {
@@ -51,6 +61,7 @@ impl Origin {
             Origin::Feed => ORIGIN_FEED,
             Origin::Config => ORIGIN_CONFIG,
             Origin::Command => ORIGIN_COMMAND,
+            Origin::Datapath => ORIGIN_DATAPATH,
         }
     }
 
@@ -61,11 +72,12 @@ impl Origin {
             ORIGIN_FEED => Origin::Feed,
             ORIGIN_CONFIG => Origin::Config,
             ORIGIN_COMMAND => Origin::Command,
+            ORIGIN_DATAPATH => Origin::Datapath,
             _ => Origin::Manual,
         }
     }
 
-    /// `manual`, `detector`, `feed`, `config` or `command`.
+    /// `manual`, `detector`, `feed`, `config`, `command` or `datapath`.
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Manual => "manual",
@@ -73,6 +85,7 @@ impl Origin {
             Origin::Feed => "feed",
             Origin::Config => "config",
             Origin::Command => "command",
+            Origin::Datapath => "datapath",
         }
     }
 
@@ -85,6 +98,7 @@ impl Origin {
             Origin::Feed => tad_wire::BlockOrigin::Feed,
             Origin::Config => tad_wire::BlockOrigin::Config,
             Origin::Command => tad_wire::BlockOrigin::Command,
+            Origin::Datapath => tad_wire::BlockOrigin::Datapath,
         }
     }
 }
@@ -108,6 +122,13 @@ pub trait Lists {
     fn put_allow(&mut self, net: &IpNet, entry: &AllowEntry) -> Result<()>;
     /// Removes an allowlist entry; whether it existed.
     fn del_allow(&mut self, net: &IpNet) -> Result<bool>;
+    /// Every protected service (`SYN_AUTH`: `address:port`, port 0 = every TCP
+    /// port of the host) with its entry, expired ones included.
+    fn protections(&self) -> Result<Vec<(SocketAddr, SynAuthEntry)>>;
+    /// Inserts or replaces the protection of a service.
+    fn put_protection(&mut self, service: SocketAddr, entry: &SynAuthEntry) -> Result<()>;
+    /// Ends the protection of a service; whether it existed.
+    fn del_protection(&mut self, service: SocketAddr) -> Result<bool>;
 }
 
 /// How strictly a block is checked against the allowlist.
@@ -188,7 +209,8 @@ pub fn entry_for(req: &BlockRequest, now_mono_ns: u64) -> BlockEntry {
         rule_id: req.rule_id,
         reason: req.reason as u8,
         origin: req.origin.code(),
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
     }
 }
 
@@ -208,10 +230,17 @@ pub fn apply_block<L: Lists + ?Sized>(
             new.hits = o.hits;
             let outlives =
                 o.expires_ns == 0 || (new.expires_ns != 0 && o.expires_ns >= new.expires_ns);
-            if merge == Merge::Extend && outlives {
+            // A provisional quarantine (new flows only) is always replaced: the
+            // request confirms it as a full block.
+            let provisional = o.new_flows_only();
+            if merge == Merge::Extend && outlives && !provisional {
                 return Ok((Change::Unchanged, o));
             }
-            if o.expires_ns == new.expires_ns && o.reason == new.reason && o.origin == new.origin {
+            if !provisional
+                && o.expires_ns == new.expires_ns
+                && o.reason == new.reason
+                && o.origin == new.origin
+            {
                 return Ok((Change::Unchanged, o));
             }
             Change::Updated
@@ -219,6 +248,88 @@ pub fn apply_block<L: Lists + ?Sized>(
     };
     lists.put_block(&req.net, &new)?;
     Ok((change, new))
+}
+
+/// A request to protect a service with SYN authentication (`fw_common::synauth`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProtectRequest {
+    /// `address:port`; port 0 = every TCP port of the host.
+    pub service: SocketAddr,
+    /// Lifetime; `None` = until removed.
+    pub ttl: Option<Duration>,
+    /// Rate for SYNs that cannot be challenged, packets/s (0 = pass them).
+    pub fallback_pps: u32,
+    /// Their burst, packets.
+    pub fallback_burst: u32,
+    pub origin: Origin,
+    /// Verdict or rule id (0 = none).
+    pub rule_id: u32,
+}
+
+/// Protects one service at `now_mono_ns` ([`Merge::Extend`]): an active protection
+/// that is permanent or outlives the request stays as it is
+/// ([`Change::Unchanged`]); otherwise the entry is written, keeping the counters
+/// and the fallback rate's state of an active one ([`Change::Updated`]). Returns
+/// what changed and the entry now in force.
+///
+/// # Errors
+/// The map refusing the entry (full, kernel error).
+pub fn apply_protection<L: Lists + ?Sized>(
+    lists: &mut L,
+    req: &ProtectRequest,
+    now_mono_ns: u64,
+) -> Result<(Change, SynAuthEntry)> {
+    let mut new = SynAuthEntry {
+        expires_ns: req
+            .ttl
+            .map(|t| now_mono_ns + t.as_nanos().min(u64::MAX as u128 / 2) as u64)
+            .unwrap_or(0),
+        fallback_pps: req.fallback_pps,
+        fallback_burst: req.fallback_burst,
+        rule_id: req.rule_id,
+        origin: req.origin.code(),
+        ..Default::default()
+    };
+    let old = lists
+        .protections()?
+        .into_iter()
+        .find(|(s, _)| *s == req.service)
+        .map(|(_, e)| e)
+        .filter(|e| e.active(now_mono_ns));
+    let change = match old {
+        None => Change::Inserted,
+        Some(o) => {
+            if o.expires_ns == 0 || (new.expires_ns != 0 && o.expires_ns >= new.expires_ns) {
+                return Ok((Change::Unchanged, o));
+            }
+            new = SynAuthEntry {
+                challenged: o.challenged,
+                validated: o.validated,
+                passed: o.passed,
+                limited: o.limited,
+                fallback_tat_ns: o.fallback_tat_ns,
+                ..new
+            };
+            Change::Updated
+        }
+    };
+    lists.put_protection(req.service, &new)?;
+    Ok((change, new))
+}
+
+/// Removes the expired protections; returns their services. (The XDP program
+/// already ignores them; this frees their `SYN_AUTH` slots.)
+pub fn sweep_protections<L: Lists + ?Sized>(
+    lists: &mut L,
+    now_mono_ns: u64,
+) -> Result<Vec<SocketAddr>> {
+    let mut gone = Vec::new();
+    for (s, e) in lists.protections()? {
+        if !e.active(now_mono_ns) && lists.del_protection(s)? {
+            gone.push(s);
+        }
+    }
+    Ok(gone)
 }
 
 /// Removes the expired blocklist entries; returns their prefixes.
@@ -248,6 +359,7 @@ pub fn disallow<L: Lists + ?Sized>(lists: &mut L, net: &IpNet) -> Result<bool> {
 pub struct MemLists {
     pub block: BTreeMap<IpNet, BlockEntry>,
     pub allow: BTreeMap<IpNet, AllowEntry>,
+    pub protected: BTreeMap<SocketAddr, SynAuthEntry>,
 }
 
 impl Lists for MemLists {
@@ -276,6 +388,16 @@ impl Lists for MemLists {
     }
     fn del_allow(&mut self, net: &IpNet) -> Result<bool> {
         Ok(self.allow.remove(net).is_some())
+    }
+    fn protections(&self) -> Result<Vec<(SocketAddr, SynAuthEntry)>> {
+        Ok(self.protected.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn put_protection(&mut self, service: SocketAddr, entry: &SynAuthEntry) -> Result<()> {
+        self.protected.insert(service, *entry);
+        Ok(())
+    }
+    fn del_protection(&mut self, service: SocketAddr) -> Result<bool> {
+        Ok(self.protected.remove(&service).is_some())
     }
 }
 
@@ -357,6 +479,48 @@ mod tests {
         let (c, e) =
             apply_block(&mut l, &req("198.51.100.7/32", None), Merge::Extend, now).unwrap();
         assert_eq!((c, e.expires_ns), (Change::Updated, 0));
+    }
+
+    fn protect(ttl_s: Option<u64>) -> ProtectRequest {
+        ProtectRequest {
+            service: "192.0.2.10:80".parse().unwrap(),
+            ttl: ttl_s.map(Duration::from_secs),
+            fallback_pps: 0,
+            fallback_burst: 0,
+            origin: Origin::Detector,
+            rule_id: 9,
+        }
+    }
+
+    #[test]
+    fn protections_only_extend_and_keep_their_counters() {
+        let mut l = MemLists::default();
+        let now = 1_000;
+        let (c, _) = apply_protection(&mut l, &protect(Some(600)), now).unwrap();
+        assert_eq!(c, Change::Inserted);
+        let svc: SocketAddr = "192.0.2.10:80".parse().unwrap();
+        l.protected.get_mut(&svc).unwrap().challenged = 500;
+        let (c, e) = apply_protection(&mut l, &protect(Some(60)), now).unwrap();
+        assert_eq!(
+            (c, e.expires_ns),
+            (Change::Unchanged, now + 600 * 1_000_000_000)
+        );
+        let (c, e) = apply_protection(&mut l, &protect(Some(1200)), now).unwrap();
+        assert_eq!((c, e.challenged), (Change::Updated, 500));
+        assert!(
+            l.block.is_empty(),
+            "a protection never touches the blocklist"
+        );
+        // Expired: replaced as new (counters start again), then swept.
+        let later = now + 3_000 * 1_000_000_000;
+        let (c, e) = apply_protection(&mut l, &protect(Some(1)), later).unwrap();
+        assert_eq!((c, e.challenged), (Change::Inserted, 0));
+        assert!(sweep_protections(&mut l, later).unwrap().is_empty());
+        assert_eq!(
+            sweep_protections(&mut l, later + 2_000_000_000).unwrap(),
+            [svc]
+        );
+        assert!(l.protected.is_empty());
     }
 
     #[test]

@@ -35,7 +35,7 @@ use {
 };
 
 use crate::{
-    config::{Limits, MapSizes, own_addresses},
+    config::{Evidence, Limits, MapSizes, own_addresses},
     error::{CtlError, Result},
     lists::Lists,
     pin::{self, AttachMode, PinDir},
@@ -52,6 +52,8 @@ pub struct LoadOptions {
     pub mode: AttachMode,
     pub observe: bool,
     pub limits: Limits,
+    /// Evidence thresholds written into the kernel configuration.
+    pub evidence: Evidence,
     pub sizes: MapSizes,
     /// Management networks and static allowlist (origin config).
     pub allow: Vec<IpNet>,
@@ -275,6 +277,7 @@ pub fn load_in(dir: &PinDir, opts: &LoadOptions) -> Result<LoadReport> {
     cfg.syn_burst = l.syn_burst;
     cfg.pkt_rate_pps = l.pps;
     cfg.pkt_burst = l.burst;
+    opts.evidence.apply(&mut cfg);
     maps.set_config(&cfg)?;
     let config_allow = install_config_allow(&mut maps, &opts.allow, opts.allow_own_addresses)?;
     let restored = match &opts.state_file {

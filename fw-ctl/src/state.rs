@@ -66,6 +66,26 @@ pub struct AllowRecord {
     pub text: Option<String>,
 }
 
+/// One protected service (SYN authentication) switched on by a verdict or a
+/// command, as persisted: what the `SYN_AUTH` map cannot hold. Only joined with a
+/// map entry of the same service; a record without one means nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectRecord {
+    pub origin: Origin,
+    #[serde(default)]
+    pub rule_id: u32,
+    /// The verdict's rule or the command's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Detector id or `operator@dashboard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// When it was (last) switched on, Unix ms.
+    #[serde(default)]
+    pub created_unix_ms: u64,
+}
+
 /// The whole state file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +95,9 @@ pub struct State {
     pub blocks: BTreeMap<IpNet, BlockRecord>,
     #[serde(default)]
     pub allows: BTreeMap<IpNet, AllowRecord>,
+    /// Protected services by `address:port` (port 0: every port).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub protected: BTreeMap<std::net::SocketAddr, ProtectRecord>,
 }
 
 impl Default for State {
@@ -83,6 +106,7 @@ impl Default for State {
             v: STATE_VERSION,
             blocks: BTreeMap::new(),
             allows: BTreeMap::new(),
+            protected: BTreeMap::new(),
         }
     }
 }
@@ -239,7 +263,8 @@ pub fn restore<L: Lists + ?Sized>(lists: &mut L, path: &Path) -> Result<RestoreR
                         rule_id: rec.rule_id,
                         reason: rec.reason as u8,
                         origin: rec.origin.code(),
-                        _pad: [0; 2],
+                        flags: 0,
+                        _pad: 0,
                     };
                     lists.put_block(net, &entry)?;
                     rep.blocks_restored += 1;
@@ -251,7 +276,9 @@ pub fn restore<L: Lists + ?Sized>(lists: &mut L, path: &Path) -> Result<RestoreR
             st.blocks.remove(&n);
         }
         for (net, e) in lists.blocks()? {
-            if e.active(now_mono) && !st.blocks.contains_key(&net) {
+            // A provisional quarantine is the program's, not a record to restore
+            // (restoring it would make it a full block).
+            if e.active(now_mono) && !e.new_flows_only() && !st.blocks.contains_key(&net) {
                 st.blocks
                     .insert(net, State::record_for(&e, None, None, now_unix, now_mono));
                 rep.blocks_adopted += 1;

@@ -83,6 +83,7 @@ fn verdict(id: &str, target: &str) -> Verdict {
         confidence: 0.95,
         alert_id: None,
         observe_only: false,
+        port: None,
     }
 }
 
@@ -96,6 +97,7 @@ fn command(id: &str, action: Action, target: &str) -> Command {
         target: target.parse().unwrap(),
         ttl_s: None,
         reason: Some("false positive".into()),
+        port: None,
     }
 }
 
@@ -527,7 +529,10 @@ async fn flows_verdicts_and_acks_through_a_real_broker() {
     })
     .await
     .expect("a counters snapshot counting the dropped pings");
-    assert_eq!(snap.counters.len(), 10);
+    assert_eq!(
+        snap.counters.len(),
+        fw_common::counters::COUNTER_SLOTS as usize
+    );
     assert_eq!(snap.mode, tad_wire::Mode::Enforce);
     assert!(
         snap.maps

@@ -1,13 +1,17 @@
 //! Verdict table of the XDP program, executed by the kernel through
 //! BPF_PROG_TEST_RUN with crafted frames (needs root). Every path of the program:
 //! parsing variants, allowlist, blocklist (host maps and tries) with expiry, observe vs enforce, rate
-//! limits at and one past their burst, truncation at every offset, and the exact
-//! flow entry of a scripted TCP conversation.
+//! limits at and one past their burst, truncation at every offset, the exact
+//! flow entry of a scripted TCP conversation, and the provisional quarantine of a
+//! scanning source (only its new flows dropped; allowlist, observe mode, IPv6).
 
 use fw_common::{
-    config::{FLAG_NO_FLOW_ACCOUNTING, GatewayConfig, MODE_OBSERVE},
+    config::{
+        DEFAULT_QUARANTINE_DISTINCT, DEFAULT_QUARANTINE_TTL_MS, DEFAULT_REPORT_DISTINCT,
+        FLAG_NO_FLOW_ACCOUNTING, GatewayConfig, MODE_OBSERVE,
+    },
     counters::CounterSlot,
-    filter::{BlockEntry, ORIGIN_MANUAL},
+    filter::{BLOCK_FLAG_NEW_FLOWS_ONLY, BlockEntry, BlockReason, ORIGIN_DATAPATH, ORIGIN_MANUAL},
     flow::{FAMILY_V4, FAMILY_V6, FlowKey, SIDE_A, SIDE_B, tcp_flags as tf, v4_mapped},
 };
 use fw_testkit::*;
@@ -563,4 +567,281 @@ fn icmp_type_is_recorded_per_direction() {
         "echo request from 192.0.2.20"
     );
     assert_eq!(st.dir[SIDE_B as usize].icmp_type_plus1, 1, "echo reply");
+}
+
+/// The shipped evidence thresholds (what `gateway.toml` defaults to).
+fn quarantine_on() -> GatewayConfig {
+    GatewayConfig {
+        quarantine_distinct: DEFAULT_QUARANTINE_DISTINCT,
+        quarantine_ttl_ms: DEFAULT_QUARANTINE_TTL_MS,
+        report_distinct: DEFAULT_REPORT_DISTINCT,
+        ..Default::default()
+    }
+}
+
+/// A TCP connection `src:sport -> dst:22` carried through the handshake, so the
+/// flow is established (both directions seen).
+fn established(h: &Harness, src: &str, dst: &str, v6: bool, sport: u16) -> Vec<u8> {
+    let f = |a: &str, b: &str, sp, dp, fl| {
+        if v6 {
+            v6_tcp(a, b, sp, dp, fl, 0)
+        } else {
+            v4_tcp(a, b, sp, dp, fl, 0)
+        }
+    };
+    assert_eq!(h.run(&f(src, dst, sport, 22, tf::SYN)), XDP_PASS);
+    assert_eq!(h.run(&f(dst, src, 22, sport, tf::SYN | tf::ACK)), XDP_PASS);
+    let ack = f(src, dst, sport, 22, tf::ACK);
+    assert_eq!(h.run(&ack), XDP_PASS);
+    ack
+}
+
+/// Runs a SYN scan of `ports` from `src` to `dst`, each probe answered by a RST
+/// (closed ports) when it passes; returns the verdict of each probe.
+fn syn_scan(
+    h: &Harness,
+    src: &str,
+    dst: &str,
+    v6: bool,
+    ports: std::ops::RangeInclusive<u16>,
+) -> Vec<u32> {
+    ports
+        .map(|port| {
+            let (probe, rst) = if v6 {
+                (
+                    v6_tcp(src, dst, 50000, port, tf::SYN, 0),
+                    v6_tcp(dst, src, port, 50000, tf::RST | tf::ACK, 0),
+                )
+            } else {
+                (
+                    v4_tcp(src, dst, 50000, port, tf::SYN, 0),
+                    v4_tcp(dst, src, port, 50000, tf::RST | tf::ACK, 0),
+                )
+            };
+            let v = h.run(&probe);
+            if v == XDP_PASS {
+                assert_eq!(h.run(&rst), XDP_PASS);
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_scanner_is_quarantined_within_its_budget_and_keeps_its_established_flows() {
+    for (src, dst, v6, host) in [
+        (ATTACKER4, VICTIM4, false, "198.51.100.66/32"),
+        (ATTACKER6, VICTIM6, true, "2001:db8:66::1/128"),
+    ] {
+        let mut h = Harness::load();
+        h.set_config(quarantine_on());
+        let ssh = established(&h, src, dst, v6, 40000);
+        let before = monotonic_ns();
+        let verdicts = syn_scan(&h, src, dst, v6, 1000..=1199);
+        let first_drop = verdicts
+            .iter()
+            .position(|&v| v == XDP_DROP)
+            .expect("the scan was never quarantined");
+        // Every probe after the first drop is dropped too: each opens a new flow.
+        assert!(
+            verdicts[first_drop..].iter().all(|&v| v == XDP_DROP),
+            "{src}"
+        );
+        // 48 set bits of distinct ports need ~52 probes; the target is 100.
+        assert!(
+            (DEFAULT_QUARANTINE_DISTINCT as usize..100).contains(&first_drop),
+            "{src}: quarantined after {first_drop} probes"
+        );
+        let dropped = (verdicts.len() - first_drop) as u64;
+        assert_eq!(h.counter(CounterSlot::DropQuarantine).packets, dropped);
+        assert_eq!(h.counter(CounterSlot::DropBlocklist).packets, 0);
+        let e = h.block_entry(host);
+        assert_eq!(e.origin, ORIGIN_DATAPATH, "{src}");
+        assert_eq!(e.flags, BLOCK_FLAG_NEW_FLOWS_ONLY);
+        assert_eq!(e.reason, BlockReason::Quarantine as u8);
+        assert_eq!(e.hits, dropped, "hits count only what the entry dropped");
+        let ttl_ns = DEFAULT_QUARANTINE_TTL_MS as u64 * 1_000_000;
+        assert!(e.expires_ns >= before + ttl_ns && e.expires_ns <= monotonic_ns() + ttl_ns);
+        // The established SSH session goes on; a new connection does not.
+        assert_eq!(h.run(&ssh), XDP_PASS, "{src}: established flow cut");
+        let new_conn = if v6 {
+            v6_tcp(src, dst, 40001, 22, tf::SYN, 0)
+        } else {
+            v4_tcp(src, dst, 40001, 22, tf::SYN, 0)
+        };
+        assert_eq!(h.run(&new_conn), XDP_DROP);
+        // A detector's block replaces it and then drops everything.
+        h.block(host, permanent());
+        assert_eq!(h.run(&ssh), XDP_DROP);
+        assert_eq!(h.counter(CounterSlot::DropBlocklist).packets, 1);
+    }
+}
+
+#[test]
+fn observe_mode_counts_quarantine_would_drops_and_passes() {
+    let mut h = Harness::load();
+    h.set_config(GatewayConfig {
+        mode: MODE_OBSERVE,
+        ..quarantine_on()
+    });
+    let verdicts = syn_scan(&h, ATTACKER4, VICTIM4, false, 1..=150);
+    assert!(verdicts.iter().all(|&v| v == XDP_PASS));
+    let would = h.counter(CounterSlot::WouldDropQuarantine).packets;
+    assert!(
+        (150 - 100..=150 - DEFAULT_QUARANTINE_DISTINCT as u64).contains(&would),
+        "{would} would-drops"
+    );
+    assert_eq!(h.block_entry("198.51.100.66/32").origin, ORIGIN_DATAPATH);
+    assert_eq!(h.counter(CounterSlot::DropQuarantine).packets, 0);
+}
+
+#[test]
+fn answered_busy_clients_allowlisted_and_unconfigured_sources_are_never_quarantined() {
+    // A client opening 200 connections to distinct servers, every one answered.
+    let mut h = Harness::load();
+    h.set_config(quarantine_on());
+    for i in 0..200u16 {
+        let server = format!("203.0.113.{}", i % 250 + 1);
+        let port = 30000 + i;
+        let syn = v4_tcp(VICTIM4, &server, port, 443, tf::SYN, 0);
+        let syn_ack = v4_tcp(&server, VICTIM4, 443, port, tf::SYN | tf::ACK, 0);
+        assert_eq!(h.run(&syn), XDP_PASS, "connection {i}");
+        assert_eq!(h.run(&syn_ack), XDP_PASS);
+    }
+    assert_eq!(h.counter(CounterSlot::DropQuarantine).packets, 0);
+    assert_eq!(h.counter(CounterSlot::WouldDropQuarantine).packets, 0);
+
+    // An allowlisted (management) scanner.
+    let mut h = Harness::load();
+    h.set_config(quarantine_on());
+    h.allow("198.51.100.66/32");
+    assert!(
+        syn_scan(&h, ATTACKER4, VICTIM4, false, 1..=200)
+            .iter()
+            .all(|&v| v == XDP_PASS)
+    );
+    assert_eq!(h.counter(CounterSlot::DropQuarantine).packets, 0);
+
+    // All-zero configuration: provisional quarantine off.
+    let h = Harness::load();
+    assert!(
+        syn_scan(&h, ATTACKER4, VICTIM4, false, 1..=200)
+            .iter()
+            .all(|&v| v == XDP_PASS)
+    );
+    assert_eq!(h.counter(CounterSlot::DropQuarantine).packets, 0);
+}
+
+#[test]
+fn a_quarantine_never_overrides_an_entry_in_force() {
+    let mut h = Harness::load();
+    h.set_config(quarantine_on());
+    h.block(
+        "198.51.100.66/32",
+        BlockEntry {
+            expires_ns: monotonic_ns() + 60_000_000_000,
+            ..permanent()
+        },
+    );
+    assert!(
+        syn_scan(&h, ATTACKER4, VICTIM4, false, 1..=100)
+            .iter()
+            .all(|&v| v == XDP_DROP)
+    );
+    let e = h.block_entry("198.51.100.66/32");
+    assert_eq!((e.origin, e.flags, e.hits), (ORIGIN_MANUAL, 0, 100));
+}
+
+/// The source slot of `addr` (IPv4) in the kernel's evidence map.
+fn src_slot(h: &Harness, addr: [u8; 4]) -> fw_common::evidence::EvidenceSlot {
+    let a = v4_mapped(addr);
+    h.evidence_src()
+        .into_iter()
+        .find(|s| s.owned_by(&a))
+        .expect("the source has an evidence slot")
+}
+
+#[test]
+fn every_icmp_error_and_every_answer_counts_for_the_scanner() {
+    let mut h = Harness::load();
+    h.set_config(GatewayConfig::default());
+    // A UDP scan of 40 ports, each answered by a port unreachable from the host,
+    // then 20 probes of absent hosts answered by a router's host unreachables.
+    for port in 1..=40u16 {
+        let mut f = eth(&[], 0x0800);
+        f.extend(ipv4(
+            ATTACKER4.parse().unwrap(),
+            VICTIM4.parse().unwrap(),
+            17,
+            0,
+            0,
+            &udp(50000, port, 0),
+        ));
+        assert_eq!(h.run(&f), XDP_PASS);
+        let mut e = eth(&[], 0x0800);
+        e.extend(ipv4(
+            VICTIM4.parse().unwrap(),
+            ATTACKER4.parse().unwrap(),
+            1,
+            0,
+            0,
+            &icmp(3, 3),
+        ));
+        assert_eq!(h.run(&e), XDP_PASS);
+    }
+    for host in 100..120u8 {
+        let dst = format!("192.0.2.{host}");
+        assert_eq!(
+            h.run(&v4_tcp(ATTACKER4, &dst, 50000, 80, tf::SYN, 0)),
+            XDP_PASS
+        );
+        let mut e = eth(&[], 0x0800);
+        e.extend(ipv4(
+            "203.0.113.1".parse().unwrap(),
+            ATTACKER4.parse().unwrap(),
+            1,
+            0,
+            0,
+            &icmp(3, 1),
+        ));
+        assert_eq!(h.run(&e), XDP_PASS);
+    }
+    let s = src_slot(&h, [198, 51, 100, 66]);
+    let c = |f: fn(&fw_common::evidence::EpochCounts) -> u16| f(&s.cur) + f(&s.prev);
+    assert_eq!(
+        c(|e| e.icmp_errors),
+        60,
+        "one per error, not one per sender"
+    );
+    assert_eq!(c(|e| e.replies), 0);
+    assert_eq!(s.new_flows(), 60);
+    assert_eq!(s.unreplied(), 60);
+
+    // Answers from allowlisted servers count: a client of 100 allowlisted servers
+    // is a busy client, not a scanner.
+    let mut h = Harness::load();
+    h.set_config(quarantine_on());
+    h.allow("203.0.113.0/24");
+    for i in 1..=100u8 {
+        let server = format!("203.0.113.{i}");
+        assert_eq!(
+            h.run(&v4_tcp(VICTIM4, &server, 30000 + i as u16, 443, tf::SYN, 0)),
+            XDP_PASS,
+            "connection {i}"
+        );
+        assert_eq!(
+            h.run(&v4_tcp(
+                &server,
+                VICTIM4,
+                443,
+                30000 + i as u16,
+                tf::SYN | tf::ACK,
+                0
+            )),
+            XDP_PASS
+        );
+    }
+    let s = src_slot(&h, [192, 0, 2, 10]);
+    assert_eq!(s.cur.replies + s.prev.replies, 100);
+    assert_eq!(h.counter(CounterSlot::DropQuarantine).packets, 0);
 }

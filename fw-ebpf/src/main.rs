@@ -16,12 +16,24 @@
 //!    addresses, /32 or /128), then the LPM trie of shorter prefixes (see
 //!    `fw_common::maps::is_host_prefix` for why two structures): `XDP_DROP`, or
 //!    would-drop and pass in observe mode;
+//!    A host entry flagged `BLOCK_FLAG_NEW_FLOWS_ONLY` (a provisional quarantine,
+//!    see 6.) drops only packets without a flow-map entry: the source's
+//!    established flows pass;
 //! 4. per-source token buckets (GCRA) for TCP SYN-without-ACK and for all packets:
 //!    over the limit, drop (would-drop in observe mode);
 //! 5. bidirectional flow accounting (per-CPU LRU hash, see `fw_common::flow`) of
 //!    every packet that passes (would-drops in observe mode included); dropped
 //!    packets open no flow, they are counted in the verdict counters and in the
-//!    matching blocklist entry's `hits`.
+//!    matching blocklist entry's `hits`;
+//! 6. evidence (see `fw_common::evidence`): a packet from a source not on the
+//!    allowlist that opens a flow is counted in its sender's and its receiver's
+//!    evidence slots; a responder's first packet and every ICMP error in the slot
+//!    of the flow's opener (`answer_on_flow`). A sender over its budget
+//!    (`GatewayConfig::quarantine_distinct`) gets a provisional quarantine entry in
+//!    the host blocklist (origin `ORIGIN_DATAPATH`, expiring after
+//!    `quarantine_ttl_ms`) and an `EVENT_QUARANTINE` in the `EVENTS` ring buffer;
+//!    one over the report threshold an `EVENT_REPORT` (once per epoch), which wakes
+//!    the gateway daemon before its next poll.
 //!
 //! Fail-open: anything the program cannot parse is passed (and counted), because
 //! a gateway that drops what it does not understand cuts off the devices behind
@@ -40,16 +52,32 @@
 use core::{intrinsics::AtomicOrdering, mem};
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    bindings::{
+        BPF_ANY, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, iphdr, ipv6hdr, tcphdr,
+        xdp_action, xdp_md,
+    },
+    helpers::{
+        bpf_ktime_get_ns, bpf_xdp_adjust_tail,
+        generated::{
+            bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
+            bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6,
+        },
+    },
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, lpm_trie::Key,
+    },
     programs::XdpContext,
 };
 use fw_common::{
     config::GatewayConfig,
     counters::{COUNTER_SLOTS, CounterSlot, CounterValue, Reason, Verdict},
-    filter::{AllowEntry, BlockEntry},
+    evidence::{
+        AfterOpening, Answer, EVENT_QUARANTINE, EVENT_REPORT, EVIDENCE_SLOTS, EvidenceEvent,
+        EvidenceSlot, First, answer_on_flow, decide_after_opening, epoch_of, first_packet, opening,
+        slot_index,
+    },
+    filter::{AllowEntry, BLOCK_FLAG_NEW_FLOWS_ONLY, BlockEntry, BlockReason, ORIGIN_DATAPATH},
     flow::{FAMILY_V4, FAMILY_V6, FlowKey, FlowStats, PacketMeta, tcp_flags, v4_mapped},
     maps as m,
     proto::{
@@ -57,6 +85,7 @@ use fw_common::{
         IPV6_HLEN, MAX_VLAN_TAGS, is_vlan_tpid, walk_ipv6_ext,
     },
     rate::{RateKey, RateState, gcra_admit},
+    synauth::{ServiceKey, SynAuthEntry, csum_add_bytes, csum_fold},
 };
 
 /// Allowlist, IPv4 source prefixes. Key: prefix length + address (network order).
@@ -96,6 +125,28 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// Runtime configuration, index 0.
 #[map(name = "CONFIG")]
 static CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
+/// Evidence per sending address, hash-indexed (`fw_common::evidence::slot_index`).
+/// One value shared by all CPUs, updated with plain stores: two CPUs updating one
+/// slot at the same instant can lose an increment or a bit, so the counts are a
+/// lower bound (exact when one CPU sees a source, as RSS usually arranges).
+/// `BPF_F_MMAPABLE`: the gateway daemon reads it through a shared mapping, without
+/// a syscall per slot.
+#[map(name = "EVIDENCE_SRC")]
+static EVIDENCE_SRC: Array<EvidenceSlot> = Array::with_max_entries(EVIDENCE_SLOTS, BPF_F_MMAPABLE);
+/// Evidence per receiving address, same layout and rules.
+#[map(name = "EVIDENCE_DST")]
+static EVIDENCE_DST: Array<EvidenceSlot> = Array::with_max_entries(EVIDENCE_SLOTS, BPF_F_MMAPABLE);
+/// Protected TCP services (SYN authentication, `fw_common::synauth`).
+#[map(name = "SYN_AUTH")]
+static SYN_AUTH: HashMap<ServiceKey, SynAuthEntry> =
+    HashMap::with_max_entries(m::SYN_AUTH_MAX_ENTRIES, 0);
+/// Sources that answered a challenge: address -> expiry (ns).
+#[map(name = "SYN_VALIDATED")]
+static SYN_VALIDATED: LruHashMap<[u8; 16], u64> =
+    LruHashMap::with_max_entries(m::SYN_VALIDATED_MAX_ENTRIES, 0);
+/// Wake-ups for the gateway daemon: `fw_common::evidence::EvidenceEvent`s.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(m::EVENTS_BYTES, 0);
 
 #[xdp]
 pub fn fw(ctx: XdpContext) -> u32 {
@@ -126,6 +177,18 @@ struct Scratch {
     p: Parsed,
     key: FlowKey,
     fresh: FlowStats,
+    /// A provisional quarantine entry being written.
+    block: BlockEntry,
+    /// An event being written.
+    event: EvidenceEvent,
+    /// The protected service a SYN or RST is for.
+    svc: ServiceKey,
+    /// Expiry of a validated source being written (ns).
+    validated_until: u64,
+    /// A synthetic IP header (IPv4: 20 bytes, IPv6: 40) for the cookie helpers.
+    cookie_ip: [u32; 10],
+    /// A synthetic 20-byte TCP header for the cookie helpers.
+    cookie_th: [u32; 5],
 }
 
 /// What the parser learned about a packet.
@@ -141,11 +204,26 @@ struct Parsed {
     sport: u16,
     dport: u16,
     meta: PacketMeta,
+    /// TCP sequence number (host order; valid when `meta.is_tcp`).
+    tcp_seq: u32,
+    /// Offset of the IP header in the frame, bytes.
+    l3_off: u16,
+    /// Offset of the transport header, bytes.
+    l4_off: u16,
+    /// An IPv4 header without options, or IPv6 with TCP/UDP right after the fixed
+    /// header: a packet the program can turn into its own answer.
+    simple_l3: bool,
 }
 
 #[inline(always)]
 fn count(slot: CounterSlot, len: u64) {
-    if let Some(c) = COUNTERS.get_ptr_mut(slot as u32) {
+    count_index(slot as u32, len)
+}
+
+/// [`count`] by slot index (out-of-range indices are ignored by the map lookup).
+#[inline(always)]
+fn count_index(slot: u32, len: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
         // Per-CPU value: plain updates are exact.
         unsafe {
             (*c).packets += 1;
@@ -173,24 +251,62 @@ fn try_fw(ctx: &XdpContext) -> u32 {
         // Not IP, or the L2/L3 headers are incomplete (already counted).
         return xdp_action::XDP_PASS;
     }
-    let p = &scratch.p;
-    let cfg = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => GatewayConfig::default(),
+    // Index 0 of a one-entry array always exists; read in place (a copy would
+    // take 40 bytes of the 512-byte stack).
+    let Some(cfg) = CONFIG.get(0) else {
+        return xdp_action::XDP_PASS;
     };
     // The clock is read at most once, and only on paths that need it (an expiring
     // entry, a rate limit, flow accounting): a drop by a permanent entry reads none.
     let mut clock = Clock(0);
-    let slot = decide(&cfg, p, &mut clock);
+    let (mut slot, provisional) = decide(cfg, &scratch.p, &mut clock);
+    // The flow key is built only when needed: a drop by the blocklist needs none.
+    let side =
+        if provisional.is_some() || (slot.verdict() != Verdict::Drop && cfg.flow_accounting()) {
+            flow_key(scratch)
+        } else {
+            0
+        };
+    if let Some(hits) = provisional {
+        // A provisionally quarantined source: its established flows pass.
+        if FLOWS.get_ptr_mut(&scratch.key).is_some() {
+            slot = CounterSlot::PassNoMatch;
+        } else {
+            bump(hits);
+        }
+    }
+    // SYN authentication of protected services: only SYNs and RSTs pay the lookup.
+    if slot == CounterSlot::PassNoMatch
+        && scratch.p.meta.is_tcp
+        && scratch.p.meta.tcp_flags & (tcp_flags::SYN | tcp_flags::RST) != 0
+        && scratch.p.meta.tcp_flags & tcp_flags::ACK == 0
+    {
+        let r = syn_auth(ctx.ctx, scratch, cfg, clock.now());
+        if r != SYN_AUTH_GO_ON {
+            count_index((r >> 32) as u32, len);
+            return r as u32;
+        }
+    }
     count(slot, len);
     if slot.verdict() == Verdict::Drop {
         return xdp_action::XDP_DROP;
     }
     if cfg.flow_accounting() {
         let now = clock.now();
-        account_flow(scratch, now);
+        let evidence = slot != CounterSlot::PassAllowlist;
+        account_flow(scratch, side, cfg, now, evidence);
     }
     xdp_action::XDP_PASS
+}
+
+/// Builds the packet's normalised flow key in scratch space; returns the
+/// sender's side.
+#[inline(always)]
+fn flow_key(sc: &mut Scratch) -> u8 {
+    let p = &sc.p;
+    sc.key.set(
+        &p.src, p.sport, &p.dst, p.dport, p.proto, p.family, p.vlan_id,
+    )
 }
 
 /// `bpf_ktime_get_ns`, read on first use.
@@ -206,9 +322,12 @@ impl Clock {
     }
 }
 
-/// Steps 1-3: the counter slot (and with it the verdict) for a parsed packet.
+/// Steps 1-4: the counter slot (and with it the verdict) for a parsed packet, and
+/// for a provisional quarantine (a `BLOCK_FLAG_NEW_FLOWS_ONLY` entry) the entry's
+/// `hits`: the slot is then the quarantine drop, which the caller turns into a
+/// pass when the packet belongs to an established flow.
 #[inline(always)]
-fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> CounterSlot {
+fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> (CounterSlot, Option<*const u64>) {
     let observe = cfg.observe();
     // 1. Allowlist.
     let allowed = if p.family == FAMILY_V4 {
@@ -218,7 +337,7 @@ fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> CounterSlot {
     };
     if let Some(a) = allowed {
         bump(&a.hits);
-        return CounterSlot::PassAllowlist;
+        return (CounterSlot::PassAllowlist, None);
     }
     // 2. Blocklist: the host entry (the longest possible prefix) first, then the
     // trie; an expired entry counts as absent.
@@ -231,35 +350,40 @@ fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> CounterSlot {
             BLOCK_HOST_V6.get(&p.src)
         }
     };
-    if active(host, clock) {
-        return CounterSlot::dropping(Reason::Blocklist, observe);
+    if let Some(b) = active(host, clock) {
+        if b.new_flows_only() {
+            return (
+                CounterSlot::dropping(Reason::Quarantine, observe),
+                Some(&b.hits as *const u64),
+            );
+        }
+        bump(&b.hits);
+        return (CounterSlot::dropping(Reason::Blocklist, observe), None);
     }
     let blocked = if p.family == FAMILY_V4 {
         BLOCK_V4.get(Key::new(32, p.src4))
     } else {
         BLOCK_V6.get(Key::new(128, p.src))
     };
-    if active(blocked, clock) {
-        return CounterSlot::dropping(Reason::Blocklist, observe);
+    if let Some(b) = active(blocked, clock) {
+        bump(&b.hits);
+        return (CounterSlot::dropping(Reason::Blocklist, observe), None);
     }
     // 3. Per-source rate limits.
     if (cfg.syn_rate_pps != 0 || cfg.pkt_rate_pps != 0)
         && let Some(reason) = rate_limit(cfg, p, clock.now())
     {
-        return CounterSlot::dropping(reason, observe);
+        return (CounterSlot::dropping(reason, observe), None);
     }
-    CounterSlot::PassNoMatch
+    (CounterSlot::PassNoMatch, None)
 }
 
-/// Whether a blocklist entry was found and is in force; counts the hit if so.
+/// The blocklist entry, when one was found and is in force.
 #[inline(always)]
-fn active(entry: Option<&BlockEntry>, clock: &mut Clock) -> bool {
+fn active<'a>(entry: Option<&'a BlockEntry>, clock: &mut Clock) -> Option<&'a BlockEntry> {
     match entry {
-        Some(b) if b.active_at(|| clock.now()) => {
-            bump(&b.hits);
-            true
-        }
-        _ => false,
+        Some(b) if b.active_at(|| clock.now()) => Some(b),
+        _ => None,
     }
 }
 
@@ -286,15 +410,36 @@ fn rate_limit(cfg: &GatewayConfig, p: &Parsed, now: u64) -> Option<Reason> {
     None
 }
 
+/// Step 5 (and 6 when `evidence`): accounts the packet in its flow, whose key
+/// [`flow_key`] put in scratch space.
 #[inline(always)]
-fn account_flow(sc: &mut Scratch, now: u64) {
-    let p = &sc.p;
-    let (key, side) = FlowKey::new(p.src, p.sport, p.dst, p.dport, p.proto, p.family, p.vlan_id);
-    sc.key = key;
+fn account_flow(sc: &mut Scratch, side: u8, cfg: &GatewayConfig, now: u64, evidence: bool) {
     if let Some(s) = FLOWS.get_ptr_mut(&sc.key) {
-        unsafe { (*s).account(side, &sc.p.meta, now) };
+        let s = unsafe { &mut *s };
+        // Answers count whoever sends them (not only non-allowlisted senders).
+        let m = &sc.p.meta;
+        if let Some(a) = answer_on_flow(
+            s.first_seen_ns != 0,
+            side == s.opener,
+            s.dir[side as usize].packets,
+            sc.p.proto,
+            m.is_tcp,
+            m.tcp_flags,
+            m.icmp,
+        ) {
+            answer_to(&sc.p.dst, a);
+        }
+        s.account(side, &sc.p.meta, now);
         return;
     }
+    open_flow(sc, side, cfg, now, evidence);
+}
+
+/// A packet without a flow entry: inserts its flow (and counts step 6). A
+/// BPF-to-BPF call of its own (not inlined): the cold path's locals stay off
+/// `fw`'s 512-byte stack frame.
+#[inline(never)]
+fn open_flow(sc: &mut Scratch, side: u8, cfg: &GatewayConfig, now: u64, evidence: bool) {
     // A new flow: its first value is built in scratch space.
     sc.fresh = FlowStats::default();
     sc.fresh.account(side, &sc.p.meta, now);
@@ -305,6 +450,395 @@ fn account_flow(sc: &mut Scratch, now: u64) {
         // Another packet of this flow created the entry in between: add to it.
         if let Some(s) = FLOWS.get_ptr_mut(&sc.key) {
             unsafe { (*s).account(side, &sc.p.meta, now) };
+        }
+        return;
+    }
+    count_opening(sc, cfg, now, evidence);
+}
+
+/// Step 6 for a packet that opened a flow. A BPF-to-BPF call of its own (not
+/// inlined), so its locals do not add to `fw`'s 512-byte stack frame.
+#[inline(never)]
+fn count_opening(sc: &mut Scratch, cfg: &GatewayConfig, now: u64, evidence: bool) {
+    let p = &sc.p;
+    let m = &p.meta;
+    let epoch = epoch_of(now);
+    let o = match first_packet(p.proto, m.is_tcp, m.tcp_flags, m.icmp, p.dport, m.ip_len) {
+        First::Opens(o) => o,
+        First::Answers(a) => {
+            // An ICMP error or a SYN-ACK answers a flow its receiver opened
+            // (whoever sent it).
+            answer_to(&p.dst, a);
+            return;
+        }
+        First::Resets => {
+            answer_to(&p.dst, Answer::Refused);
+            if evidence && let Some(s) = EVIDENCE_SRC.get_ptr_mut(slot_index(&p.src)) {
+                let s = unsafe { &mut *s };
+                if s.claim(&p.src, p.family, epoch) {
+                    s.count_unsolicited_rst();
+                }
+            }
+            return;
+        }
+    };
+    if !evidence {
+        // An allowlisted sender's flows are not counted.
+        return;
+    }
+    if let Some(d) = EVIDENCE_DST.get_ptr_mut(slot_index(&p.dst)) {
+        let d = unsafe { &mut *d };
+        if d.claim(&p.dst, p.family, epoch) {
+            d.count_opening(&p.src, &o);
+        }
+    }
+    let Some(s) = EVIDENCE_SRC.get_ptr_mut(slot_index(&p.src)) else {
+        return;
+    };
+    let s = unsafe { &mut *s };
+    if !s.claim(&p.src, p.family, epoch) {
+        return;
+    }
+    s.count_opening(&p.dst, &o);
+    match decide_after_opening(s, &cfg.budgets()) {
+        AfterOpening::Nothing => {}
+        AfterOpening::Report => emit(sc, s, EVENT_REPORT, now),
+        AfterOpening::Quarantine => {
+            if quarantine(sc, cfg, now) {
+                emit(sc, s, EVENT_QUARANTINE, now);
+            }
+        }
+    }
+}
+
+/// Counts an answer in the source slot of `to` (the flow's opener), when it has
+/// one. Once per flow: a call of its own, not inlined.
+#[inline(never)]
+fn answer_to(to: &[u8; 16], a: Answer) {
+    if let Some(s) = EVIDENCE_SRC.get_ptr_mut(slot_index(to)) {
+        let s = unsafe { &mut *s };
+        if s.owned_by(to) {
+            s.count_answer(a);
+        }
+    }
+}
+
+/// Puts a provisional quarantine entry for the packet's sender into the host
+/// blocklist, unless an entry is in force there already; whether it did.
+#[inline(always)]
+fn quarantine(sc: &mut Scratch, cfg: &GatewayConfig, now: u64) -> bool {
+    sc.block = BlockEntry {
+        expires_ns: now + cfg.quarantine_ttl_ns(),
+        hits: 0,
+        rule_id: 0,
+        reason: BlockReason::Quarantine as u8,
+        origin: ORIGIN_DATAPATH,
+        flags: BLOCK_FLAG_NEW_FLOWS_ONLY,
+        _pad: 0,
+    };
+    let p = &sc.p;
+    let entry = &sc.block;
+    if p.family == FAMILY_V4 {
+        if let Some(b) = unsafe { BLOCK_HOST_V4.get(&p.src4) }
+            && b.active(now)
+        {
+            return false;
+        }
+        BLOCK_HOST_V4.insert(&p.src4, entry, BPF_ANY as u64).is_ok()
+    } else {
+        if let Some(b) = unsafe { BLOCK_HOST_V6.get(&p.src) }
+            && b.active(now)
+        {
+            return false;
+        }
+        BLOCK_HOST_V6.insert(&p.src, entry, BPF_ANY as u64).is_ok()
+    }
+}
+
+/// Writes an event about `s` into the ring buffer (dropped when it is full: the
+/// daemon's poll reads the same evidence anyway).
+#[inline(always)]
+fn emit(sc: &mut Scratch, s: &EvidenceSlot, kind: u8, now: u64) {
+    sc.event = s.event(kind, now);
+    let _ = EVENTS.output::<EvidenceEvent>(&sc.event, 0);
+}
+
+/// [`syn_auth`]'s answer when the packet goes on through the rest of the program.
+const SYN_AUTH_GO_ON: u64 = u64::MAX;
+
+/// SYN authentication (see `fw_common::synauth`) of a SYN or a RST without ACK
+/// to a protected service from a source not yet validated: `slot << 32 | action`
+/// when the program acts on the packet itself, [`SYN_AUTH_GO_ON`] otherwise.
+///
+/// A BPF-to-BPF call of its own (not inlined): its locals get their own stack
+/// frame instead of adding to `fw`'s 512 bytes.
+#[inline(never)]
+fn syn_auth(raw: *mut xdp_md, sc: &mut Scratch, cfg: &GatewayConfig, now: u64) -> u64 {
+    let ctx = XdpContext::new(raw);
+    match syn_auth_inner(&ctx, sc, cfg, now) {
+        Some((slot, action)) => ((slot as u64) << 32) | action as u64,
+        None => SYN_AUTH_GO_ON,
+    }
+}
+
+#[inline(always)]
+fn syn_auth_inner(
+    ctx: &XdpContext,
+    sc: &mut Scratch,
+    cfg: &GatewayConfig,
+    now: u64,
+) -> Option<(CounterSlot, u32)> {
+    // The service itself, else the whole host (port 0: every TCP port).
+    sc.svc = ServiceKey {
+        addr: sc.p.dst,
+        port: sc.p.dport,
+        _pad: [0; 2],
+    };
+    let e = match SYN_AUTH.get_ptr_mut(&sc.svc) {
+        Some(e) => e,
+        None => {
+            sc.svc.port = 0;
+            SYN_AUTH.get_ptr_mut(&sc.svc)?
+        }
+    };
+    let e = unsafe { &mut *e };
+    if !e.active(now) {
+        return None;
+    }
+    let syn = sc.p.meta.tcp_flags & tcp_flags::SYN != 0;
+    if let Some(until) = unsafe { SYN_VALIDATED.get(&sc.p.src) }
+        && *until > now
+    {
+        if syn {
+            bump(&e.passed);
+        }
+        return None;
+    }
+    if !syn {
+        // A RST: the answer to a challenge when it carries a valid cookie.
+        if !cookie_returned(sc) {
+            return None;
+        }
+        sc.validated_until = now + cfg.syn_auth_ttl_ns();
+        let _ = SYN_VALIDATED.insert(&sc.p.src, &sc.validated_until, BPF_ANY as u64);
+        bump(&e.validated);
+        return Some((CounterSlot::DropSynAuth, xdp_action::XDP_DROP));
+    }
+    // A challenged SYN opens no flow; the victim's evidence still counts it, so the
+    // detector sees the flood go on.
+    count_towards(&sc.p, now);
+    if cfg.observe() {
+        return Some((CounterSlot::WouldTxSynAuth, xdp_action::XDP_PASS));
+    }
+    if challenge(ctx, sc) {
+        bump(&e.challenged);
+        return Some((CounterSlot::TxSynAuth, xdp_action::XDP_TX));
+    }
+    // Cannot be answered: the per-service fallback rate.
+    if gcra_admit(
+        &mut e.fallback_tat_ns,
+        now,
+        e.fallback_pps,
+        e.fallback_burst,
+    ) {
+        return None;
+    }
+    bump(&e.limited);
+    Some((CounterSlot::DropVictimRate, xdp_action::XDP_DROP))
+}
+
+/// Builds the synthetic IP header (client → server, as the SYN) and a 20-byte TCP
+/// header with `seq`, `ack` and `flags` for the cookie helpers, in scratch space
+/// (written in place: the 512-byte BPF stack has no room for copies).
+#[inline(always)]
+fn cookie_headers(sc: &mut Scratch, seq: u32, ack: u32, flags: u8) {
+    let p = &sc.p;
+    let ip = sc.cookie_ip.as_mut_ptr() as *mut u8;
+    let th = sc.cookie_th.as_mut_ptr() as *mut u8;
+    unsafe {
+        core::ptr::write_bytes(ip, 0, 40);
+        core::ptr::write_bytes(th, 0, 20);
+        if p.family == FAMILY_V4 {
+            *ip = 0x45;
+            *ip.add(3) = 40;
+            *ip.add(8) = 64;
+            *ip.add(9) = 6;
+            core::ptr::copy_nonoverlapping(p.src4.as_ptr(), ip.add(12), 4);
+            core::ptr::copy_nonoverlapping(p.dst.as_ptr().add(12), ip.add(16), 4);
+        } else {
+            *ip = 0x60;
+            *ip.add(5) = 20;
+            *ip.add(6) = 6;
+            *ip.add(7) = 64;
+            core::ptr::copy_nonoverlapping(p.src.as_ptr(), ip.add(8), 16);
+            core::ptr::copy_nonoverlapping(p.dst.as_ptr(), ip.add(24), 16);
+        }
+        sc.cookie_th[0] = u32::from_ne_bytes(pair_be(p.sport, p.dport));
+        sc.cookie_th[1] = seq.to_be();
+        sc.cookie_th[2] = ack.to_be();
+        *th.add(12) = 0x50;
+        *th.add(13) = flags;
+    }
+}
+
+/// Two host-order `u16`s as four big-endian bytes.
+#[inline(always)]
+fn pair_be(a: u16, b: u16) -> [u8; 4] {
+    let (a, b) = (a.to_be_bytes(), b.to_be_bytes());
+    [a[0], a[1], b[0], b[1]]
+}
+
+/// Whether a RST's sequence number is the cookie a challenge sent this client:
+/// checked by the kernel as the ACK of an ISN-0 handshake (seq 1, ack cookie + 1).
+#[inline(always)]
+fn cookie_returned(sc: &mut Scratch) -> bool {
+    let ack = sc.p.tcp_seq.wrapping_add(1);
+    cookie_headers(sc, 1, ack, tcp_flags::ACK);
+    let ip = sc.cookie_ip.as_mut_ptr();
+    let th = sc.cookie_th.as_mut_ptr() as *mut tcphdr;
+    let r = unsafe {
+        if sc.p.family == FAMILY_V4 {
+            bpf_tcp_raw_check_syncookie_ipv4(ip as *mut iphdr, th)
+        } else {
+            bpf_tcp_raw_check_syncookie_ipv6(ip as *mut ipv6hdr, th)
+        }
+    };
+    r == 0
+}
+
+/// Writes `v` big-endian at `p + off`.
+#[inline(always)]
+unsafe fn put16(p: *mut u8, off: usize, v: u16) {
+    let b = v.to_be_bytes();
+    unsafe {
+        *p.add(off) = b[0];
+        *p.add(off + 1) = b[1];
+    }
+}
+
+/// Turns the SYN in the frame into the challenge SYN-ACK (addresses, ports and
+/// MACs swapped, the cookie as acknowledgment number, no options, no payload);
+/// `false` when it cannot (the frame is then unchanged).
+#[inline(always)]
+fn challenge(ctx: &XdpContext, sc: &mut Scratch) -> bool {
+    if !sc.p.simple_l3 {
+        return false;
+    }
+    cookie_headers(sc, 0, 0, tcp_flags::SYN);
+    let ip = sc.cookie_ip.as_mut_ptr();
+    let th = sc.cookie_th.as_mut_ptr() as *mut tcphdr;
+    let r = unsafe {
+        if sc.p.family == FAMILY_V4 {
+            bpf_tcp_raw_gen_syncookie_ipv4(ip as *mut iphdr, th, 20)
+        } else {
+            bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut ipv6hdr, th, 20)
+        }
+    };
+    if r < 0 {
+        return false;
+    }
+    let cookie = r as u32;
+    let p = &sc.p;
+    let l3 = p.l3_off as usize;
+    let l4 = p.l4_off as usize;
+    if l3 > 64 || l4 > 128 {
+        return false;
+    }
+    // Trim to headers only (options and any payload go).
+    let want = l4 + 20;
+    let have = ctx.data_end() - ctx.data();
+    if have > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - have as i32) } != 0 {
+        return false;
+    }
+    // Ethernet: swap the MAC addresses.
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        return false;
+    };
+    let eth = eth as *mut [u32; 3];
+    unsafe {
+        let (a, b, c) = ((*eth)[0], (*eth)[1], (*eth)[2]);
+        // Bytes 0-5 dst, 6-11 src, as three 32-bit words (little-endian loads).
+        let (a, b, c) = (a.to_le_bytes(), b.to_le_bytes(), c.to_le_bytes());
+        (*eth)[0] = u32::from_le_bytes([b[2], b[3], c[0], c[1]]);
+        (*eth)[1] = u32::from_le_bytes([c[2], c[3], a[0], a[1]]);
+        (*eth)[2] = u32::from_le_bytes([a[2], a[3], b[0], b[1]]);
+    }
+    // The TCP checksum's pseudo header and header sum (RFC 9293 §3.1).
+    let mut sum: u64 = 6
+        + 20
+        + p.dport as u64
+        + p.sport as u64
+        + 2 * ((cookie >> 16) as u64 + (cookie & 0xffff) as u64)
+        + 0x5012
+        + fw_common::synauth::CHALLENGE_WINDOW as u64;
+    if p.family == FAMILY_V4 {
+        let Some(h) = ptr_at::<[u8; 20]>(ctx, l3) else {
+            return false;
+        };
+        let h = h as *mut u8;
+        unsafe {
+            // Version/IHL, TOS, total length 40, id 0, DF, TTL 64, TCP, checksum.
+            core::ptr::write_bytes(h, 0, 12);
+            *h = 0x45;
+            *h.add(3) = 40;
+            *h.add(6) = 0x40;
+            *h.add(8) = 64;
+            *h.add(9) = 6;
+            core::ptr::copy_nonoverlapping(p.dst.as_ptr().add(12), h.add(12), 4);
+            core::ptr::copy_nonoverlapping(p.src4.as_ptr(), h.add(16), 4);
+        }
+        let addrs = csum_add_bytes(0, &p.src4)
+            + csum_add_bytes(0, unsafe { &*(p.dst.as_ptr().add(12) as *const [u8; 4]) });
+        let ipsum = 0x4500 + 40 + 0x4000 + 0x4006 + addrs;
+        unsafe { put16(h, 10, csum_fold(ipsum)) };
+        sum += addrs;
+    } else {
+        let Some(h) = ptr_at::<[u8; 40]>(ctx, l3) else {
+            return false;
+        };
+        let h = h as *mut u8;
+        unsafe {
+            core::ptr::write_bytes(h, 0, 8);
+            *h = 0x60;
+            *h.add(5) = 20;
+            *h.add(6) = 6;
+            *h.add(7) = 64;
+            core::ptr::copy_nonoverlapping(p.dst.as_ptr(), h.add(8), 16);
+            core::ptr::copy_nonoverlapping(p.src.as_ptr(), h.add(24), 16);
+        }
+        sum += csum_add_bytes(0, &p.dst) + csum_add_bytes(0, &p.src);
+    }
+    let Some(t) = ptr_at::<[u8; 20]>(ctx, l4) else {
+        return false;
+    };
+    let t = t as *mut u8;
+    unsafe {
+        put16(t, 0, p.dport);
+        put16(t, 2, p.sport);
+        put16(t, 4, (cookie >> 16) as u16);
+        put16(t, 6, cookie as u16);
+        put16(t, 8, (cookie >> 16) as u16);
+        put16(t, 10, cookie as u16);
+        *t.add(12) = 0x50;
+        *t.add(13) = 0x12;
+        put16(t, 14, fw_common::synauth::CHALLENGE_WINDOW);
+        put16(t, 16, csum_fold(sum));
+        put16(t, 18, 0);
+    }
+    true
+}
+
+/// Counts a flow opening towards the packet's receiver only (its destination
+/// slot): for SYNs the program answers itself.
+#[inline(always)]
+fn count_towards(p: &Parsed, now: u64) {
+    let m = &p.meta;
+    if let Some(o) = opening(p.proto, m.is_tcp, m.tcp_flags, m.icmp, p.dport, m.ip_len)
+        && let Some(d) = EVIDENCE_DST.get_ptr_mut(slot_index(&p.dst))
+    {
+        let d = unsafe { &mut *d };
+        if d.claim(&p.dst, p.family, epoch_of(now)) {
+            d.count_opening(&p.src, &o);
         }
     }
 }
@@ -332,6 +866,8 @@ fn parse(ctx: &XdpContext, p: &mut Parsed) -> bool {
         }
     }
     p.vlan_id = vlan_id;
+    p.l3_off = off as u16;
+    p.simple_l3 = false;
     p.sport = 0;
     p.dport = 0;
     p.meta = PacketMeta::default();
@@ -373,6 +909,7 @@ fn parse_v4(ctx: &XdpContext, off: usize, p: &mut Parsed) -> Option<()> {
     p.proto = h[9];
     p.meta.ip_len = tot_len;
     if frag_off == 0 {
+        p.simple_l3 = ihl == 20 && h[6] & 0x20 == 0;
         parse_l4(ctx, off + ihl, p);
     }
     Some(())
@@ -400,6 +937,7 @@ fn parse_v6(ctx: &XdpContext, off: usize, p: &mut Parsed) -> Option<()> {
     p.proto = up.proto;
     p.meta.ip_len = payload_len.saturating_add(IPV6_HLEN as u16);
     if up.transport {
+        p.simple_l3 = up.offset == 0;
         parse_l4(ctx, ext + up.offset, p);
     }
     Some(())
@@ -409,6 +947,7 @@ fn parse_v6(ctx: &XdpContext, off: usize, p: &mut Parsed) -> Option<()> {
 /// transport header is truncated.
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, off: usize, p: &mut Parsed) {
+    p.l4_off = off as u16;
     match p.proto {
         IPPROTO_TCP => {
             if let Some(t) = ptr_at::<[u8; 20]>(ctx, off) {
@@ -417,6 +956,7 @@ fn parse_l4(ctx: &XdpContext, off: usize, p: &mut Parsed) {
                 p.dport = u16::from_be_bytes([t[2], t[3]]);
                 p.meta.tcp_flags = t[13];
                 p.meta.is_tcp = true;
+                p.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
             }
         }
         IPPROTO_UDP => {

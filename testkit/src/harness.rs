@@ -1,20 +1,24 @@
 //! The real XDP program loaded (not attached) with private or pinned maps, run
 //! once or many times through BPF_PROG_TEST_RUN, and helpers to fill and read its
-//! maps (blocks, allows, config, counters, flows) the way the gateway does.
+//! maps (blocks, allows, config, counters, flows, evidence, events) the way the
+//! gateway does.
 
 use std::net::IpAddr;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf, lpm_trie::Key,
+    },
     programs::{TestRun, TestRunOptions, Xdp},
     util::nr_cpus,
 };
 use fw_common::{
     config::GatewayConfig,
     counters::{CounterSlot, CounterValue},
+    evidence::{EvidenceEvent, EvidenceSlot},
     filter::{AllowEntry, BlockEntry},
-    flow::{FlowKey, FlowStats},
+    flow::{FlowKey, FlowStats, v4_mapped},
     maps as m,
 };
 use fw_ctl::pin::PinDir;
@@ -284,6 +288,62 @@ impl Harness {
                 (k, merged, seen)
             })
             .collect()
+    }
+}
+
+impl Harness {
+    /// Every slot of `EVIDENCE_SRC` (one value shared by all CPUs), index order
+    /// (`fw_common::evidence::slot_index`), empty slots included.
+    pub fn evidence_src(&self) -> Vec<EvidenceSlot> {
+        self.evidence(m::EVIDENCE_SRC)
+    }
+
+    /// Every slot of `EVIDENCE_DST`, same layout.
+    pub fn evidence_dst(&self) -> Vec<EvidenceSlot> {
+        self.evidence(m::EVIDENCE_DST)
+    }
+
+    fn evidence(&self, name: &str) -> Vec<EvidenceSlot> {
+        let a: Array<_, EvidenceSlot> = Array::try_from(self.ebpf.map(name).unwrap()).unwrap();
+        (0..a.len()).map(|i| a.get(&i, 0).unwrap()).collect()
+    }
+
+    /// Every entry of the host blocklists `BLOCK_HOST_V4` and `BLOCK_HOST_V6`
+    /// (expired ones included), addresses in the map encoding (IPv4-mapped for
+    /// IPv4), sorted by address.
+    pub fn host_blocks(&self) -> Vec<([u8; 16], BlockEntry)> {
+        let v4: HashMap<_, [u8; 4], BlockEntry> =
+            HashMap::try_from(self.ebpf.map(m::BLOCK_HOST_V4).unwrap()).unwrap();
+        let v6: HashMap<_, [u8; 16], BlockEntry> =
+            HashMap::try_from(self.ebpf.map(m::BLOCK_HOST_V6).unwrap()).unwrap();
+        let mut out: Vec<([u8; 16], BlockEntry)> = v4
+            .iter()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (v4_mapped(k), v)
+            })
+            .chain(v6.iter().map(|r| r.unwrap()))
+            .collect();
+        out.sort_unstable_by_key(|(a, _)| *a);
+        out
+    }
+
+    /// Takes every event waiting in the `EVENTS` ring buffer, oldest first (the
+    /// consumer position lives in the map, so each event is returned once).
+    pub fn drain_events(&self) -> Vec<EvidenceEvent> {
+        let mut ring = RingBuf::try_from(self.ebpf.map(m::EVENTS).unwrap()).unwrap();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(
+                item.len(),
+                std::mem::size_of::<EvidenceEvent>(),
+                "ring buffer record size"
+            );
+            // SAFETY: the record holds exactly one EvidenceEvent (plain old data),
+            // possibly unaligned.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<EvidenceEvent>()) });
+        }
+        out
     }
 }
 

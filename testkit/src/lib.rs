@@ -10,9 +10,11 @@
 
 pub mod frames;
 pub mod harness;
+pub mod synauth;
 
 pub use frames::*;
 pub use harness::*;
+pub use synauth::*;
 
 /// XDP action `XDP_DROP` (`enum xdp_action`, include/uapi/linux/bpf.h).
 pub const XDP_DROP: u32 = 1;

@@ -10,6 +10,7 @@
 //! | topic | payload | from → to | QoS, retain |
 //! |---|---|---|---|
 //! | `tad/v1/gw/<gw>/flows/<p>` | [`FlowBatch`] | gateway → detectors (partition `p`) | 1 |
+//! | `tad/v1/gw/<gw>/evidence/<p>` | [`EvidenceBatch`] | gateway → detectors (partition `p`) | 0 |
 //! | `tad/v1/gw/<gw>/counters` | [`CountersSnapshot`] | gateway → dashboard | 0 |
 //! | `tad/v1/gw/<gw>/status` | [`NodeStatus`] | gateway → all; Last Will | 1, retained |
 //! | `tad/v1/gw/<gw>/acks` | [`Ack`] | gateway → detectors, dashboard | 1 |
@@ -54,6 +55,7 @@ pub const TOPIC_ROOT: &str = "tad/v1";
 pub mod ids;
 pub mod topic;
 
+pub use evidence::{EpochEvidence, EvidenceBatch, EvidenceEvent, EvidenceEventKind, EvidenceRole};
 pub use ids::{IdError, NodeId, Target, WidthPolicy};
 pub use settings::{SettingKey, SettingKind, SettingsAck, SettingsOutcome, SettingsSchema};
 pub use state::{
@@ -147,6 +149,7 @@ macro_rules! message {
     };
 }
 
+pub mod evidence;
 pub mod settings;
 pub mod state;
 
@@ -367,6 +370,19 @@ pub enum Action {
     Quarantine,
     /// Remove a block.
     Unblock,
+    /// Switch SYN authentication on for the target host's TCP services
+    /// (`fw_common::synauth`): the answer to a spoofed SYN flood against it, which
+    /// blocks no source. `port` narrows it to one service; TTL required.
+    ProtectSyn,
+    /// Switch it off again (the flood ended).
+    UnprotectSyn,
+}
+
+impl Action {
+    /// Whether the action is about SYN authentication of a victim, not a source.
+    pub fn is_syn_auth(self) -> bool {
+        matches!(self, Action::ProtectSyn | Action::UnprotectSyn)
+    }
 }
 
 /// Alert categories.
@@ -427,12 +443,17 @@ pub struct Verdict {
     /// but does not change its block map.
     #[serde(default)]
     pub observe_only: bool,
+    /// [`Action::ProtectSyn`] / [`Action::UnprotectSyn`] only: the one TCP port
+    /// to protect; `None` = every TCP port of the target host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 message!(Verdict, "verdict", validate);
 impl Verdict {
     fn check(&self) -> Result<(), String> {
         check_id("id", &self.id)?;
         check_ttl(self.action, self.ttl_s)?;
+        check_service(self.action, &self.target, self.port)?;
         if !(0.0..=1.0).contains(&self.confidence) {
             return Err(format!("confidence {} is outside [0, 1]", self.confidence));
         }
@@ -454,14 +475,38 @@ pub struct Command {
     pub ttl_s: Option<u64>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// As [`Verdict::port`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 message!(Command, "command", validate);
 impl Command {
     fn check(&self) -> Result<(), String> {
         check_id("id", &self.id)?;
         check_id("operator", &self.operator)?;
-        check_ttl(self.action, self.ttl_s)
+        check_ttl(self.action, self.ttl_s)?;
+        check_service(self.action, &self.target, self.port)
     }
+}
+
+/// SYN authentication protects one host (all its TCP ports, or `port`, 1-65535);
+/// a port means nothing for the other actions.
+fn check_service(action: Action, target: &Target, port: Option<u16>) -> Result<(), String> {
+    if action.is_syn_auth() {
+        if !target.is_host() {
+            return Err(format!(
+                "{action:?} protects one host, not the prefix {target}"
+            ));
+        }
+        if port == Some(0) {
+            return Err("port must be 1-65535 (none = every TCP port)".into());
+        }
+    } else if port.is_some() {
+        return Err(format!(
+            "port is only for SYN authentication, not {action:?}"
+        ));
+    }
+    Ok(())
 }
 
 fn check_id(field: &str, id: &str) -> Result<(), String> {
@@ -474,6 +519,7 @@ fn check_id(field: &str, id: &str) -> Result<(), String> {
 fn check_ttl(action: Action, ttl_s: Option<u64>) -> Result<(), String> {
     match (action, ttl_s) {
         (Action::Quarantine, None) => Err("quarantine needs ttl_s".into()),
+        (Action::ProtectSyn, None) => Err("protect_syn needs ttl_s".into()),
         (_, Some(0)) => Err("ttl_s must be at least 1 s".into()),
         (_, Some(t)) if t > MAX_TTL_S => Err(format!("ttl_s {t} exceeds {MAX_TTL_S} s")),
         _ => Ok(()),

@@ -10,7 +10,7 @@
 //! it waits for the next snapshot (the gateway republishes one at least every
 //! `state.snapshot_interval_ms`).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,11 @@ pub enum BlockOrigin {
     Command,
     /// The gateway configuration (management networks, `allow`, own addresses).
     Config,
+    /// The gateway's XDP program itself: a provisional quarantine of a source over
+    /// its evidence budget (`[evidence] quarantine_distinct`), which drops only the
+    /// source's new flows until a detector confirms it (block) or lifts it
+    /// (unblock), or it expires (`[evidence] quarantine_ttl_ms`).
+    Datapath,
 }
 
 /// One blocklist entry as enforced.
@@ -54,6 +59,10 @@ pub struct EnforcedBlock {
     pub expires_at_ms: Option<u64>,
     /// Packets dropped by this entry since it was made (XDP hit counter).
     pub hits: u64,
+    /// A provisional quarantine (origin [`BlockOrigin::Datapath`]): only the
+    /// source's new flows are dropped, its established flows pass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
 }
 
 /// One allowlist entry as enforced.
@@ -74,6 +83,71 @@ pub struct LimitsView {
     pub pps: u32,
     /// Packet burst, packets.
     pub burst: u32,
+}
+
+/// One TCP service under SYN authentication (`fw_common::synauth`): the answer to
+/// a spoofed SYN flood against it, switched on by a `protect_syn` verdict or
+/// command (or `fw-ctl protect`) and off by `unprotect_syn` or its expiry. No
+/// source is blocked for it. Read from the gateway's `SYN_AUTH` map (expiry,
+/// counters, origin) joined with its state file (rule, who, when).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectedService {
+    /// The protected server's address.
+    pub addr: IpAddr,
+    /// Its TCP port; `None` = every TCP port of `addr`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Who switched it on ([`BlockOrigin::Verdict`], [`BlockOrigin::Command`],
+    /// [`BlockOrigin::Cli`]).
+    pub origin: BlockOrigin,
+    /// The verdict's rule (e.g. `synflood.spoofed`) or the command's reason text,
+    /// when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Who asked: a detector id, `operator@dashboard`; when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// When it was switched on, Unix ms (0 when unknown: no state-file record).
+    pub created_ms: u64,
+    /// When it ends, Unix ms; `None` = until removed.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+    /// SYN-ACK challenges the XDP program sent (one per unproven SYN).
+    pub challenged: u64,
+    /// Sources that proved themselves (valid cookie in their RST).
+    pub validated: u64,
+    /// SYNs of validated sources passed to the server.
+    pub passed: u64,
+    /// SYNs that could not be challenged and were over the fallback rate (dropped).
+    pub limited: u64,
+}
+
+impl ProtectedService {
+    /// `addr:port`, or `addr:*` for every port (`[v6]:port` for IPv6).
+    pub fn service(&self) -> String {
+        let port = self.port.map_or("*".to_string(), |p| p.to_string());
+        match self.addr {
+            IpAddr::V4(a) => format!("{a}:{port}"),
+            IpAddr::V6(a) => format!("[{a}]:{port}"),
+        }
+    }
+
+    /// The same protection with the counters left out (what a delta is made for).
+    pub fn same_but_counters(&self, other: &ProtectedService) -> bool {
+        ProtectedService {
+            challenged: 0,
+            validated: 0,
+            passed: 0,
+            limited: 0,
+            ..self.clone()
+        } == ProtectedService {
+            challenged: 0,
+            validated: 0,
+            passed: 0,
+            limited: 0,
+            ..other.clone()
+        }
+    }
 }
 
 /// Why the gateway refused a verdict or a command (the keys of
@@ -101,6 +175,10 @@ pub enum RefusalReason {
     TooWide,
     /// Target shares addresses with the allowlist or management networks.
     Allowlisted,
+    /// A detector's unblock of an entry another authority made (the operator, a
+    /// feed, a dashboard command, the configuration): detectors lift only their own
+    /// and the XDP program's provisional entries.
+    NotOwner,
     /// The lists refused it for another reason (map full, kernel error).
     Other,
 }
@@ -122,6 +200,10 @@ pub struct GatewayState {
     pub allow: Vec<AllowEntry>,
     pub limits: LimitsView,
     pub refusals: RefusalCounts,
+    /// Services under SYN authentication, in force (unexpired), sorted by address
+    /// and port, with their counters as of `at_ms`.
+    #[serde(default)]
+    pub protected: Vec<ProtectedService>,
 }
 message!(GatewayState, "gateway state");
 
@@ -168,6 +250,12 @@ pub struct GatewayStateDelta {
     /// Present when the rate limits changed: the limits now loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsView>,
+    /// Present when a protected service appeared, went, or its protection changed
+    /// (expiry, origin, rule): the whole new list ([`GatewayState::protected`]).
+    /// Counters moving alone make no delta; they travel with the snapshots (and
+    /// with any delta that carries the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected: Option<Vec<ProtectedService>>,
 }
 message!(GatewayStateDelta, "gateway state delta");
 
@@ -200,6 +288,9 @@ impl GatewayState {
         if let Some(l) = d.limits {
             self.limits = l;
         }
+        if let Some(p) = &d.protected {
+            self.protected = p.clone();
+        }
         self.rev = d.rev;
         self.at_ms = d.at_ms;
         true
@@ -221,7 +312,28 @@ mod tests {
             created_ms: 1,
             expires_at_ms: None,
             hits: 0,
+            provisional: false,
         }
+    }
+
+    #[test]
+    fn provisional_is_written_only_when_set_and_read_as_false_when_absent() {
+        let b = block("198.51.100.7/32");
+        let j = serde_json::to_value(&b).unwrap();
+        assert!(j.get("provisional").is_none(), "{j}");
+        let q = EnforcedBlock {
+            origin: BlockOrigin::Datapath,
+            reason: BlockReason::Quarantine,
+            provisional: true,
+            ..b
+        };
+        let j = serde_json::to_value(&q).unwrap();
+        assert_eq!(
+            (&j["provisional"], &j["origin"]),
+            (&true.into(), &"datapath".into())
+        );
+        let back: EnforcedBlock = serde_json::from_value(j).unwrap();
+        assert_eq!(back, q);
     }
 
     fn state() -> GatewayState {
@@ -235,7 +347,51 @@ mod tests {
             allow: vec![],
             limits: LimitsView::default(),
             refusals: [(RefusalReason::BadSignature, 2)].into(),
+            protected: vec![],
         }
+    }
+
+    fn protected(addr: &str, port: Option<u16>) -> ProtectedService {
+        ProtectedService {
+            addr: addr.parse().unwrap(),
+            port,
+            origin: BlockOrigin::Verdict,
+            rule: Some("synflood.spoofed".into()),
+            by: Some("detector-1".into()),
+            created_ms: 1,
+            expires_at_ms: Some(600_001),
+            challenged: 40,
+            validated: 1,
+            passed: 3,
+            limited: 0,
+        }
+    }
+
+    #[test]
+    fn a_state_without_protected_services_still_decodes() {
+        let mut j = serde_json::to_value(state()).unwrap();
+        j.as_object_mut().unwrap().remove("protected");
+        let s: GatewayState = serde_json::from_value(j).unwrap();
+        assert!(s.protected.is_empty());
+    }
+
+    #[test]
+    fn protected_services_round_trip_and_name_their_service() {
+        let mut s = state();
+        s.protected = vec![
+            protected("192.0.2.10", Some(80)),
+            protected("2001:db8::1", None),
+        ];
+        let json = String::from_utf8(encode(&s)).unwrap();
+        assert!(json.contains(r#""port":null"#), "{json}");
+        assert_eq!(decode::<GatewayState>(json.as_bytes()).unwrap(), s);
+        let names: Vec<String> = s.protected.iter().map(|p| p.service()).collect();
+        assert_eq!(names, ["192.0.2.10:80", "[2001:db8::1]:*"]);
+        let mut more = s.protected[0].clone();
+        more.challenged += 1000;
+        assert!(more.same_but_counters(&s.protected[0]));
+        more.expires_at_ms = Some(1);
+        assert!(!more.same_but_counters(&s.protected[0]));
     }
 
     #[test]
@@ -268,6 +424,7 @@ mod tests {
                 pps: 0,
                 burst: 0,
             }),
+            protected: Some(vec![protected("192.0.2.10", Some(80))]),
         };
         let mut gap = d.clone();
         gap.rev = 9;
@@ -279,6 +436,11 @@ mod tests {
         assert_eq!(s.limits.syn_pps, 100);
         let prefixes: Vec<String> = s.blocks.iter().map(|b| b.prefix.to_string()).collect();
         assert_eq!(prefixes, ["198.51.100.0/24"]);
+        assert_eq!(
+            s.protected.len(),
+            1,
+            "the delta's list replaces the state's"
+        );
         assert!(!s.apply(&d), "a delta is applied once");
     }
 }

@@ -16,6 +16,7 @@ fn verdict() -> Verdict {
         confidence: 0.9,
         alert_id: None,
         observe_only: false,
+        port: None,
     }
 }
 

@@ -11,6 +11,14 @@ pub fn flows(gw: &str, partition: u16) -> String {
 pub fn flows_partition_filter(partition: u16) -> String {
     format!("{TOPIC_ROOT}/gw/+/flows/{partition}")
 }
+/// `tad/v1/gw/<gw>/evidence/<p>`: `EvidenceBatch`es of partition `p`.
+pub fn evidence(gw: &str, partition: u16) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/evidence/{partition}")
+}
+/// Subscription filter for one evidence partition from every gateway.
+pub fn evidence_partition_filter(partition: u16) -> String {
+    format!("{TOPIC_ROOT}/gw/+/evidence/{partition}")
+}
 pub fn counters(gw: &str) -> String {
     format!("{TOPIC_ROOT}/gw/{gw}/counters")
 }
@@ -97,6 +105,8 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 pub enum TopicKind {
     /// `tad/v1/gw/<gw>/flows/<partition>`: `FlowBatch`.
     Flows { gateway: String, partition: u16 },
+    /// `tad/v1/gw/<gw>/evidence/<partition>`: `EvidenceBatch`.
+    Evidence { gateway: String, partition: u16 },
     /// `tad/v1/gw/<gw>/counters`: `CountersSnapshot`.
     Counters { gateway: String },
     /// `tad/v1/gw/<gw>/status`: `NodeStatus`.
@@ -135,6 +145,10 @@ impl TopicKind {
         let id = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         Some(match parts.as_slice() {
             ["gw", g, "flows", p] => TopicKind::Flows {
+                gateway: id(g)?,
+                partition: p.parse().ok()?,
+            },
+            ["gw", g, "evidence", p] => TopicKind::Evidence {
                 gateway: id(g)?,
                 partition: p.parse().ok()?,
             },
@@ -192,6 +206,17 @@ mod tests {
                 partition: 2
             })
         );
+        assert_eq!(
+            TopicKind::parse(&topic::evidence("gateway-1", 3)),
+            Some(TopicKind::Evidence {
+                gateway: "gateway-1".into(),
+                partition: 3
+            })
+        );
+        assert!(topic_matches(
+            &topic::evidence_partition_filter(3),
+            &topic::evidence("gateway-1", 3)
+        ));
         assert_eq!(
             TopicKind::parse(&topic::verdicts("g", "detector-1")),
             Some(TopicKind::Verdicts {

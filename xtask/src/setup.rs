@@ -3,7 +3,8 @@
 //!
 //! 1. Debian packages ([`APT_PACKAGES`]): the broker, attack and traffic tools,
 //!    iproute2/bpftool, nftables/iptables/ipset for the benchmarks, chromium for
-//!    the dashboard's browser test. Node.js and npm come with the machine image.
+//!    the dashboard's browser test, nfdump (nfcapd) for the IPFIX export test.
+//!    Node.js and npm come with the machine image.
 //! 2. The `nightly` toolchain with `rust-src` (aya-build compiles the XDP program
 //!    with `-Z build-std=core`).
 //! 3. bpf-linker 0.13 built against the nightly's own LLVM (feature `llvm-<major>`
@@ -34,6 +35,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "nmap",
     "hping3",
     "netsniff-ng",
+    // xdp-filter, the peer of `bench xdp` (its BPF objects come with libxdp1).
+    "xdp-tools",
     "tcpdump",
     "tcpreplay",
     "nftables",
@@ -45,6 +48,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "chromium",
     "python3-venv",
     "prometheus",
+    // nfcapd/nfdump: the IPFIX collector fw-ctl/tests/ipfix.rs checks the export against.
+    "nfdump",
 ];
 
 /// bpf-linker version built by setup.

@@ -58,6 +58,7 @@ impl Inbound for RawPayload {
 #[derive(Clone, Debug, PartialEq)]
 pub enum AnyMessage {
     Flows(FlowBatch),
+    Evidence(tad_wire::EvidenceBatch),
     Counters(CountersSnapshot),
     Status(NodeStatus),
     Ack(Ack),
@@ -84,6 +85,7 @@ impl Inbound for AnyMessage {
         };
         Ok(match kind {
             TopicKind::Flows { .. } => AnyMessage::Flows(tad_wire::decode(payload)?),
+            TopicKind::Evidence { .. } => AnyMessage::Evidence(tad_wire::decode(payload)?),
             TopicKind::Counters { .. } => AnyMessage::Counters(tad_wire::decode(payload)?),
             TopicKind::GatewayStatus { .. }
             | TopicKind::DetectorStatus { .. }

@@ -27,6 +27,7 @@ pub fn verdict(id: &str, detector: &str) -> Verdict {
         confidence: 0.9,
         alert_id: None,
         observe_only: false,
+        port: None,
     }
 }
 

@@ -1,7 +1,10 @@
 //! The blocks resource. `GET /api/v1/blocks`: what the gateways enforce, built
 //! only from their published state (every unexpired entry of every gateway),
 //! plus the commands sent that no gateway state shows yet (`pending`, with their
-//! ack outcome: a refused command is listed as refused, never as a block).
+//! ack outcome: a refused command is listed as refused, never as a block), and
+//! the services the gateways protect with SYN authentication (`protected`: their
+//! answer to a spoofed SYN flood, with its counters; from the same state, never
+//! from `protect_syn` verdicts).
 //! `GET /api/v1/gateways/{id}/state`: one gateway's state as held.
 //!
 //! `POST /api/v1/blocks` and `DELETE /api/v1/blocks`: an operator blocks or
@@ -9,6 +12,10 @@
 //! target within the gateways' width policy, TTL, reason), published as a
 //! [`Command`] signed with the dashboard's certificate key on
 //! `tad/v1/gw/<gw>/commands/<own id>`, then audited and stored.
+//!
+//! `POST /api/v1/protected` and `DELETE /api/v1/protected`: an operator switches
+//! SYN authentication of a service (one host, one TCP port or all of them) on
+//! (`protect_syn`, TTL required) or off (`unprotect_syn`) the same way.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -23,7 +30,7 @@ use crate::{
     app::App,
     metrics::inc,
     publish::Outbound,
-    store::{BlockView, PendingCommand, StoreError},
+    store::{BlockView, PendingCommand, ProtectedView, StoreError},
 };
 
 /// One gateway's held state in short, as listed with the blocks.
@@ -47,6 +54,8 @@ pub struct Blocks {
     pub blocks: Vec<BlockView>,
     /// Commands the gateway state does not show (yet), newest first.
     pub pending: Vec<PendingCommand>,
+    /// Every unexpired protected service of every gateway's state, newest first.
+    pub protected: Vec<ProtectedView>,
     /// The states these come from.
     pub gateways: Vec<GatewaySync>,
 }
@@ -57,6 +66,7 @@ pub fn blocks(app: &App) -> Result<Blocks, StoreError> {
     Ok(Blocks {
         blocks: app.store.blocks(now)?,
         pending: app.store.pending_commands(now)?,
+        protected: app.store.protected(now)?,
         gateways: app
             .store
             .gateway_states()?
@@ -133,14 +143,23 @@ fn check_reason(app: &App, reason: &Option<String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn send_command(
-    app: &App,
-    gw: &str,
+/// What a command asks of its gateway (see [`Command`]).
+struct Ask {
     action: Action,
     target: Target,
+    port: Option<u16>,
     ttl_s: Option<u64>,
     reason: Option<String>,
-) -> ApiResult {
+}
+
+fn send_command(app: &App, gw: &str, ask: Ask) -> ApiResult {
+    let Ask {
+        action,
+        target,
+        port,
+        ttl_s,
+        reason,
+    } = ask;
     let command = Command {
         v: SCHEMA_VERSION,
         id: new_id("cmd"),
@@ -150,6 +169,7 @@ fn send_command(
         target,
         ttl_s,
         reason,
+        port,
     };
     command.validate().map_err(|e| rejected(app, e))?;
     publish(app, Outbound::command(gw, app.own_id(), &command))?;
@@ -183,10 +203,13 @@ pub(super) fn post_block(app: &App, headers: &HeaderMap, raw: &Bytes) -> ApiResu
     send_command(
         app,
         &req.gateway_id,
-        Action::Block,
-        target,
-        req.ttl_s,
-        req.reason,
+        Ask {
+            action: Action::Block,
+            target,
+            port: None,
+            ttl_s: req.ttl_s,
+            reason: req.reason,
+        },
     )
 }
 
@@ -196,7 +219,113 @@ pub(super) fn delete_block(app: &App, headers: &HeaderMap, raw_query: &str) -> A
     check_gateway(app, &q.gateway_id)?;
     let target =
         parse_target(&q.target, &app.config.api.block_width).map_err(|e| rejected(app, e))?;
-    send_command(app, &q.gateway_id, Action::Unblock, target, None, None)
+    send_command(
+        app,
+        &q.gateway_id,
+        Ask {
+            action: Action::Unblock,
+            target,
+            port: None,
+            ttl_s: None,
+            reason: None,
+        },
+    )
+}
+
+/// Body of `POST /api/v1/protected`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectRequest {
+    pub gateway_id: String,
+    /// The server's address (one host).
+    pub target: String,
+    /// Its TCP port, 1-65535; absent = every TCP port of the host.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// How long, seconds (required: a protection always ends).
+    pub ttl_s: u64,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Query of `DELETE /api/v1/protected`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnprotectQuery {
+    pub gateway_id: String,
+    pub target: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// Parses a protected service's address: one host, no prefix wider than it.
+fn parse_host(app: &App, s: &str) -> Result<Target, ApiError> {
+    let t = Target::parse(s).map_err(|e| rejected(app, format!("target: {e}")))?;
+    if !t.is_host() {
+        return Err(rejected(
+            app,
+            format!("target: SYN authentication protects one host, not the prefix {t}"),
+        ));
+    }
+    Ok(t)
+}
+
+fn check_port(app: &App, port: Option<u16>) -> Result<(), ApiError> {
+    if port == Some(0) {
+        return Err(rejected(
+            app,
+            "port must be 1-65535 (absent = every TCP port)".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn post_protect(app: &App, headers: &HeaderMap, raw: &Bytes) -> ApiResult {
+    guard(app, headers)?;
+    let req: ProtectRequest = body(raw).inspect_err(|_| inc(&app.metrics.api_rejected))?;
+    check_gateway(app, &req.gateway_id)?;
+    let target = parse_host(app, &req.target)?;
+    check_port(app, req.port)?;
+    if !(1..=app.config.api.max_ttl_s).contains(&req.ttl_s) {
+        return Err(rejected(
+            app,
+            format!(
+                "ttl_s {} is outside 1..={}",
+                req.ttl_s, app.config.api.max_ttl_s
+            ),
+        ));
+    }
+    check_reason(app, &req.reason)?;
+    send_command(
+        app,
+        &req.gateway_id,
+        Ask {
+            action: Action::ProtectSyn,
+            target,
+            port: req.port,
+            ttl_s: Some(req.ttl_s),
+            reason: req.reason,
+        },
+    )
+}
+
+pub(super) fn delete_protect(app: &App, headers: &HeaderMap, raw_query: &str) -> ApiResult {
+    guard(app, headers)?;
+    let q: UnprotectQuery = query(raw_query).inspect_err(|_| inc(&app.metrics.api_rejected))?;
+    check_gateway(app, &q.gateway_id)?;
+    let target = parse_host(app, &q.target)?;
+    check_port(app, q.port)?;
+    send_command(
+        app,
+        &q.gateway_id,
+        Ask {
+            action: Action::UnprotectSyn,
+            target,
+            port: q.port,
+            ttl_s: None,
+            reason: None,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -347,6 +347,24 @@ pub fn routes(
         .and_then(|app: Arc<App>, h: HeaderMap, q: String| async move {
             answer(blocks::delete_block(&app, &h, &q))
         });
+    let post_protect = api
+        .and(warp::path!("protected"))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(warp::header::headers_cloned())
+        .and(body)
+        .and_then(|app: Arc<App>, h: HeaderMap, b: Bytes| async move {
+            answer(blocks::post_protect(&app, &h, &b))
+        });
+    let delete_protect = api
+        .and(warp::path!("protected"))
+        .and(warp::delete())
+        .and(with_app.clone())
+        .and(warp::header::headers_cloned())
+        .and(query_string())
+        .and_then(|app: Arc<App>, h: HeaderMap, q: String| async move {
+            answer(blocks::delete_protect(&app, &h, &q))
+        });
     let post_thresholds = api
         .and(warp::path!("thresholds"))
         .and(warp::post())
@@ -401,6 +419,8 @@ pub fn routes(
         events.boxed(),
         post_block.boxed(),
         delete_block.boxed(),
+        post_protect.boxed(),
+        delete_protect.boxed(),
         audit_entry.boxed(),
         get_thresholds.boxed(),
         post_thresholds.boxed(),

@@ -7,7 +7,10 @@
 //!
 //! Blocks are ONLY what a gateway's state lists: nothing is inferred from
 //! verdicts, commands or acks. A command the dashboard sent shows up separately
-//! as pending ([`PendingCommand`]) until the gateway's state reflects it.
+//! as pending ([`PendingCommand`]) until the gateway's state reflects it. The
+//! same holds for the services a gateway protects with SYN authentication (its
+//! answer to a spoofed SYN flood, [`ProtectedView`]): only its state's
+//! `protected` list, never a `protect_syn` verdict.
 
 use std::net::IpAddr;
 
@@ -15,7 +18,7 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use tad_wire::{
     Ack, Action, BlockOrigin, BlockReason, Command, GatewayState, GatewayStateDelta, MapFill, Mode,
-    NodeStatus, Outcome, RefusalCounts, Role, Target, TrustLevel,
+    NodeStatus, Outcome, RefusalCounts, Role, Target, TrustLevel, state::ProtectedService,
 };
 
 use super::{Store, StoreError, enum_from, enum_str, json, to_json};
@@ -70,6 +73,40 @@ pub struct BlockView {
     pub state_at_ms: u64,
 }
 
+/// One TCP service a gateway protects with SYN authentication (from its state's
+/// `protected` list), as the API and the Blocks page show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProtectedView {
+    pub gateway_id: String,
+    /// `192.0.2.10:80`, `[2001:db8::1]:443`, or `addr:*` for every TCP port.
+    pub service: String,
+    pub addr: IpAddr,
+    /// None = every TCP port of `addr`.
+    pub port: Option<u16>,
+    /// Who switched it on: `verdict`, `command`, `cli`.
+    pub origin: BlockOrigin,
+    /// The verdict's rule or the command's reason, when the gateway knows it.
+    pub rule: Option<String>,
+    /// Detector id or `operator@dashboard`, when the gateway knows it.
+    pub by: Option<String>,
+    /// When it was switched on, Unix ms (0 = unknown).
+    pub created_ms: u64,
+    /// When it ends, Unix ms; none = until removed.
+    pub expires_at_ms: Option<u64>,
+    /// Seconds left at the time of the query; none = until removed.
+    pub ttl_left_s: Option<u64>,
+    /// SYN-ACK challenges sent (as of `state_at_ms`).
+    pub challenged: u64,
+    /// Sources that proved themselves.
+    pub validated: u64,
+    /// SYNs of proven sources passed.
+    pub passed: u64,
+    /// Unanswerable SYNs dropped by the fallback rate.
+    pub limited: u64,
+    /// When the gateway read the state (and the counters), Unix ms.
+    pub state_at_ms: u64,
+}
+
 /// A gateway's state as the dashboard holds it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeldState {
@@ -86,8 +123,11 @@ pub struct HeldState {
 /// What happened to a delta ([`Store::apply_gateway_delta`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum DeltaOutcome {
-    /// Applied; the refusal counters as they were before it.
-    Applied { refusals_before: RefusalCounts },
+    /// Applied; the refusal counters and protected services as they were before it.
+    Applied {
+        refusals_before: RefusalCounts,
+        protected_before: Vec<ProtectedService>,
+    },
     /// At or below the held revision: already applied (a redelivery).
     Old,
     /// Does not follow the held state (a gap, no snapshot yet, or held from the
@@ -115,6 +155,8 @@ pub struct PendingCommand {
     pub command_id: String,
     pub action: Action,
     pub target: Target,
+    /// `protect_syn` / `unprotect_syn` only: the TCP port (none = every port).
+    pub port: Option<u16>,
     pub ttl_s: Option<u64>,
     pub operator: String,
     pub issued_at_ms: u64,
@@ -128,12 +170,21 @@ pub struct PendingCommand {
 }
 
 /// Whether held state `s` shows the effect of command `c`: its prefix blocked
-/// for a block or quarantine, absent for an unblock.
+/// for a block or quarantine, absent for an unblock; its service protected for a
+/// `protect_syn`, not for an `unprotect_syn`.
 fn shows(s: &GatewayState, c: &Command) -> bool {
+    if c.action.is_syn_auth() {
+        let addr = c.target.net().addr();
+        let present = s
+            .protected
+            .iter()
+            .any(|p| p.addr == addr && p.port == c.port);
+        return (c.action == Action::ProtectSyn) == present;
+    }
     let present = s.blocks.iter().any(|b| b.prefix == c.target);
     match c.action {
         Action::Block | Action::Quarantine => present,
-        Action::Unblock => !present,
+        _ => !present,
     }
 }
 
@@ -240,6 +291,7 @@ impl Store {
             return Ok(DeltaOutcome::Old);
         }
         let refusals_before = h.state.refusals.clone();
+        let protected_before = h.state.protected.clone();
         if !h.synced || !h.state.apply(d) {
             if h.synced {
                 tx.execute(
@@ -254,7 +306,10 @@ impl Store {
         }
         write_held(&tx, &h.state, now_ms, true)?;
         tx.commit()?;
-        Ok(DeltaOutcome::Applied { refusals_before })
+        Ok(DeltaOutcome::Applied {
+            refusals_before,
+            protected_before,
+        })
     }
 
     /// The state held for gateway `id`.
@@ -308,6 +363,47 @@ impl Store {
         Ok(out)
     }
 
+    /// Every service every gateway's held state protects that has not expired at
+    /// `now_ms`, newest first.
+    pub fn protected(&self, now_ms: u64) -> Result<Vec<ProtectedView>, StoreError> {
+        let mut out = Vec::new();
+        for h in self.gateway_states()? {
+            for p in h.state.protected {
+                if p.expires_at_ms.is_some_and(|e| e <= now_ms) {
+                    continue;
+                }
+                out.push(ProtectedView {
+                    gateway_id: h.state.gateway_id.to_string(),
+                    service: p.service(),
+                    addr: p.addr,
+                    port: p.port,
+                    origin: p.origin,
+                    rule: p.rule,
+                    by: p.by,
+                    created_ms: p.created_ms,
+                    expires_at_ms: p.expires_at_ms,
+                    ttl_left_s: p
+                        .expires_at_ms
+                        .map(|e| e.saturating_sub(now_ms).div_ceil(1000)),
+                    challenged: p.challenged,
+                    validated: p.validated,
+                    passed: p.passed,
+                    limited: p.limited,
+                    state_at_ms: h.state.at_ms,
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            (b.created_ms, &a.gateway_id, a.addr, a.port).cmp(&(
+                a.created_ms,
+                &b.gateway_id,
+                b.addr,
+                b.port,
+            ))
+        });
+        Ok(out)
+    }
+
     /// Commands issued in the [`PENDING_WINDOW_MS`] before `now_ms` that their
     /// gateway's held state does not show, newest first: refused ones (ack
     /// rejected), and ones not acked or acked but not yet in the state. A command
@@ -356,6 +452,7 @@ impl Store {
                 command_id: c.id,
                 action: c.action,
                 target: c.target,
+                port: c.port,
                 ttl_s: c.ttl_s,
                 operator: c.operator,
                 issued_at_ms: c.issued_at_ms,

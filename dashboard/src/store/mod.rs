@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     blocks::{
         BlockView, DeltaOutcome, DeviceView, HeldState, MAX_PENDING, NodeView, PENDING_WINDOW_MS,
-        PendingCommand, PendingStatus,
+        PendingCommand, PendingStatus, ProtectedView,
     },
     events::{AlertView, CommandView, VerdictView},
     series::{FlowSummary, SeriesPoint},
@@ -269,6 +269,7 @@ mod tests {
             confidence: 0.8,
             alert_id: None,
             observe_only: false,
+            port: None,
         }
     }
 
@@ -276,6 +277,7 @@ mod tests {
         EnforcedBlock {
             prefix: prefix.parse().unwrap(),
             origin,
+            provisional: false,
             reason: BlockReason::Manual,
             rule: None,
             by: Some("root".into()),
@@ -296,6 +298,7 @@ mod tests {
             allow: vec![],
             limits: LimitsView::default(),
             refusals: Default::default(),
+            protected: vec![],
         }
     }
 
@@ -311,6 +314,7 @@ mod tests {
             allow: None,
             refusals: None,
             limits: None,
+            protected: None,
         }
     }
 
@@ -407,7 +411,8 @@ mod tests {
         assert_eq!(
             s.apply_gateway_delta(&d, 2).unwrap(),
             DeltaOutcome::Applied {
-                refusals_before: Default::default()
+                refusals_before: Default::default(),
+                protected_before: vec![],
             }
         );
         assert_eq!(prefixes(&s, 7_000), ["203.0.113.9/32"]);
@@ -437,7 +442,8 @@ mod tests {
         assert_eq!(
             s.apply_gateway_delta(&delta(1, 9_100), 7).unwrap(),
             DeltaOutcome::Applied {
-                refusals_before: Default::default()
+                refusals_before: Default::default(),
+                protected_before: vec![],
             }
         );
     }
@@ -478,6 +484,7 @@ mod tests {
             target: target.parse().unwrap(),
             ttl_s: None,
             reason: None,
+            port: None,
         }
     }
 
@@ -491,6 +498,52 @@ mod tests {
             at_ms,
             apply_us: 5,
         }
+    }
+
+    #[test]
+    fn protect_commands_are_pending_until_the_state_lists_the_service() {
+        let s = Store::open_in_memory().unwrap();
+        let now = 10_000_000;
+        let mut c = command("p1", Action::ProtectSyn, "192.0.2.10", now - 3_000);
+        c.port = Some(80);
+        c.ttl_s = Some(600);
+        s.insert_command("gateway-1", &c, "h1").unwrap();
+        let pending = s.pending_commands(now).unwrap();
+        assert_eq!(
+            (pending[0].action, pending[0].port),
+            (Action::ProtectSyn, Some(80))
+        );
+        let svc = |port| tad_wire::state::ProtectedService {
+            addr: "192.0.2.10".parse().unwrap(),
+            port,
+            origin: BlockOrigin::Command,
+            rule: None,
+            by: Some("alice@dashboard".into()),
+            created_ms: now - 2_000,
+            expires_at_ms: Some(now + 600_000),
+            challenged: 7,
+            validated: 0,
+            passed: 0,
+            limited: 0,
+        };
+        // The host protected on every port is not the service asked for.
+        let mut st = state(1, now - 1_000, vec![]);
+        st.protected = vec![svc(None)];
+        s.put_gateway_state(&st, now).unwrap();
+        assert_eq!(s.pending_commands(now).unwrap().len(), 1);
+        st.protected = vec![svc(None), svc(Some(80))];
+        s.put_gateway_state(&st, now).unwrap();
+        assert!(s.pending_commands(now).unwrap().is_empty());
+        let p = s.protected(now).unwrap();
+        let services: Vec<&str> = p.iter().map(|p| p.service.as_str()).collect();
+        assert_eq!(services.len(), 2);
+        assert!(services.contains(&"192.0.2.10:80") && services.contains(&"192.0.2.10:*"));
+        assert!(
+            s.blocks(now).unwrap().is_empty(),
+            "a protection is no block"
+        );
+        // Expired protections are hidden before the gateway's delta removes them.
+        assert!(s.protected(now + 600_000).unwrap().is_empty());
     }
 
     #[test]

@@ -21,9 +21,12 @@ pub struct SeriesPoint {
     pub gateway_id: String,
     /// Passed packets (every pass reason), pps.
     pub pass_pps: f64,
-    /// Dropped because the source is blocklisted, pps.
+    /// Dropped for any other reason (blocklist, provisional quarantine, a consumed
+    /// SYN-authentication RST), pps.
     pub drop_blocklist_pps: f64,
-    /// Dropped by the SYN rate limit, pps.
+    /// SYNs kept from their server: dropped by the per-source SYN rate limit or a
+    /// protected service's fallback rate, or answered by SYN authentication
+    /// (`XDP_TX`), pps.
     pub drop_syn_rate_pps: f64,
     /// Dropped by the packet rate limit, pps.
     pub drop_pkt_rate_pps: f64,

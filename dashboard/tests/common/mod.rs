@@ -281,6 +281,7 @@ pub fn verdict(id: &str, at_ms: u64, target: &str) -> Verdict {
         confidence: 0.9,
         alert_id: None,
         observe_only: false,
+        port: None,
     }
 }
 
@@ -319,6 +320,7 @@ pub fn entry(
     EnforcedBlock {
         prefix: prefix.parse().unwrap(),
         origin,
+        provisional: false,
         reason: BlockReason::Manual,
         rule: (origin == BlockOrigin::Feed).then(|| "spamhaus-drop.txt".into()),
         by: Some(by.into()),
@@ -340,6 +342,7 @@ pub fn gw_state(rev: u64, at_ms: u64, blocks: Vec<EnforcedBlock>) -> GatewayStat
         allow: vec![],
         limits: LimitsView::default(),
         refusals: Default::default(),
+        protected: vec![],
     }
 }
 
@@ -356,6 +359,7 @@ pub fn gw_delta(rev: u64, at_ms: u64) -> GatewayStateDelta {
         allow: None,
         refusals: None,
         limits: None,
+        protected: None,
     }
 }
 

@@ -15,6 +15,15 @@
 //! | `bruteforce.http` | brute_force | short/failed connections to one HTTP service, 120 s | 60 | no |
 //! | `access.policy` | unauthorized_access | connection to a port the device policy does not allow | 1 | if answered and the policy says so |
 //! | `spike.rate` | traffic_spike | device send rate vs its EWMA baseline | z >= 6 and >= 5000 pps or 5 MB/s | no |
+//! | `evidence.vertical` | port_scan | kernel evidence: distinct ports (bounded by flows per host), mostly unanswered, 60 s | 15, share 0.5 | yes |
+//! | `evidence.horizontal` | port_scan | kernel evidence: distinct hosts (bounded by flows per port), mostly unanswered, 60 s | 25, share 0.5 | yes |
+//! | `evidence.sweep` | port_scan | kernel evidence: hosts sent ICMP requests, mostly unanswered, 60 s | 25, share 0.5 | yes |
+//! | `evidence.synflood` | syn_flood | kernel evidence: SYNs to one host from many sources, 10 s | 200 and 50 sources | no (victim only) |
+//!
+//! The `evidence.*` rules ([`evidence`]) judge the gateways' kernel evidence
+//! batches instead of flow records (`crate::engine::Engine::evidence`); an address
+//! the one path reports is not reported again by the other while it goes on (the
+//! engine's cross-path dedupe).
 //!
 //! One file per rule family (`portscan.rs`, `synflood.rs`, `bruteforce.rs`,
 //! `access.rs`, `spike.rs`); this module holds what they share: the per-source state
@@ -32,6 +41,7 @@
 
 mod access;
 mod bruteforce;
+pub mod evidence;
 mod portscan;
 mod spike;
 mod synflood;
@@ -150,6 +160,13 @@ struct Spoof(HashMap<IpAddr, u64>);
 impl Spoof {
     /// Records `r`'s evidence (if `unsolicited`), forgets evidence older than
     /// `window_ms`, and tells whether the source shows evidence towards `r.dst`.
+    /// Whether any evidence is younger than `window_ms`.
+    fn any(&self, now_ms: u64, window_ms: u64) -> bool {
+        self.0
+            .values()
+            .any(|t| now_ms.saturating_sub(*t) <= window_ms)
+    }
+
     fn observe(&mut self, r: &FlowRecord, unsolicited: bool, now_ms: u64, window_ms: u64) -> bool {
         if unsolicited {
             self.0.insert(r.dst, now_ms);
@@ -211,6 +228,8 @@ pub struct Rules {
     pub sources: HashMap<IpAddr, SourceState>,
     pub victims: HashMap<IpAddr, VictimState>,
     pub rates: HashMap<IpAddr, RateState>,
+    /// Kernel evidence per (gateway, address, role).
+    pub evidence: evidence::EvidenceBook,
     /// Records whose source, victim or device could not get state because its
     /// table held [`MAX_TRACKED`] entries (e.g. a flood from millions of spoofed
     /// addresses); the rule skipped them.
@@ -307,9 +326,18 @@ impl Rules {
         }
     }
 
+    /// Whether `src` showed spoofing evidence (an unanswered RST-only flow, see the
+    /// module docs) towards any host within `window_ms` before `now_ms`.
+    pub fn spoof_evidence(&self, src: IpAddr, now_ms: u64, window_ms: u64) -> bool {
+        self.sources
+            .get(&src)
+            .is_some_and(|s| s.spoof.any(now_ms, window_ms))
+    }
+
     /// Drops state untouched for `idle_ms` (device rate baselines: for at least
     /// an hour).
     pub fn gc(&mut self, now_ms: u64, idle_ms: u64) {
+        self.evidence.gc(now_ms, idle_ms);
         self.sources
             .retain(|_, s| now_ms.saturating_sub(s.last_ms) <= idle_ms);
         self.victims

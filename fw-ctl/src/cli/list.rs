@@ -1,4 +1,4 @@
-//! `fw-ctl list blocks|allows`.
+//! `fw-ctl list blocks|allows|protected`.
 
 use clap::{Args, ValueEnum};
 
@@ -11,6 +11,8 @@ pub enum Which {
     Blocks,
     /// Allowlist entries: origin (manual or config), hits.
     Allows,
+    /// Services under SYN authentication: expiry, challenges, validated sources.
+    Protected,
 }
 
 #[derive(Debug, Args)]
@@ -20,6 +22,9 @@ pub struct ListArgs {
 }
 
 pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
+    if let Which::Protected = a.which {
+        return super::protect::list(ctx);
+    }
     let maps = ctx.maps("fw-ctl list")?;
     match a.which {
         Which::Blocks => {
@@ -69,6 +74,7 @@ pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
                 s
             });
         }
+        Which::Protected => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -59,6 +59,8 @@ pub fn load(ctx: &Ctx, a: LoadArgs) -> Result<()> {
         } else {
             Limits::default()
         },
+        // The shipped defaults (provisional quarantine on) also without a file.
+        evidence: cfg.evidence,
         sizes: if ctx.cfg.is_some() {
             cfg.maps
         } else {

@@ -10,6 +10,7 @@ pub mod flows;
 pub mod list;
 pub mod load;
 pub mod mode;
+pub mod protect;
 pub mod run;
 pub mod stats;
 pub mod status;
@@ -80,8 +81,12 @@ pub enum Verb {
     Stats(stats::StatsArgs),
     /// Set observe (IDS) or enforce (IPS) mode.
     Mode(mode::ModeArgs),
-    /// Show or set the per-source rate limits.
+    /// Show or set the per-source rate limits and the evidence thresholds.
     Limits(mode::LimitsArgs),
+    /// Protect a TCP service with SYN authentication (a spoofed SYN flood).
+    Protect(protect::ProtectArgs),
+    /// End the protection of a service.
+    Unprotect(protect::UnprotectArgs),
     /// Threat-intelligence feeds.
     #[command(subcommand)]
     Feed(feed::FeedVerb),
@@ -188,6 +193,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Verb::Stats(a) => stats::run(&ctx, a),
         Verb::Mode(a) => mode::mode(&ctx, a),
         Verb::Limits(a) => mode::limits(&ctx, a),
+        Verb::Protect(a) => protect::protect(&ctx, a),
+        Verb::Unprotect(a) => protect::unprotect(&ctx, a),
         Verb::Feed(v) => feed::run(&ctx, v),
         Verb::Config(_) => unreachable!("handled above"),
         Verb::Run(a) => run::run(ctx, a),

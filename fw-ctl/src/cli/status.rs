@@ -23,10 +23,36 @@ pub struct Status {
     /// `observe` or `enforce`.
     pub mode: String,
     pub limits: Limits,
+    /// The evidence thresholds loaded in the program (`[evidence]`; 0 = off).
+    pub evidence: EvidenceView,
+    /// Provisional quarantines in force: the program's own blocklist entries
+    /// (origin `datapath`), which drop only new flows of their source.
+    pub provisional_quarantines: Vec<ProvisionalView>,
+    /// Services under SYN authentication (`fw-ctl list protected`), with their
+    /// counters.
+    pub protected: Vec<crate::synauth::Protected>,
     pub maps: Vec<MapFill>,
     pub counters: stats::Sample,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonStatus>,
+}
+
+/// The evidence thresholds of the kernel configuration.
+#[derive(Serialize)]
+pub struct EvidenceView {
+    pub quarantine_distinct: u32,
+    pub quarantine_ttl_ms: u32,
+    pub report_distinct: u32,
+}
+
+/// One provisional quarantine.
+#[derive(Serialize)]
+pub struct ProvisionalView {
+    pub prefix: ipnet::IpNet,
+    /// Seconds left.
+    pub expires_in_s: Option<f64>,
+    /// New flows dropped (would-drop in observe mode).
+    pub hits: u64,
 }
 
 /// `refusals: bad_signature 2, stale 1` (`refusals: none` when there are none).
@@ -66,6 +92,21 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<()> {
             pps: cfg.pkt_rate_pps,
             burst: cfg.pkt_burst,
         },
+        evidence: EvidenceView {
+            quarantine_distinct: cfg.quarantine_distinct,
+            quarantine_ttl_ms: cfg.quarantine_ttl_ms,
+            report_distinct: cfg.report_distinct,
+        },
+        provisional_quarantines: crate::control::list_blocks(&maps, None)?
+            .into_iter()
+            .filter(|b| b.origin == crate::lists::Origin::Datapath)
+            .map(|b| ProvisionalView {
+                prefix: b.prefix,
+                expires_in_s: b.expires_in_s,
+                hits: b.hits,
+            })
+            .collect(),
+        protected: crate::synauth::list(&ctx.dir)?,
         maps: maps.fill()?,
         counters,
         daemon,
@@ -77,8 +118,16 @@ pub fn run(ctx: &Ctx, _a: StatusArgs) -> Result<()> {
         }
         let l = &st.limits;
         s.push_str(&format!(
-            "rate limits: syn {} pps burst {}, all {} pps burst {} (0 = off)\n\nMAP            ENTRIES / MAX\n",
+            "rate limits: syn {} pps burst {}, all {} pps burst {} (0 = off)\n",
             l.syn_pps, l.syn_burst, l.pps, l.burst
+        ));
+        let e = &st.evidence;
+        s.push_str(&format!(
+            "evidence: provisional quarantine at {} distinct for {} ms, reports at {} distinct (0 = off); {} provisional quarantine(s) in force\n\nMAP            ENTRIES / MAX\n",
+            e.quarantine_distinct,
+            e.quarantine_ttl_ms,
+            e.report_distinct,
+            st.provisional_quarantines.len()
         ));
         for m in &st.maps {
             s.push_str(&format!("{:<14} {:>8} / {}\n", m.name, m.entries, m.max_entries));

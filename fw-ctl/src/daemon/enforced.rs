@@ -15,11 +15,24 @@
 //! or `fw-ctl feed load` run on the router (no bus needed: they write the maps and
 //! the state file), the expiry sweep, a restore. An entry whose expiry has passed
 //! is left out at once, before the sweep removes it, and leaves with cause
-//! `expired`; one removed earlier leaves with cause `removed`. An entry is
+//! `expired`; one removed earlier leaves with cause `removed`. The XDP program's
+//! own provisional quarantines (origin `datapath`, no state-file record) show up
+//! the same way, with `provisional: true`, and leave when they expire, when a
+//! detector's block replaces them (upserted as a full block) or its unblock lifts
+//! them. An entry is
 //! upserted when anything about it changed, its hit count included, so a replica
 //! that applies every delta equals the next snapshot. Each poll walks the whole
 //! block map (one syscall per entry) on the collector thread; the state file is
 //! re-parsed only when it changed on disk.
+//!
+//! Protected services (SYN authentication, `SYN_AUTH`) are read the same way:
+//! the map's entries in force (expiry, origin, counters) joined with the state
+//! file's `protected` records (rule, who, when), left out once expired. A delta
+//! carries the whole list (`protected`) when a service appears or goes or its
+//! protection changes; the counters (challenged, validated, passed, limited) move
+//! on every poll under a flood, so they alone make no delta: they are kept in the
+//! current state and published with the next snapshot, which they make due (at
+//! most one per `state.snapshot_interval_ms`).
 //!
 //! Revisions start at the daemon's start time in Unix ms, so the revisions of two
 //! runs never collide, and grow by one per delta; a snapshot carries the revision
@@ -35,7 +48,7 @@ use std::{
 use ipnet::IpNet;
 use tad_wire::{
     AllowEntry, EnforcedBlock, GatewayState, GatewayStateDelta, LimitsView, Mode, NodeId,
-    RefusalCounts, RemovalCause, RemovedBlock, SCHEMA_VERSION, Target,
+    RefusalCounts, RemovalCause, RemovedBlock, SCHEMA_VERSION, Target, state::ProtectedService,
 };
 
 use crate::{
@@ -55,6 +68,8 @@ pub struct Enforced {
     /// Allowlist entries, sorted by prefix.
     pub allow: Vec<AllowEntry>,
     pub limits: LimitsView,
+    /// Protected services in force, sorted by address and port.
+    pub protected: Vec<ProtectedService>,
 }
 
 /// A map key as a target (map keys carry no host bits; truncated to be sure).
@@ -96,6 +111,7 @@ pub fn read_lists<L: Lists + ?Sized>(
                 created_ms: rec.map_or(0, |r| r.created_unix_ms),
                 expires_at_ms: unix_ms_of(e.expires_ns, offset_ns),
                 hits: e.hits,
+                provisional: e.new_flows_only(),
             }
         })
         .collect();
@@ -110,6 +126,47 @@ pub fn read_lists<L: Lists + ?Sized>(
         .collect();
     allow.sort_by_key(|a| a.prefix.net());
     Ok((blocks, allow))
+}
+
+/// The protected services of `lists` in force at `now_mono_ns`, joined with the
+/// state file's records, sorted by address and port (every-port entries first).
+/// `offset_ns` as in [`read_lists`].
+///
+/// # Errors
+/// A map that cannot be read.
+pub fn read_protected<L: Lists + ?Sized>(
+    lists: &L,
+    records: &State,
+    now_mono_ns: u64,
+    offset_ns: i128,
+) -> Result<Vec<ProtectedService>> {
+    let mut out: Vec<ProtectedService> = lists
+        .protections()?
+        .into_iter()
+        .filter(|(_, e)| e.active(now_mono_ns))
+        .map(|(svc, e)| {
+            // A record describes the entry only if it was made for it (same rule id).
+            let rec = records
+                .protected
+                .get(&svc)
+                .filter(|r| r.rule_id == e.rule_id && r.origin.code() == e.origin);
+            ProtectedService {
+                addr: svc.ip(),
+                port: (svc.port() != 0).then_some(svc.port()),
+                origin: Origin::from_code(e.origin).published(),
+                rule: rec.and_then(|r| r.text.clone()),
+                by: rec.and_then(|r| r.by.clone()),
+                created_ms: rec.map_or(0, |r| r.created_unix_ms),
+                expires_at_ms: unix_ms_of(e.expires_ns, offset_ns),
+                challenged: e.challenged,
+                validated: e.validated,
+                passed: e.passed,
+                limited: e.limited,
+            }
+        })
+        .collect();
+    out.sort_by_key(|p| (p.addr, p.port));
+    Ok(out)
 }
 
 /// Reads [`Enforced`] from the pinned maps and the state file, re-reading the file
@@ -158,7 +215,9 @@ impl StateReader {
             }
         }
         let cfg = maps.config()?;
-        let (blocks, allow) = read_lists(maps, &self.records, clock::mono_ns(), self.offset_ns)?;
+        let now_mono = clock::mono_ns();
+        let (blocks, allow) = read_lists(maps, &self.records, now_mono, self.offset_ns)?;
+        let protected = read_protected(maps, &self.records, now_mono, self.offset_ns)?;
         Ok(Enforced {
             mode: if cfg.observe() {
                 Mode::Observe
@@ -173,6 +232,7 @@ impl StateReader {
                 pps: cfg.pkt_rate_pps,
                 burst: cfg.pkt_burst,
             },
+            protected,
         })
     }
 }
@@ -187,6 +247,8 @@ pub struct StatePublisher {
     last_snapshot: Option<Instant>,
     /// A delta went out since the last snapshot.
     dirty: bool,
+    /// Protected services' counters moved since the last snapshot (no delta).
+    counters_moved: bool,
     first_rev: u64,
 }
 
@@ -200,6 +262,7 @@ impl StatePublisher {
             snapshot_every,
             last_snapshot: None,
             dirty: false,
+            counters_moved: false,
             first_rev,
         }
     }
@@ -229,6 +292,7 @@ impl StatePublisher {
                 allow: view.allow,
                 limits: view.limits,
                 refusals: refusals.clone(),
+                protected: view.protected,
             });
             return None;
         };
@@ -259,13 +323,27 @@ impl StatePublisher {
         let allow = (view.allow != cur.allow).then(|| view.allow.clone());
         let refusals = (*refusals != cur.refusals).then(|| refusals.clone());
         let limits = (view.limits != cur.limits).then_some(view.limits);
+        let same_services = view.protected.len() == cur.protected.len()
+            && view
+                .protected
+                .iter()
+                .zip(&cur.protected)
+                .all(|(a, b)| a.same_but_counters(b));
+        let protected = (!same_services).then(|| view.protected.clone());
         if upserted.is_empty()
             && removed.is_empty()
             && mode.is_none()
             && allow.is_none()
             && refusals.is_none()
             && limits.is_none()
+            && protected.is_none()
         {
+            if view.protected != cur.protected {
+                // Counters only: into the current state, out with the next snapshot.
+                cur.protected = view.protected;
+                cur.at_ms = at_ms;
+                self.counters_moved = true;
+            }
             return None;
         }
         let delta = GatewayStateDelta {
@@ -279,11 +357,16 @@ impl StatePublisher {
             allow,
             refusals,
             limits,
+            protected,
         };
         let applied = cur.apply(&delta);
         debug_assert!(applied, "a delta made from the current state applies to it");
         // Keep the order of a fresh read (apply appends new entries).
         cur.blocks = view.blocks;
+        if cur.protected != view.protected {
+            cur.protected = view.protected;
+            self.counters_moved = true;
+        }
         self.dirty = true;
         Some(delta)
     }
@@ -294,13 +377,15 @@ impl StatePublisher {
         let s = self.current.clone()?;
         self.last_snapshot = Some(now);
         self.dirty = false;
+        self.counters_moved = false;
         Some(s)
     }
 
     /// Whether the periodic snapshot is due at `now`: something changed since
-    /// the last one and `snapshot_interval_ms` has passed.
+    /// the last one (a delta, or protected services' counters) and
+    /// `snapshot_interval_ms` has passed.
     pub fn snapshot_due(&self, now: Instant) -> bool {
-        self.dirty
+        (self.dirty || self.counters_moved)
             && self
                 .last_snapshot
                 .is_none_or(|t| now.duration_since(t) >= self.snapshot_every)
@@ -327,7 +412,8 @@ mod tests {
             rule_id: 0,
             reason: BlockReason::Manual as u8,
             origin: origin.code(),
-            _pad: [0; 2],
+            flags: 0,
+            _pad: 0,
         }
     }
 
@@ -338,6 +424,7 @@ mod tests {
             blocks,
             allow,
             limits: LimitsView::default(),
+            protected: read_protected(l, st, now_mono, 0).unwrap(),
         }
     }
 
@@ -395,6 +482,46 @@ mod tests {
     }
 
     #[test]
+    fn the_programs_provisional_quarantines_show_without_a_record_and_expire() {
+        let gw: NodeId = "gateway-1".parse().unwrap();
+        let mut p = StatePublisher::new(gw, 1, Duration::from_secs(5));
+        let mut l = MemLists::default();
+        let st = State::default();
+        let net: IpNet = "198.51.100.7/32".parse().unwrap();
+        p.update(view(&l, &st, S), &RefusalCounts::new(), 1);
+        // The program inserts an entry by itself: no state-file record.
+        l.block.insert(
+            net,
+            BlockEntry {
+                reason: BlockReason::Quarantine as u8,
+                origin: fw_common::filter::ORIGIN_DATAPATH,
+                flags: fw_common::filter::BLOCK_FLAG_NEW_FLOWS_ONLY,
+                ..entry(31 * S, Origin::Manual, 0)
+            },
+        );
+        let d = p
+            .update(view(&l, &st, 2 * S), &RefusalCounts::new(), 2_000)
+            .expect("the new entry is a change");
+        let b = &d.upserted[0];
+        assert_eq!(
+            (b.origin, b.reason, b.provisional, b.by.as_deref()),
+            (BlockOrigin::Datapath, BlockReason::Quarantine, true, None)
+        );
+        assert_eq!(b.expires_at_ms, Some(31_000));
+        // Past its expiry it leaves as expired (before any sweep).
+        let d = p
+            .update(view(&l, &st, 32 * S), &RefusalCounts::new(), 32_000)
+            .unwrap();
+        assert_eq!(d.removed[0].cause, RemovalCause::Expired);
+        // A full entry of the same prefix is not provisional.
+        l.block.insert(net, entry(0, Origin::Detector, 0));
+        let d = p
+            .update(view(&l, &st, 33 * S), &RefusalCounts::new(), 33_000)
+            .unwrap();
+        assert!(!d.upserted[0].provisional);
+    }
+
+    #[test]
     fn deltas_carry_changes_and_the_replica_follows() {
         let gw: NodeId = "gateway-1".parse().unwrap();
         let mut p = StatePublisher::new(gw, 1_000, Duration::from_secs(5));
@@ -444,6 +571,123 @@ mod tests {
         assert!(replica.blocks.is_empty());
         let snap = p.snapshot(t0 + Duration::from_secs(6)).unwrap();
         assert_eq!((snap.rev, &snap), (1_002, &replica));
+    }
+
+    #[test]
+    fn protected_services_appear_and_go_in_deltas_and_their_counters_in_snapshots() {
+        use std::net::SocketAddr;
+
+        use fw_common::synauth::SynAuthEntry;
+
+        use crate::state::ProtectRecord;
+
+        let gw: NodeId = "gateway-1".parse().unwrap();
+        let mut p = StatePublisher::new(gw, 10, Duration::from_secs(5));
+        let mut l = MemLists::default();
+        let mut st = State::default();
+        let t0 = Instant::now();
+        p.update(view(&l, &st, S), &RefusalCounts::new(), 1);
+        let mut replica = p.snapshot(t0).unwrap();
+        assert!(replica.protected.is_empty());
+
+        let web: SocketAddr = "192.0.2.10:80".parse().unwrap();
+        let host: SocketAddr = "[2001:db8::1]:0".parse().unwrap();
+        let entry = |expires_ns, rule_id| SynAuthEntry {
+            expires_ns,
+            rule_id,
+            origin: Origin::Detector.code(),
+            ..Default::default()
+        };
+        l.protected.insert(web, entry(600 * S, 7));
+        l.protected.insert(host, entry(0, 8));
+        st.protected.insert(
+            web,
+            ProtectRecord {
+                origin: Origin::Detector,
+                rule_id: 7,
+                text: Some("synflood.spoofed".into()),
+                by: Some("detector-1".into()),
+                created_unix_ms: 1_500,
+            },
+        );
+        // A stale record of an earlier protection (another rule id) is not joined.
+        st.protected.insert(
+            host,
+            ProtectRecord {
+                origin: Origin::Command,
+                rule_id: 99,
+                text: Some("old".into()),
+                by: Some("alice@dashboard".into()),
+                created_unix_ms: 1,
+            },
+        );
+        let d = p
+            .update(view(&l, &st, 2 * S), &RefusalCounts::new(), 2_000)
+            .expect("two services appeared");
+        let list = d.protected.as_ref().unwrap();
+        type Row<'a> = (String, BlockOrigin, Option<&'a str>, u64, Option<u64>);
+        let got: Vec<Row<'_>> = list
+            .iter()
+            .map(|s| {
+                (
+                    s.service(),
+                    s.origin,
+                    s.by.as_deref(),
+                    s.created_ms,
+                    s.expires_at_ms,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "192.0.2.10:80".into(),
+                    BlockOrigin::Verdict,
+                    Some("detector-1"),
+                    1_500,
+                    Some(600_000)
+                ),
+                (
+                    "[2001:db8::1]:*".into(),
+                    BlockOrigin::Verdict,
+                    None,
+                    0,
+                    None
+                ),
+            ]
+        );
+        assert!(
+            d.upserted.is_empty() && d.removed.is_empty(),
+            "no block moved"
+        );
+        assert!(replica.apply(&d));
+        let t1 = t0 + Duration::from_secs(6);
+        p.snapshot(t1).unwrap();
+
+        // Under a flood the counters move on every poll: no delta, but the next
+        // snapshot (due after the interval) carries them.
+        l.protected.get_mut(&web).unwrap().challenged = 12_345;
+        l.protected.get_mut(&web).unwrap().validated = 2;
+        assert!(
+            p.update(view(&l, &st, 3 * S), &RefusalCounts::new(), 3_000)
+                .is_none()
+        );
+        assert!(!p.snapshot_due(t1 + Duration::from_secs(1)));
+        assert!(p.snapshot_due(t1 + Duration::from_secs(5)));
+        let snap = p.snapshot(t1 + Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (snap.protected[0].challenged, snap.protected[0].validated),
+            (12_345, 2)
+        );
+        assert_eq!(snap.rev, d.rev, "no revision without a delta");
+
+        // The web service's protection expires: it goes, in a delta.
+        let d = p
+            .update(view(&l, &st, 601 * S), &RefusalCounts::new(), 601_000)
+            .unwrap();
+        let left: Vec<String> = d.protected.unwrap().iter().map(|s| s.service()).collect();
+        assert_eq!(left, ["[2001:db8::1]:*"]);
     }
 
     #[test]

@@ -26,7 +26,10 @@ use warp::{
     http::{HeaderValue, StatusCode, header},
 };
 
-use super::enforcer::{EnforcerStats, reason_name};
+use super::{
+    enforcer::{EnforcerStats, reason_name},
+    evidence::EvidenceStats,
+};
 
 /// Everything `/metrics` and `/health` show, as last refreshed by the daemon.
 #[derive(Clone, Debug, Default)]
@@ -42,11 +45,31 @@ pub struct Exposition {
     pub enforcer: EnforcerStats,
     pub records_exported_total: u64,
     pub records_dropped_total: u64,
+    /// The IPFIX exporter's counters; `None` without `[ipfix] collector`.
+    pub ipfix: Option<super::ipfix::IpfixStats>,
     /// The bus state text of the status file (`connected`, `disabled`, ...).
     pub bus: String,
     pub bus_connected: bool,
     /// Interfaces the program is attached to (link pins).
     pub attached: Vec<InterfaceStatus>,
+    /// Enforced provisional quarantines (the program's own entries, from the
+    /// published state).
+    pub provisional_quarantines: u64,
+    /// The evidence task's counters.
+    pub evidence: EvidenceStats,
+    /// Services under SYN authentication in force (from the published state).
+    pub protected_services: u64,
+    /// SYN-ACK challenges sent, summed over the services in force (their
+    /// `SYN_AUTH` counters).
+    pub syn_auth_challenges: u64,
+}
+
+impl Exposition {
+    /// Takes the protected services of a state view.
+    pub fn set_protected(&mut self, p: &[tad_wire::state::ProtectedService]) {
+        self.protected_services = p.len() as u64;
+        self.syn_auth_challenges = p.iter().map(|s| s.challenged).sum();
+    }
 }
 
 /// The exposition shared between the daemon (writer) and the server (reader).
@@ -65,15 +88,16 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE tad_gateway_{name} {kind}");
 }
 
-const ORIGINS: [BlockOrigin; 5] = [
+const ORIGINS: [BlockOrigin; 6] = [
     BlockOrigin::Cli,
     BlockOrigin::Feed,
     BlockOrigin::Verdict,
     BlockOrigin::Command,
     BlockOrigin::Config,
+    BlockOrigin::Datapath,
 ];
 
-const REASONS: [RefusalReason; 10] = [
+const REASONS: [RefusalReason; 11] = [
     RefusalReason::Malformed,
     RefusalReason::BadSignature,
     RefusalReason::IdentityMismatch,
@@ -83,6 +107,7 @@ const REASONS: [RefusalReason; 10] = [
     RefusalReason::Ttl,
     RefusalReason::TooWide,
     RefusalReason::Allowlisted,
+    RefusalReason::NotOwner,
     RefusalReason::Other,
 ];
 
@@ -133,6 +158,78 @@ pub fn render(e: &Exposition) -> String {
             e.blocks.get(&o).copied().unwrap_or(0)
         );
     }
+    family(
+        &mut out,
+        "provisional_quarantines",
+        "gauge",
+        "Provisional quarantines in force (the XDP program's own entries: new flows dropped).",
+    );
+    let _ = writeln!(
+        out,
+        "tad_gateway_provisional_quarantines {}",
+        e.provisional_quarantines
+    );
+    let ev = &e.evidence;
+    family(
+        &mut out,
+        "evidence_events_total",
+        "counter",
+        "Events read from the XDP program's ring buffer since the daemon started, by kind.",
+    );
+    for (kind, n) in [
+        ("report", ev.events_report),
+        ("quarantine", ev.events_quarantine),
+    ] {
+        let _ = writeln!(
+            out,
+            "tad_gateway_evidence_events_total{{kind=\"{kind}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "evidence_batches_total",
+        "counter",
+        "Evidence batches published since the daemon started.",
+    );
+    let _ = writeln!(
+        out,
+        "tad_gateway_evidence_batches_total {}",
+        ev.batches_published
+    );
+    family(
+        &mut out,
+        "evidence_records_total",
+        "counter",
+        "Per-address epoch records published since the daemon started (changed ones only).",
+    );
+    let _ = writeln!(
+        out,
+        "tad_gateway_evidence_records_total {}",
+        ev.records_published
+    );
+    family(
+        &mut out,
+        "protected_services",
+        "gauge",
+        "TCP services under SYN authentication (spoofed SYN flood mitigation) in force.",
+    );
+    let _ = writeln!(
+        out,
+        "tad_gateway_protected_services {}",
+        e.protected_services
+    );
+    family(
+        &mut out,
+        "syn_auth_challenges_total",
+        "counter",
+        "SYN-ACK challenges sent for the protected services in force (sum of their map \
+         counters; falls when a service's protection ends, read as a counter reset).",
+    );
+    let _ = writeln!(
+        out,
+        "tad_gateway_syn_auth_challenges_total {}",
+        e.syn_auth_challenges
+    );
     family(&mut out, "allow_entries", "gauge", "Allowlist entries.");
     let _ = writeln!(out, "tad_gateway_allow_entries {}", e.allow_entries);
     family(
@@ -192,6 +289,28 @@ pub fn render(e: &Exposition) -> String {
         "tad_gateway_flow_records_dropped_total {}",
         e.records_dropped_total
     );
+    if let Some(x) = &e.ipfix {
+        for (name, help, n) in [
+            (
+                "ipfix_messages_sent_total",
+                "IPFIX messages sent to the collector since the daemon started.",
+                x.messages_sent_total,
+            ),
+            (
+                "ipfix_records_sent_total",
+                "IPFIX data records (one per flow direction with packets) sent since the daemon started.",
+                x.records_sent_total,
+            ),
+            (
+                "ipfix_send_errors_total",
+                "IPFIX messages that could not be sent (their records lost) since the daemon started.",
+                x.send_errors_total,
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "tad_gateway_{name} {n}");
+        }
+    }
     family(
         &mut out,
         "bus_connected",
@@ -291,6 +410,14 @@ mod tests {
             blocks: [(BlockOrigin::Feed, 2), (BlockOrigin::Cli, 1)].into(),
             allow_entries: 3,
             records_exported_total: 7,
+            provisional_quarantines: 2,
+            protected_services: 1,
+            syn_auth_challenges: 4_096,
+            evidence: EvidenceStats {
+                events_quarantine: 3,
+                batches_published: 5,
+                ..Default::default()
+            },
             bus: "connected".into(),
             bus_connected: true,
             ..Default::default()
@@ -358,6 +485,38 @@ mod tests {
         assert_eq!(v("tad_gateway_mode{mode=\"enforce\"}"), 1.0);
         assert_eq!(v("tad_gateway_mode{mode=\"observe\"}"), 0.0);
         assert_eq!(v("tad_gateway_xdp_attached"), 0.0);
+        assert_eq!(v("tad_gateway_blocks{origin=\"datapath\"}"), 0.0);
+        assert_eq!(v("tad_gateway_provisional_quarantines"), 2.0);
+        assert_eq!(
+            v("tad_gateway_evidence_events_total{kind=\"quarantine\"}"),
+            3.0
+        );
+        assert_eq!(v("tad_gateway_evidence_events_total{kind=\"report\"}"), 0.0);
+        assert_eq!(v("tad_gateway_evidence_batches_total"), 5.0);
+        assert_eq!(v("tad_gateway_protected_services"), 1.0);
+        assert_eq!(v("tad_gateway_syn_auth_challenges_total"), 4096.0);
+    }
+
+    #[test]
+    fn protected_services_sum_their_challenges() {
+        let svc = |challenged| tad_wire::state::ProtectedService {
+            addr: "192.0.2.10".parse().unwrap(),
+            port: Some(80),
+            origin: BlockOrigin::Verdict,
+            rule: None,
+            by: None,
+            created_ms: 0,
+            expires_at_ms: None,
+            challenged,
+            validated: 0,
+            passed: 0,
+            limited: 0,
+        };
+        let mut e = Exposition::default();
+        e.set_protected(&[svc(10), svc(32)]);
+        assert_eq!((e.protected_services, e.syn_auth_challenges), (2, 42));
+        e.set_protected(&[]);
+        assert_eq!((e.protected_services, e.syn_auth_challenges), (0, 0));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!  └─ every state poll: maps + state file ──view──┐    └─ Enforcer (JWS, identity, trust, age,
 //!                                                 │       replay, policy) ─► block map + state file ─► Ack
 //!                                                 └──► StatePublisher ─► state/delta, state (retained)
+//!  evidence task ([`evidence`]): every evidence.poll_interval_ms and on each ring buffer event,
+//!     EVIDENCE_SRC/DST (mmap) + EVENTS ─► changed EpochEvidence + events ─► EvidenceBatch ─► bus
 //!  HTTP server (warp, [http] listen) ◄── Exposition (refreshed every second) ─► /metrics, /health
 //! ```
 //!
@@ -30,6 +32,10 @@
 //! bus client reconnects with exponential backoff and publishes the retained online
 //! status; its Last Will marks the gateway offline.
 //!
+//! With `[ipfix] collector` set, every exported flow record also goes, as it
+//! arrives from the collector thread, to a standard IPFIX collector over UDP
+//! ([`ipfix`], RFC 7011), whether or not the bus is up.
+//!
 //! Shutdown (the future passed to [`run`], SIGTERM/SIGINT in the binary): one last
 //! export pass, the queued records are handed to the bus, the bus is flushed and
 //! closed (offline status), and the XDP program stays pinned and filtering.
@@ -37,8 +43,10 @@
 mod collector;
 pub mod enforced;
 pub mod enforcer;
+pub mod evidence;
 pub mod exporter;
 pub mod http;
+pub mod ipfix;
 pub mod queue;
 
 use std::{
@@ -116,6 +124,16 @@ pub struct DaemonStatus {
     pub state_deltas_published_total: u64,
     #[serde(default)]
     pub state_snapshots_published_total: u64,
+    /// The evidence task's counters ([`evidence`]).
+    #[serde(default)]
+    pub evidence: evidence::EvidenceStats,
+    /// Provisional quarantines in force (the XDP program's own entries), as last
+    /// read from the maps.
+    #[serde(default)]
+    pub provisional_quarantines: u64,
+    /// The IPFIX exporter's counters; `None` when `[ipfix] collector` is unset.
+    #[serde(default)]
+    pub ipfix: Option<ipfix::IpfixStats>,
 }
 
 /// [`EnforcerStats`] as stored in the status file.
@@ -166,6 +184,7 @@ pub fn prepare(cfg: &GatewayFile) -> Result<(PinDir, Pinned)> {
                 mode: cfg.xdp_mode,
                 observe: cfg.mode == crate::config::ModeName::Observe,
                 limits: cfg.limits,
+                evidence: cfg.evidence,
                 sizes: cfg.maps,
                 allow: cfg.allow_prefixes(),
                 allow_own_addresses: cfg.allow_own_addresses,
@@ -395,6 +414,13 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
     } else {
         None
     };
+    // Every exported record also goes to the IPFIX collector, when there is one
+    // (resolved before anything is loaded, so a bad name changes nothing).
+    let mut ipfix =
+        ipfix::IpfixExporter::from_config(&cfg.ipfix).map_err(|e| CtlError::Config {
+            path: PathBuf::from("(config)"),
+            why: e.to_string(),
+        })?;
     let (dir, mut maps) = tokio::task::block_in_place(|| prepare(&cfg))?;
     // Bound before the bus starts, so a taken port fails the start cleanly.
     let mut http_listen = None;
@@ -438,6 +464,27 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
         (Some(bus), Some(v), Some(c))
     } else {
         (None, None, None)
+    };
+
+    // Evidence at packet speed: its own task, woken by the ring buffer.
+    let evidence_stats = Arc::new(std::sync::Mutex::new(evidence::EvidenceStats::default()));
+    let (evidence_stop, evidence_task) = {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let ecfg = evidence::EvidenceConfig {
+            gateway_id: gw.clone(),
+            partitions: cfg.export.partitions,
+            poll_interval: Duration::from_millis(cfg.evidence.poll_interval_ms),
+        };
+        let task = tokio::spawn(evidence::run(
+            dir.clone(),
+            ecfg,
+            bus.clone(),
+            evidence_stats.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        (tx, task)
     };
 
     let started_unix_ms = clock::unix_ms();
@@ -517,6 +564,9 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
                 Collected::Records(r) => {
                     flows_since_snapshot += r.len() as u64;
                     publisher.status.records_exported_total += r.len() as u64;
+                    if let Some(x) = ipfix.as_mut() {
+                        x.export(&r);
+                    }
                     for rec in r {
                         publisher.queue.push(rec);
                     }
@@ -552,7 +602,11 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
                         for b in &v.blocks {
                             *x.blocks.entry(b.origin).or_default() += 1;
                         }
+                        x.provisional_quarantines =
+                            v.blocks.iter().filter(|b| b.provisional).count() as u64;
+                        publisher.status.provisional_quarantines = x.provisional_quarantines;
                         x.allow_entries = v.allow.len() as u64;
+                        x.set_protected(&v.protected);
                         x.mode = Some(v.mode);
                     }
                     let refusals = enforcer.as_ref().map_or(&no_refusals, |e| &e.stats.refusals);
@@ -582,11 +636,19 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
                 if state_out.publisher.snapshot_due(Instant::now()) {
                     state_out.snapshot(bus.as_ref(), &mut publisher.status);
                 }
+                if let Some(x) = ipfix.as_mut() {
+                    x.refresh();
+                    publisher.status.ipfix = Some(x.stats.clone());
+                }
+                publisher.status.evidence =
+                    evidence_stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 write_status(&mut publisher, enforcer.as_ref(), bus.as_ref(), &status_path);
                 let mut x = exposition.lock().unwrap_or_else(|p| p.into_inner());
+                x.evidence = publisher.status.evidence.clone();
                 x.enforcer = publisher.status.verdicts.clone();
                 x.records_exported_total = publisher.status.records_exported_total;
                 x.records_dropped_total = publisher.status.records_dropped_total;
+                x.ipfix = publisher.status.ipfix.clone();
                 x.bus = publisher.status.bus.clone();
                 x.bus_connected = bus.as_ref().is_some_and(connected);
                 x.attached = dir.interface_status();
@@ -595,12 +657,21 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
     }
 
     tracing::info!("shutting down: last export pass, flushing");
+    let _ = evidence_stop.send(());
+    match tokio::time::timeout(Duration::from_secs(5), evidence_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "evidence task"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "evidence task panicked"),
+        _ => {}
+    }
     stop.store(true, Ordering::SeqCst);
     // Drain what the collector still sends (its last export pass) until it exits.
     let drain = async {
         while let Some(c) = rx.recv().await {
             if let Collected::Records(r) = c {
                 publisher.status.records_exported_total += r.len() as u64;
+                if let Some(x) = ipfix.as_mut() {
+                    x.export(&r);
+                }
                 for rec in r {
                     publisher.queue.push(rec);
                 }
@@ -620,6 +691,7 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
         let _ = tx.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
+    publisher.status.ipfix = ipfix.as_ref().map(|x| x.stats.clone());
     write_status(
         &mut publisher,
         enforcer.as_ref(),

@@ -7,7 +7,12 @@
 //!    from the root namespace over the 203.0.113.252/30 link).
 //! 3. Benign IoT traffic from every device throughout ([`traffic`]).
 //! 4. Attacks, one attacker address each (192.0.2.66..): nmap SYN, connect, UDP
-//!    and FIN scans, an hping3 SYN flood, repeated SSH and Telnet logins, then
+//!    and FIN scans of a device (answered: RSTs, ICMP unreachables), masscan-style
+//!    unanswered scans at 1,000 probes/s (SYN and UDP scans of an absent host, an
+//!    ICMP echo sweep of an empty /24), an hping3 SYN flood, a spoofed SYN flood
+//!    (`--rand-source`, [`flood`]: SYN authentication of the victim, which keeps
+//!    serving a client, no source blocked, off after), repeated SSH and Telnet
+//!    logins, then
 //!    replays of the attack captures in ../shared/pcaps (each into its own slice
 //!    of 198.18.0.0/15).
 //! 5. A table: attack, attacker, detected at, blocked at, reaction time, attacker
@@ -88,6 +93,7 @@ fn now_s() -> f64 {
 }
 
 mod enforced;
+mod flood;
 mod report;
 
 /// What happened to one attack.
@@ -102,7 +108,20 @@ struct Outcome {
     blocked: Option<f64>,
     sent: u64,
     hits: u64,
+    /// A scan or sweep: held to [`SCAN_TARGET_S`] and [`SCAN_TARGET_PROBES`].
+    scan: bool,
 }
+
+/// Targets of the unanswered scans, in [`testbed::EMPTY_SPACE`]: two absent hosts
+/// and an empty /24.
+const ABSENT_HOST: &str = "198.19.254.1";
+const ABSENT_HOST2: &str = "198.19.254.2";
+const EMPTY_24: &str = "198.19.255.0/24";
+
+/// Issue 14's target for a scan or sweep, answered or not: blocked within this
+/// long after it started and this many probes.
+pub(crate) const SCAN_TARGET_S: f64 = 1.0;
+pub(crate) const SCAN_TARGET_PROBES: u64 = 100;
 
 /// Every block seen so far: address -> (first seen, latest hits).
 type Seen = Arc<Mutex<HashMap<IpAddr, (f64, u64)>>>;
@@ -161,7 +180,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let result = scenario(a, &stack, &seen, t0);
     stop.store(true, Ordering::SeqCst);
     let _ = poller.join();
-    let (outcomes, benign) = match result {
+    let (outcomes, benign, flood) = match result {
         Ok(r) => r,
         Err(e) => {
             traffic.stop();
@@ -171,6 +190,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     enforced::gateway_side(&stack, &mut failures)?;
     report::report(&stack, &outcomes, &benign, &seen, &mut failures)?;
+    flood::check(&flood, &mut failures);
     enforced::compare_blocklists(&stack, &mut failures)?;
 
     if !failures.is_empty() {
@@ -234,7 +254,7 @@ fn scenario(
     stack: &Stack,
     seen: &Seen,
     t0: Instant,
-) -> anyhow::Result<(Vec<Outcome>, BTreeSet<IpAddr>)> {
+) -> anyhow::Result<(Vec<Outcome>, BTreeSet<IpAddr>, flood::FloodOutcome)> {
     let mut benign: BTreeSet<IpAddr> = [
         testbed::ROUTER_LAN,
         testbed::ROUTER_MGMT,
@@ -292,6 +312,33 @@ fn scenario(
                 dev(2)
             )),
         ),
+        // Unanswered, masscan-style (rate 1,000/s, no retries): the probes of an
+        // absent host or an empty address get no answer, so no flow ever ends
+        // before its idle timeout; the kernel's evidence sees them at once.
+        (
+            "SYN scan, unanswered (absent host)",
+            8,
+            split(&format!(
+                "nmap -sS -n -Pn -e eth0 -S {} --min-rate 1000 --max-retries 0 -p 1-1000 {ABSENT_HOST}",
+                atk(8),
+            )),
+        ),
+        (
+            "UDP scan, unanswered (absent host)",
+            9,
+            split(&format!(
+                "nmap -sU -n -Pn -e eth0 -S {} --min-rate 1000 --max-retries 0 -p 1-1000 {ABSENT_HOST2}",
+                atk(9),
+            )),
+        ),
+        (
+            "ICMP echo sweep, unanswered (empty /24)",
+            10,
+            split(&format!(
+                "nmap -sn -PE -n -e eth0 -S {} --min-rate 1000 --max-retries 0 {EMPTY_24}",
+                atk(10),
+            )),
+        ),
         (
             "hping3 SYN flood",
             4,
@@ -340,6 +387,10 @@ fn scenario(
             tx_packets(testbed::NS_ATTACKER, testbed::HOST_IF) - tx0,
         ));
     }
+
+    // A spoofed SYN flood: SYN authentication of the victim, no source blocked.
+    check_time(a, t0)?;
+    let flood = flood::spoofed_flood(stack, seen)?;
 
     // Login guessing: repeated short connections to SSH and Telnet.
     for (name, idx, dev_i, port) in [
@@ -465,7 +516,7 @@ fn scenario(
         }
     }
     netns::sleep(Duration::from_secs(3))?;
-    Ok((out, benign))
+    Ok((out, benign, flood))
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -504,6 +555,8 @@ fn finish(
         blocked,
         sent,
         hits,
+        // The tools' scans; replays run at their capture's own pace.
+        scan: !name.starts_with("replay") && (name.contains("scan") || name.contains("sweep")),
     };
     match o.blocked {
         Some(b) => println!(

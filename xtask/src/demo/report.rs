@@ -93,8 +93,21 @@ pub(super) fn report(
             },
             o.hits
         );
-        if o.blocked.is_none() {
-            failures.push(format!("{} from {} was not blocked", o.name, o.label));
+        match o.blocked {
+            None => failures.push(format!("{} from {} was not blocked", o.name, o.label)),
+            Some(b) if o.scan => {
+                let (after, target) = (b - o.started, super::SCAN_TARGET_S);
+                if after > target || passed > super::SCAN_TARGET_PROBES {
+                    failures.push(format!(
+                        "{} from {}: blocked {after:.2} s after it started with {passed} packets \
+                         through (target: {target} s and {} packets)",
+                        o.name,
+                        o.label,
+                        super::SCAN_TARGET_PROBES
+                    ));
+                }
+            }
+            Some(_) => {}
         }
     }
     let all: Vec<IpAddr> = seen.lock().expect("lock").keys().copied().collect();

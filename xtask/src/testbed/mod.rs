@@ -14,7 +14,7 @@
 //!                                                     host0 203.0.113.254/30 === tad-dash 203.0.113.253/30 (root)
 //! ```
 //!
-//! - LAN 192.0.2.0/24: devices .11.., the attacker .66-.73 (one address per attack),
+//! - LAN 192.0.2.0/24: devices .11.., the attacker .66-.76 (one address per attack),
 //!   the replay host .99. The LAN ports are isolated on the bridge and the router
 //!   answers ARP for the whole LAN (`proxy_arp_pvlan`), so even device-to-device and
 //!   attacker-to-device traffic crosses the router's LAN interface and its XDP
@@ -53,7 +53,7 @@ pub mod stack;
 mod state;
 // Benign IoT traffic, services and login guessing for the demo.
 pub mod traffic;
-use netns::{ip, ip_in, sysctl};
+use netns::{in_ns, ip, ip_in, sysctl};
 use state::proc_start_ticks;
 pub use state::{STATE_DIR, STATE_FILE, State, forget_process, record_bpf_pin, record_process};
 
@@ -104,11 +104,15 @@ pub const MONITOR_DASH: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
 /// The replay host's own address.
 pub const REPLAY_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
 /// Number of attacker addresses (192.0.2.66 onwards), one per attack in the demo.
-pub const ATTACKER_ADDRS: u8 = 8;
+pub const ATTACKER_ADDRS: u8 = 11;
 /// Most device hosts `up` will create.
 pub const MAX_DEVICES: u8 = 9;
 /// Replayed IPv4 addresses live here; the router blackholes it.
 pub const REPLAY_V4: &str = "198.18.0.0/15";
+/// The top /23 of [`REPLAY_V4`], which no replay slice reaches: an address space
+/// without hosts that the attacker can reach through the router (blackholed there,
+/// so probes get no answer at all).
+pub const EMPTY_SPACE: &str = "198.19.254.0/23";
 
 /// Namespace of device `i` (1-based).
 pub fn device_ns(i: u8) -> String {
@@ -324,6 +328,9 @@ fn build(devices: u8) -> anyhow::Result<()> {
         addr(NS_ATTACKER, HOST_IF, &format!("{}/24", attacker_addr(i)))?;
     }
     route(NS_ATTACKER, &lan_route)?;
+    // The empty address space the demo's unanswered scans probe: routed through
+    // the router, which blackholes it (no host, no ICMP answer).
+    route(NS_ATTACKER, &[EMPTY_SPACE, "via", "192.0.2.1"])?;
     attach(NS_REPLAY, HOST_IF, "p-replay", "br-lan", true)?;
     addr(NS_REPLAY, HOST_IF, &format!("{REPLAY_HOST}/24"))?;
 
@@ -400,6 +407,11 @@ fn build(devices: u8) -> anyhow::Result<()> {
         "0",
     )?;
     route(NS_ROUTER, &["blackhole", REPLAY_V4])?;
+    // Native XDP_TX on a veth sends the frame into the peer's receive queue, which
+    // needs NAPI on the peer: GRO on (or an XDP program) there. Without it the
+    // router's SYN-authentication answers (fw_common::synauth) are dropped.
+    netns::run_quiet(in_ns(NS_SWITCH, "ethtool").args(["-K", "p-router", "gro", "on"]))
+        .context("enabling GRO on the router's switch port (XDP_TX)")?;
     Ok(())
 }
 
@@ -407,6 +419,10 @@ fn build(devices: u8) -> anyhow::Result<()> {
 /// links), and any namespace of the layout left without a record. Safe to run again.
 pub fn down() -> anyhow::Result<()> {
     ensure!(util::is_root(), "removing the testbed needs root");
+    // The switch port's xdp-filter (see `up`): its libxdp pins outlive the device.
+    if Path::new(&netns::ns_path(NS_SWITCH)).exists() {
+        let _ = netns::run_quiet(in_ns(NS_SWITCH, "xdp-filter").args(["unload", "p-router"]));
+    }
     let state = State::load()?;
     let mut namespaces = state
         .as_ref()

@@ -35,6 +35,19 @@
 //! id; blocks from commands have origin [`Origin::Command`] and `by` =
 //! `<operator>@<dashboard id>` (the operator name is the dashboard's word, the
 //! dashboard id the certificate's).
+//!
+//! `protect_syn` / `unprotect_syn` ([`Action::is_syn_auth`]) go through the same
+//! checks 1-6 (TTL bound included; the wire type already requires one host and,
+//! for `protect_syn`, a TTL), then switch SYN authentication of the service
+//! (`target` host, `port` or every TCP port) on or off in `SYN_AUTH`
+//! ([`crate::lists::apply_protection`]: only ever extended, counters kept), with
+//! the same origin, `by` and rule id as a block, recorded in the state file's
+//! `protected` section. They never touch the blocklist: the sources of a spoofed
+//! flood are random, so none is blocked. Acked `applied` / `no_change` like
+//! blocks (`observed` in observe mode, nothing changed). A detector's
+//! `unprotect_syn` lifts only a detector's protection (`not_owner` otherwise),
+//! as its `unblock` lifts only detector entries. Each of them also frees the
+//! slots of expired protections ([`crate::lists::sweep_protections`]).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -43,7 +56,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use fw_common::filter::BlockReason;
+use fw_common::filter::{BlockReason, ORIGIN_DATAPATH, ORIGIN_DETECTOR};
 use serde::Serialize;
 use tad_bus::{SignError, Verifier};
 use tad_wire::{
@@ -56,7 +69,8 @@ use crate::{
     config::GatewayFile,
     control::{self, Meta},
     error::CtlError,
-    lists::{BlockRequest, Change, Lists, Merge, Origin, Strictness},
+    lists::{self, BlockRequest, Change, Lists, Merge, Origin, ProtectRequest, Strictness},
+    state::{ProtectRecord, State},
 };
 
 /// What the gateway accepts.
@@ -74,6 +88,12 @@ pub struct Policy {
     pub max_age_s: u64,
     /// Ids remembered per sender (`verdicts.replay_window`, at least 1).
     pub replay_window: usize,
+    /// Rate for SYNs a protected service's challenge cannot answer (IPv4 options,
+    /// IPv6 extension headers), packets/s; 0 passes them
+    /// (`fw_common::synauth::SynAuthEntry::fallback_pps`).
+    pub syn_fallback_pps: u32,
+    /// Burst of that rate, packets.
+    pub syn_fallback_burst: u32,
 }
 
 impl Policy {
@@ -91,6 +111,10 @@ impl Policy {
             width: c.verdicts.width(),
             max_age_s: c.verdicts.max_age_s,
             replay_window: c.verdicts.replay_window,
+            // No configuration key yet: unanswerable SYNs pass, as with
+            // `fw-ctl protect`'s default.
+            syn_fallback_pps: 0,
+            syn_fallback_burst: 0,
         })
     }
 }
@@ -171,6 +195,8 @@ struct Request<'a> {
     text: Option<String>,
     by: &'a str,
     rule_id: u32,
+    /// SYN authentication only: the TCP port (`None` = every port).
+    port: Option<u16>,
 }
 
 /// Why one message was refused.
@@ -449,12 +475,13 @@ impl Enforcer {
                     text: Some(v.rule.clone()),
                     by: signer.as_str(),
                     rule_id: rule_id_of(&v.id),
+                    port: v.port,
                 },
             )
         };
         if let Ok(outcome) = &result {
             tracing::info!(id = %v.id, detector = %signer, action = ?v.action,
-                target = %v.target, outcome = ?outcome, "verdict");
+                target = %v.target, port = ?v.port, outcome = ?outcome, "verdict");
         }
         self.finish(
             Kind::Verdict,
@@ -500,11 +527,12 @@ impl Enforcer {
                 text: c.reason.clone(),
                 by: &by,
                 rule_id: rule_id_of(&c.id),
+                port: c.port,
             },
         );
         if let Ok(outcome) = &result {
             tracing::info!(id = %c.id, by = %by, action = ?c.action, target = %c.target,
-                outcome = ?outcome, "command");
+                port = ?c.port, outcome = ?outcome, "command");
         }
         self.finish(
             Kind::Command,
@@ -580,7 +608,21 @@ impl Enforcer {
         let other =
             |e: CtlError| Refusal::new(RefusalReason::Other, format!("applying failed: {e}"));
         match r.action {
+            Action::ProtectSyn | Action::UnprotectSyn => self.syn_auth(lists, r),
             Action::Unblock => {
+                if r.origin == Origin::Detector
+                    && let Some(e) = lists.get_block(&target).map_err(other)?
+                    && !matches!(e.origin, ORIGIN_DETECTOR | ORIGIN_DATAPATH)
+                {
+                    return Err(Refusal::new(
+                        RefusalReason::NotOwner,
+                        format!(
+                            "{target} was blocked by {}; a detector lifts only detector and \
+                             provisional (datapath) entries",
+                            Origin::from_code(e.origin).as_str()
+                        ),
+                    ));
+                }
                 let done = control::unblock(lists, sp, &[target]).map_err(other)?;
                 Ok(if done[0].1 {
                     Outcome::Applied
@@ -621,6 +663,104 @@ impl Enforcer {
                 }
             }
         }
+    }
+
+    /// `protect_syn` / `unprotect_syn` (TTL already checked; see the module docs).
+    fn syn_auth<L: Lists + ?Sized>(
+        &mut self,
+        lists: &mut L,
+        r: Request<'_>,
+    ) -> Result<Outcome, Refusal> {
+        let other =
+            |e: CtlError| Refusal::new(RefusalReason::Other, format!("applying failed: {e}"));
+        // The wire type guarantees one host; checked again rather than trusted.
+        let net = r.target.net();
+        if net.prefix_len() != net.max_prefix_len() {
+            return Err(Refusal::new(
+                RefusalReason::TooWide,
+                format!("{:?} protects one host, not {net}", r.action),
+            ));
+        }
+        let service = std::net::SocketAddr::new(net.addr(), r.port.unwrap_or(0));
+        let now_mono = clock::mono_ns();
+        if r.action == Action::UnprotectSyn
+            && r.origin == Origin::Detector
+            && let Some((_, e)) = lists
+                .protections()
+                .map_err(other)?
+                .into_iter()
+                .find(|(s, e)| *s == service && e.active(now_mono))
+            && e.origin != ORIGIN_DETECTOR
+        {
+            return Err(Refusal::new(
+                RefusalReason::NotOwner,
+                format!(
+                    "{service} was protected by {}; a detector lifts only its own protections",
+                    Origin::from_code(e.origin).as_str()
+                ),
+            ));
+        }
+        let req = ProtectRequest {
+            service,
+            ttl: r.ttl_s.map(std::time::Duration::from_secs),
+            fallback_pps: self.policy.syn_fallback_pps,
+            fallback_burst: self.policy.syn_fallback_burst,
+            origin: r.origin,
+            rule_id: r.rule_id,
+        };
+        let (text, by, action) = (r.text, r.by.to_string(), r.action);
+        with_state(self.state_path.as_deref(), |st| {
+            let mut changed = false;
+            for gone in lists::sweep_protections(lists, now_mono)? {
+                changed |= st.protected.remove(&gone).is_some();
+            }
+            let outcome = if action == Action::ProtectSyn {
+                let (change, _) = lists::apply_protection(lists, &req, now_mono)?;
+                // Unchanged: the protection in force (maybe the operator's) keeps its
+                // record, or its lack of one.
+                if change != Change::Unchanged {
+                    st.protected.insert(
+                        service,
+                        ProtectRecord {
+                            origin: req.origin,
+                            rule_id: req.rule_id,
+                            text,
+                            by: Some(by),
+                            created_unix_ms: clock::unix_ms(),
+                        },
+                    );
+                    changed = true;
+                }
+                if change == Change::Unchanged {
+                    Outcome::NoChange
+                } else {
+                    Outcome::Applied
+                }
+            } else {
+                let in_map = lists.del_protection(service)?;
+                let in_file = st.protected.remove(&service).is_some();
+                changed |= in_file;
+                if in_map {
+                    Outcome::Applied
+                } else {
+                    Outcome::NoChange
+                }
+            };
+            Ok((outcome, changed))
+        })
+        .map_err(other)
+    }
+}
+
+/// Runs `f` on the state file under its lock (saved when `f` reports a change),
+/// or on a throwaway state without one.
+fn with_state<T>(
+    path: Option<&std::path::Path>,
+    f: impl FnOnce(&mut State) -> crate::error::Result<(T, bool)>,
+) -> crate::error::Result<T> {
+    match path {
+        Some(p) => crate::state::update(p, f),
+        None => f(&mut State::default()).map(|(t, _)| t),
     }
 }
 

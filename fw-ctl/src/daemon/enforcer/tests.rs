@@ -46,6 +46,8 @@ fn policy() -> Policy {
         width: WidthPolicy::default(),
         max_age_s: 300,
         replay_window: 3,
+        syn_fallback_pps: 0,
+        syn_fallback_burst: 0,
     }
 }
 
@@ -63,6 +65,7 @@ fn verdict(id: &str, target: &str) -> Verdict {
         confidence: 0.9,
         alert_id: None,
         observe_only: false,
+        port: None,
     }
 }
 
@@ -76,6 +79,7 @@ fn command(id: &str, target: &str) -> Command {
         target: target.parse().unwrap(),
         ttl_s: Some(60),
         reason: Some("noisy".into()),
+        port: None,
     }
 }
 
@@ -454,4 +458,370 @@ fn commands_record_the_operator_at_the_certificates_dashboard() {
     assert_eq!(rec.by.as_deref(), Some("alice@dashboard"));
     assert_eq!(rec.origin, Origin::Command);
     assert_eq!(rec.text.as_deref(), Some("noisy"));
+}
+
+/// What the XDP program writes for a provisional quarantine of `ttl_s` from now.
+fn provisional(ttl_s: u64) -> fw_common::filter::BlockEntry {
+    fw_common::filter::BlockEntry {
+        expires_ns: clock::mono_ns() + ttl_s * 1_000_000_000,
+        hits: 7,
+        rule_id: 0,
+        reason: BlockReason::Quarantine as u8,
+        origin: fw_common::filter::ORIGIN_DATAPATH,
+        flags: fw_common::filter::BLOCK_FLAG_NEW_FLOWS_ONLY,
+        _pad: 0,
+    }
+}
+
+#[test]
+fn a_block_verdict_confirms_a_provisional_quarantine_as_a_full_block() {
+    let pki = Pki::new();
+    let det = pki.signer("detector-1");
+    let mut l = lists();
+    let net: ipnet::IpNet = "198.51.100.7/32".parse().unwrap();
+    // The program's entry outlives the verdict's TTL: an Extend merge alone would
+    // keep it, and with it the new-flows-only flag.
+    l.put_block(&net, &provisional(3_000)).unwrap();
+    let mut e = pki.enforcer();
+    let mut v = verdict("confirm", "198.51.100.7/32");
+    v.action = Action::Block;
+    v.ttl_s = Some(60);
+    let ack = e
+        .on_verdict(&mut l, &det.sign(&v), "detector-1", Instant::now())
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Applied, "{ack:?}");
+    let entry = l.block[&net];
+    assert!(!entry.new_flows_only(), "now drops every packet");
+    assert_eq!(
+        (entry.origin, entry.reason, entry.hits),
+        (Origin::Detector.code(), BlockReason::PortScan as u8, 7),
+        "the detector's entry, keeping the hit count"
+    );
+    let left_s = entry.expires_ns.saturating_sub(clock::mono_ns()) / 1_000_000_000;
+    assert!(left_s <= 60, "the verdict's TTL, {left_s} s left");
+}
+
+#[test]
+fn an_unblock_verdict_lifts_a_provisional_quarantine() {
+    let pki = Pki::new();
+    let det = pki.signer("detector-1");
+    let mut l = lists();
+    let net: ipnet::IpNet = "198.51.100.9/32".parse().unwrap();
+    l.put_block(&net, &provisional(30)).unwrap();
+    let mut e = pki.enforcer();
+    let mut v = verdict("lift", "198.51.100.9/32");
+    v.action = Action::Unblock;
+    v.ttl_s = None;
+    let ack = e
+        .on_verdict(&mut l, &det.sign(&v), "detector-1", Instant::now())
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Applied, "{ack:?}");
+    assert!(!l.block.contains_key(&net));
+    // Lifting it again changes nothing.
+    let mut v = verdict("lift-again", "198.51.100.9/32");
+    v.action = Action::Unblock;
+    v.ttl_s = None;
+    let ack = e
+        .on_verdict(&mut l, &det.sign(&v), "detector-1", Instant::now())
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::NoChange);
+}
+
+#[test]
+fn a_detector_cannot_lift_an_operators_or_a_feeds_block() {
+    let pki = Pki::new();
+    let det = pki.signer("detector-1");
+    let mut l = lists();
+    let mut e = pki.enforcer();
+    for (i, origin) in [Origin::Manual, Origin::Feed, Origin::Command]
+        .into_iter()
+        .enumerate()
+    {
+        let net: ipnet::IpNet = format!("198.51.100.{}/32", 20 + i).parse().unwrap();
+        let entry = fw_common::filter::BlockEntry {
+            origin: origin.code(),
+            reason: BlockReason::Manual as u8,
+            ..Default::default()
+        };
+        l.put_block(&net, &entry).unwrap();
+        let mut v = verdict(&format!("lift-{i}"), &net.to_string());
+        v.action = Action::Unblock;
+        v.ttl_s = None;
+        let ack = e
+            .on_verdict(&mut l, &det.sign(&v), "detector-1", Instant::now())
+            .unwrap();
+        assert_eq!(ack.outcome, Outcome::Rejected, "{origin:?}");
+        assert!(
+            ack.error.as_deref().unwrap().starts_with("not_owner: "),
+            "{ack:?}"
+        );
+        assert_eq!(l.block[&net], entry, "the {origin:?} block stays as it was");
+    }
+}
+
+/// A detector's `protect_syn` verdict for `target` (`port`), TTL 300 s.
+fn protect_verdict(id: &str, target: &str, port: Option<u16>) -> Verdict {
+    Verdict {
+        action: Action::ProtectSyn,
+        reason: BlockReason::SynFlood,
+        rule: "synflood.spoofed".into(),
+        port,
+        ..verdict(id, target)
+    }
+}
+
+fn service(s: &str) -> std::net::SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn a_protect_syn_verdict_protects_the_service_and_blocks_nothing() {
+    let pki = Pki::new();
+    let det = pki.signer("detector-1");
+    let dir = tempfile::tempdir().unwrap();
+    let state_path = dir.path().join("state.json");
+    let mut l = lists();
+    let mut e = Enforcer::new(policy(), pki.verifier(), Some(state_path.clone()));
+    let ack = e
+        .on_verdict(
+            &mut l,
+            &det.sign(&protect_verdict("p1", "192.0.2.200/32", Some(80))),
+            "detector-1",
+            Instant::now(),
+        )
+        .unwrap();
+    assert_eq!(
+        (ack.id.as_str(), ack.outcome),
+        ("p1", Outcome::Applied),
+        "{ack:?}"
+    );
+    let entry = l.protected[&service("192.0.2.200:80")];
+    assert_eq!(
+        (entry.origin, entry.rule_id),
+        (Origin::Detector.code(), rule_id_of("p1"))
+    );
+    let left_s = entry.expires_ns.saturating_sub(clock::mono_ns()) / 1_000_000_000;
+    assert!(
+        (290..=300).contains(&left_s),
+        "the verdict's TTL, {left_s} s left"
+    );
+    assert!(
+        l.block.is_empty(),
+        "a spoofed flood's sources are never blocked"
+    );
+    let st = crate::state::State::load(&state_path).unwrap();
+    let rec = &st.protected[&service("192.0.2.200:80")];
+    assert_eq!(
+        (
+            rec.origin,
+            rec.by.as_deref(),
+            rec.text.as_deref(),
+            rec.rule_id
+        ),
+        (
+            Origin::Detector,
+            Some("detector-1"),
+            Some("synflood.spoofed"),
+            rule_id_of("p1")
+        )
+    );
+    // Every port of an IPv6 host: key port 0.
+    let ack = e
+        .on_verdict(
+            &mut l,
+            &det.sign(&protect_verdict("p2", "2001:db8::10/128", None)),
+            "detector-1",
+            Instant::now(),
+        )
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Applied, "{ack:?}");
+    assert!(l.protected.contains_key(&service("[2001:db8::10]:0")));
+    assert_eq!(e.stats.verdicts_applied, 2);
+}
+
+#[test]
+fn a_shorter_protect_syn_changes_nothing_and_a_longer_one_extends() {
+    let pki = Pki::new();
+    let det = pki.signer("detector-1");
+    let mut l = lists();
+    let mut e = pki.enforcer();
+    let send = |e: &mut Enforcer, l: &mut MemLists, v: &Verdict| {
+        e.on_verdict(l, &det.sign(v), "detector-1", Instant::now())
+            .unwrap()
+    };
+    assert_eq!(
+        send(
+            &mut e,
+            &mut l,
+            &protect_verdict("p1", "192.0.2.200/32", Some(443))
+        )
+        .outcome,
+        Outcome::Applied
+    );
+    let svc = service("192.0.2.200:443");
+    l.protected.get_mut(&svc).unwrap().challenged = 10_000;
+    let first = l.protected[&svc];
+    // A shorter protection (the detector's next, smaller estimate): the one in
+    // force outlives it, nothing to change.
+    let mut shorter = protect_verdict("p2", "192.0.2.200/32", Some(443));
+    shorter.ttl_s = Some(60);
+    let ack = send(&mut e, &mut l, &shorter);
+    assert_eq!(ack.outcome, Outcome::NoChange, "{ack:?}");
+    assert_eq!(l.protected[&svc], first);
+    // A longer one extends it and keeps the counters.
+    let mut longer = protect_verdict("p3", "192.0.2.200/32", Some(443));
+    longer.ttl_s = Some(900);
+    assert_eq!(send(&mut e, &mut l, &longer).outcome, Outcome::Applied);
+    let now = l.protected[&svc];
+    assert!(now.expires_ns > first.expires_ns);
+    assert_eq!((now.challenged, now.rule_id), (10_000, rule_id_of("p3")));
+    assert_eq!(
+        (e.stats.verdicts_applied, e.stats.verdicts_no_change),
+        (2, 1)
+    );
+}
+
+#[test]
+fn an_observe_mode_protect_syn_is_observed_only() {
+    let pki = Pki::new();
+    let det = pki.signer("detector-1");
+    let mut l = lists();
+    let mut e = pki.enforcer();
+    let mut v = protect_verdict("obs", "192.0.2.200/32", Some(80));
+    v.observe_only = true;
+    let ack = e
+        .on_verdict(&mut l, &det.sign(&v), "detector-1", Instant::now())
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Observed);
+    assert!(l.protected.is_empty() && l.block.is_empty());
+    assert_eq!(e.stats.verdicts_observed, 1);
+}
+
+#[test]
+fn protect_syn_from_an_untrusted_sender_or_over_the_ttl_bound_is_refused() {
+    let pki = Pki::new();
+    let det = pki.signer("detector-1");
+    let det2 = pki.signer("detector-2");
+    let mut l = lists();
+    let mut e = pki.enforcer();
+    let mut untrusted = protect_verdict("u", "192.0.2.200/32", Some(80));
+    untrusted.detector_id = "detector-2".parse().unwrap();
+    let ack = e
+        .on_verdict(&mut l, &det2.sign(&untrusted), "detector-2", Instant::now())
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Rejected);
+    assert!(ack.error.unwrap().starts_with("untrusted_sender: "));
+    let mut long = protect_verdict("long", "192.0.2.200/32", Some(80));
+    long.ttl_s = Some(7200);
+    let ack = e
+        .on_verdict(&mut l, &det.sign(&long), "detector-1", Instant::now())
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Rejected);
+    assert!(
+        ack.error.unwrap().starts_with("ttl: "),
+        "verdicts.max_ttl_s is 3600"
+    );
+    // A prefix is not one host: refused by the message check (malformed).
+    let ack = e
+        .on_verdict(
+            &mut l,
+            &det.sign(&protect_verdict("wide", "192.0.2.0/24", Some(80))),
+            "detector-1",
+            Instant::now(),
+        )
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Rejected);
+    assert!(ack.error.unwrap().starts_with("malformed: "));
+    assert!(l.protected.is_empty());
+    assert_eq!(
+        refusals(&e),
+        vec![
+            (RefusalReason::Malformed, 1),
+            (RefusalReason::UntrustedSender, 1),
+            (RefusalReason::Ttl, 1),
+        ]
+    );
+}
+
+#[test]
+fn a_dashboard_command_protects_and_unprotects() {
+    let pki = Pki::new();
+    let dash = pki.signer("dashboard");
+    let dir = tempfile::tempdir().unwrap();
+    let state_path = dir.path().join("state.json");
+    let mut l = lists();
+    let mut e = Enforcer::new(policy(), pki.verifier(), Some(state_path.clone()));
+    let mut c = command("c-on", "203.0.113.80/32");
+    c.action = Action::ProtectSyn;
+    c.port = Some(8080);
+    c.reason = Some("camera under flood".into());
+    let ack = e
+        .on_command(&mut l, &dash.sign(&c), "dashboard", Instant::now())
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Applied, "{ack:?}");
+    let svc = service("203.0.113.80:8080");
+    assert_eq!(l.protected[&svc].origin, Origin::Command.code());
+    let st = crate::state::State::load(&state_path).unwrap();
+    assert_eq!(st.protected[&svc].by.as_deref(), Some("alice@dashboard"));
+    assert!(l.block.is_empty());
+
+    // A detector cannot lift the operator's protection...
+    let det = pki.signer("detector-1");
+    let mut off = protect_verdict("d-off", "203.0.113.80/32", Some(8080));
+    off.action = Action::UnprotectSyn;
+    off.ttl_s = None;
+    let ack = e
+        .on_verdict(&mut l, &det.sign(&off), "detector-1", Instant::now())
+        .unwrap();
+    assert!(ack.error.unwrap().starts_with("not_owner: "));
+    assert!(l.protected.contains_key(&svc));
+    // ... the dashboard can.
+    let mut c = command("c-off", "203.0.113.80/32");
+    c.action = Action::UnprotectSyn;
+    c.port = Some(8080);
+    c.ttl_s = None;
+    let ack = e
+        .on_command(&mut l, &dash.sign(&c), "dashboard", Instant::now())
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Applied, "{ack:?}");
+    assert!(l.protected.is_empty());
+    let st = crate::state::State::load(&state_path).unwrap();
+    assert!(st.protected.is_empty(), "its record goes with it");
+    assert_eq!(e.stats.commands_applied, 2);
+}
+
+#[test]
+fn an_unprotect_syn_verdict_switches_the_protection_off() {
+    let pki = Pki::new();
+    let det = pki.signer("detector-1");
+    let mut l = lists();
+    let mut e = pki.enforcer();
+    let on = protect_verdict("on", "192.0.2.200/32", Some(80));
+    e.on_verdict(&mut l, &det.sign(&on), "detector-1", Instant::now())
+        .unwrap();
+    // Another service's protection, long expired: freed by the next syn-auth action.
+    let old = service("192.0.2.201:22");
+    l.protected.insert(
+        old,
+        fw_common::synauth::SynAuthEntry {
+            expires_ns: 1,
+            origin: Origin::Detector.code(),
+            ..Default::default()
+        },
+    );
+    let mut off = protect_verdict("off", "192.0.2.200/32", Some(80));
+    off.action = Action::UnprotectSyn;
+    off.ttl_s = None;
+    let ack = e
+        .on_verdict(&mut l, &det.sign(&off), "detector-1", Instant::now())
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Applied, "{ack:?}");
+    assert!(l.protected.is_empty(), "{:?}", l.protected);
+    // Off again: nothing to change.
+    let mut again = off.clone();
+    again.id = "off-again".into();
+    let ack = e
+        .on_verdict(&mut l, &det.sign(&again), "detector-1", Instant::now())
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::NoChange);
 }

@@ -33,28 +33,62 @@
 //! Samples over 5 ms are listed with their phase against the daemon's once-a-second
 //! status tick (from the `at_unix_ms` of its status file).
 //!
-//! # Scan to drop (`--rounds N`, default 20)
-//! Each round uses a fresh attacker source, 192.0.2.150 + round ([`round_source`]),
-//! added to `tad-attacker/eth0` for the round, so no detector state (alert cooldown,
-//! trust, rate limits) from an earlier round applies; the target rotates over the 3
-//! devices. Per round:
-//! - `tcpdump -c 1 --time-stamp-precision=nano` in the attacker namespace, started
-//!   and confirmed listening before nmap, captures the scan's first SYN from that
-//!   source: `t_first` is that packet's kernel timestamp (CLOCK_REALTIME, ns);
+//! # Scan to drop (`--rounds N` answered and N unanswered, default 20 each)
+//! Two sets of rounds, alternating (answered, unanswered, answered, ...), so drift
+//! on the machine touches both alike:
+//! - **answered**: the target rotates over the 3 devices, which answer every probe
+//!   (RST for a closed port, SYN-ACK and then nmap's RST for an open one);
+//! - **unanswered**: the target is an absent host in [`testbed::EMPTY_SPACE`],
+//!   198.19.254.10 + round ([`unanswered_target`]); the attacker namespace routes
+//!   that space through the router, which blackholes it: no probe gets any answer,
+//!   not even an ICMP error.
+//!
+//! Each round uses a fresh attacker source ([`round_source`]: 192.0.2.150 + round
+//! for answered, 192.0.2.175 + round for unanswered rounds), added to
+//! `tad-attacker/eth0` for the round, so no detector or datapath state (alert
+//! cooldown, trust, evidence slot, rate limits) from an earlier round applies.
+//! Per round:
+//! - `tcpdump -w FILE --time-stamp-precision=nano` in the attacker namespace,
+//!   started and confirmed listening before nmap, captures every SYN without ACK
+//!   from the round's source as it leaves the attacker's interface (the scan's
+//!   probes; with `-s 96`, `-U`): their kernel timestamps (CLOCK_REALTIME, ns) are
+//!   read back from the file after the round. `t_first` is the earliest;
 //! - `nmap -sS -n -Pn -e eth0 -S <source> -T4 --max-retries 1 -p 1-65535
-//!   --max-rate 10000 <device>` (`--scan-ports`, `--scan-rate`): the demo's scan,
+//!   --max-rate 10000 <target>` (`--scan-ports`, `--scan-rate`): the demo's scan,
 //!   but over every port at at most 10,000 probes/s, so it lasts ~6.5 s and is
 //!   still running when its block lands. The demo's `-p 1-1000` at full speed is
 //!   over in ~0.1 s on the testbed (nmap -T4 sends ~90,000 probes/s on veth),
 //!   half a second before detection, and leaves no packet to drop; so is an
-//!   uncapped full-range scan in ~0.7 s in about half the rounds;
+//!   uncapped full-range scan in ~0.7 s in about half the rounds. Unanswered
+//!   rounds add `--min-rate` equal to the cap: nmap -T4 against a host that never
+//!   answers otherwise slows down to ~20 probes/s (measured), unlike any scanner
+//!   that is worth stopping (masscan, zmap);
 //! - the pinned block map is read every ~1 ms ([`BlockReader`], fw-ctl's own
-//!   pinned-map code): `t_block` = the
-//!   first read that finds the source's /32 entry, `t_drop` = the first read that
-//!   finds its hit counter above 0 (the XDP program counts every packet it drops
-//!   for that entry), both CLOCK_REALTIME taken right after the read.
+//!   pinned-map code, which sees the XDP program's own provisional quarantine
+//!   entries in `BLOCK_HOST_V4` as it sees a detector's): `t_block` = the first
+//!   read that finds an entry in force for the source's /32, `t_drop` = the first
+//!   read that finds its hit counter above 0 (the XDP program counts every packet
+//!   it drops for that entry), both CLOCK_REALTIME taken right after the read.
 //!   `scan_to_drop` = `t_drop - t_first` (resolution: the time since the previous
-//!   read, per round `drop_resolution_ms`, ~1.1 ms); `scan_to_block` likewise;
+//!   read, per round `drop_resolution_ms`, ~1.1 ms); `scan_to_block` likewise.
+//!   The entry's origin when first seen is recorded (`datapath`: the XDP
+//!   program's provisional quarantine, flag `BLOCK_FLAG_NEW_FLOWS_ONLY`;
+//!   `detector`: a verdict), and its origin when the round stops (a detector's
+//!   verdict replaces a provisional entry);
+//! - **probes passed before the block**: `probes_before_block` = the captured SYNs
+//!   of the source with a timestamp before `t_block`, i.e. probes the source had
+//!   put on the wire before the block entry was seen in the map. The entry
+//!   appeared between the previous read and that one, so the count is an upper
+//!   bound; `probes_before_block_min` counts those before the previous read
+//!   (`t_block - block_resolution`), which certainly met no block (the attacker's
+//!   veth to the router's XDP hook is microseconds). `probes_before_drop` counts
+//!   those before `t_drop`; `probes_sent` all SYNs of the round, and tcpdump's own
+//!   kernel-drop count is kept (`capture_dropped`, 0 when nothing was lost).
+//!   Exact where the bounds are wide (nmap sends its first probes in bursts of
+//!   ~50-100 per ms): `probes_passed` = the flows with the source at one end in
+//!   the pinned flow map right after nmap is stopped ([`BlockReader::flows_of`]):
+//!   every probe that passed the XDP program opened a flow of its own (a new
+//!   destination port), every dropped one none;
 //! - where the time goes, from the bus recorder and the messages' own clocks (all
 //!   processes run on this one machine, one wall clock): the detector stamps alert
 //!   and verdict with the time the triggering flow batch arrived (`at_ms`,
@@ -69,11 +103,12 @@
 //!
 //! A scan that ends before its block leaves no packet to drop: such a round is
 //! reported with `scan_to_drop_ms: null` and counted in `rounds_without_drop`; the
-//! percentiles are over the rounds with a drop (and `scan_to_block` over all).
+//! percentiles are over the rounds with a drop (and `scan_to_block` and the probe
+//! counts over the rounds with a block).
 //!
 //! # Percentiles
 //! Nearest rank ([`percentile`]): the p-th percentile of n values is the
-//! ⌈p·n/100⌉-th smallest. With 20 rounds p99 is the largest round; of the 300
+//! ⌈p·n/100⌉-th smallest. With 20 rounds of a set p99 is its largest round; of the 300
 //! pooled verdicts it is the 297th smallest. The headline `verdict_to_map_ms_p50/p99`
 //! are over all verdicts of the 3 isolated runs pooled; each run's own figures are
 //! in `verdict_to_map_ms.runs` and the medians of the runs' p50/p99 in
@@ -111,10 +146,14 @@ mod verdict;
 
 /// Node id (certificate CN and MQTT client id) the benchmark publishes verdicts as.
 pub const BENCH_DETECTOR_ID: &str = "detector-bench";
-/// First scan source: 192.0.2.150 (the testbed uses .1, .11-.19, .66-.73, .99).
+/// First scan source of the answered rounds: 192.0.2.150 (the testbed uses .1,
+/// .11-.19, .66-.73, .99); the unanswered rounds' follow at .175.
 const SOURCE_FIRST: u8 = 150;
-/// Scan sources available: 192.0.2.150-199, so at most 50 rounds.
-pub const MAX_ROUNDS: usize = 50;
+/// Rounds per set: sources 192.0.2.150-174 (answered) and .175-199 (unanswered).
+pub const MAX_ROUNDS: usize = 25;
+/// First absent host the unanswered rounds scan: 198.19.254.10 (in
+/// [`testbed::EMPTY_SPACE`]).
+const UNANSWERED_FIRST: Ipv4Addr = Ipv4Addr::new(198, 19, 254, 10);
 /// Verdict targets: 198.19.200.1 onwards (in 198.18.0.0/15, away from the slices
 /// replays use at its bottom), at most this many.
 const VERDICT_TARGETS: u32 = 2046;
@@ -132,7 +171,8 @@ const VERDICT_POLL: Duration = Duration::from_micros(100);
 /// Options of the `reaction` benchmark (flattened into `cargo xtask bench`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReactionArgs {
-    /// reaction: nmap scan rounds, each from a fresh source address (1-50).
+    /// reaction: nmap scan rounds per set (answered, unanswered), each from a
+    /// fresh source address (1-25).
     #[arg(long, default_value_t = 20)]
     pub rounds: usize,
     /// reaction: verdicts per verdict-to-map run (3 runs).
@@ -176,14 +216,27 @@ fn parse_ports(s: &str) -> Result<String, String> {
     }
 }
 
-/// Attacker source of scan round `i` (0-based): 192.0.2.150 + i. Errors for
-/// `i >= MAX_ROUNDS`, which would leave the block kept free of testbed hosts.
-pub fn round_source(i: usize) -> anyhow::Result<Ipv4Addr> {
+/// Attacker source of scan round `i` (0-based) of a set: 192.0.2.150 + i
+/// (answered), 192.0.2.175 + i (unanswered). Errors for `i >= MAX_ROUNDS`,
+/// which would reuse the other set's sources or leave the block kept free of
+/// testbed hosts.
+pub fn round_source(kind: scan::Kind, i: usize) -> anyhow::Result<Ipv4Addr> {
     ensure!(
         i < MAX_ROUNDS,
-        "scan round {i}: only {MAX_ROUNDS} fresh source addresses (192.0.2.150-199); use --rounds {MAX_ROUNDS} or fewer"
+        "scan round {i}: only {MAX_ROUNDS} fresh source addresses per set (192.0.2.150-199 for both); use --rounds {MAX_ROUNDS} or fewer"
     );
-    Ok(Ipv4Addr::new(192, 0, 2, SOURCE_FIRST + i as u8))
+    let set = match kind {
+        scan::Kind::Answered => 0,
+        scan::Kind::Unanswered => MAX_ROUNDS as u8,
+    };
+    Ok(Ipv4Addr::new(192, 0, 2, SOURCE_FIRST + set + i as u8))
+}
+
+/// Target of unanswered round `i` (0-based): the absent host 198.19.254.10 + i,
+/// in [`testbed::EMPTY_SPACE`]. Errors for `i >= MAX_ROUNDS`.
+pub fn unanswered_target(i: usize) -> anyhow::Result<Ipv4Addr> {
+    ensure!(i < MAX_ROUNDS, "unanswered round {i}: at most {MAX_ROUNDS}");
+    Ok(Ipv4Addr::from(u32::from(UNANSWERED_FIRST) + i as u32))
 }
 
 /// Target of verdict `i` (0-based): 198.19.200.1 + i, inside 198.18.0.0/15.
@@ -239,6 +292,18 @@ fn summary(values: &[f64]) -> Value {
     })
 }
 
+/// Now on CLOCK_MONOTONIC, ns: the clock of `bpf_ktime_get_ns` and of
+/// [`BlockEntry::expires_ns`].
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the valid timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Unix time now, ns (CLOCK_REALTIME).
 fn unix_ns() -> u64 {
     SystemTime::now()
@@ -254,7 +319,9 @@ fn ms_between(from_ns: u64, to_ns: u64) -> f64 {
 /// Reads single-address (/32) blocklist entries of a loaded instance through
 /// fw-ctl's own pinned-map code ([`fw_ctl::kernel::Pinned`], which knows the map
 /// layout: the exact-match host map, then the LPM trie for entries an older
-/// version left there).
+/// version left there). The host map is also where the XDP program puts its
+/// provisional quarantine (origin `ORIGIN_DATAPATH`, flag
+/// `BLOCK_FLAG_NEW_FLOWS_ONLY`), so those are read like any other block.
 pub struct BlockReader(Pinned);
 
 impl BlockReader {
@@ -269,12 +336,34 @@ impl BlockReader {
         })?))
     }
 
-    /// The entry blocking exactly `a`/32, if any.
+    /// Flows in the flow map with `a` at either end. A scan probe that passes the
+    /// XDP program opens a flow of its own (a new destination port); one it drops
+    /// opens none, so right after a scan this is the number of its probes that
+    /// passed.
+    ///
+    /// # Errors
+    /// A map read failing.
+    pub fn flows_of(&self, a: Ipv4Addr) -> anyhow::Result<u64> {
+        let m = fw_common::flow::v4_mapped(a.octets());
+        Ok(self
+            .0
+            .flows()?
+            .iter()
+            .filter(|f| f.key.addr_a == m || f.key.addr_b == m)
+            .count() as u64)
+    }
+
+    /// The entry blocking exactly `a`/32, if any is in force: an entry whose
+    /// expiry (`expires_ns`, CLOCK_MONOTONIC) has passed counts as absent, as it
+    /// does for the XDP program.
     ///
     /// # Errors
     /// A map read failing.
     pub fn get(&self, a: Ipv4Addr) -> anyhow::Result<Option<BlockEntry>> {
-        Ok(self.0.get_block(&IpNet::from(IpAddr::V4(a)))?)
+        Ok(self
+            .0
+            .get_block(&IpNet::from(IpAddr::V4(a)))?
+            .filter(|e| e.active_at(monotonic_ns)))
     }
 }
 
@@ -337,22 +426,32 @@ pub fn run(out: &Path, a: &ReactionArgs) -> anyhow::Result<()> {
         deadline,
         a.time_limit,
     )?;
-    eprintln!("reaction: scan to drop, {} rounds", a.rounds);
+    eprintln!(
+        "reaction: scan to drop, {} answered and {} unanswered rounds",
+        a.rounds, a.rounds
+    );
     let mut rounds = Vec::new();
     for i in 0..a.rounds {
-        check_deadline(deadline, a.time_limit)?;
-        let r = scan::round(&stack, &reader, i, a, deadline)
-            .with_context(|| format!("scan round {}", i + 1))?;
-        eprintln!(
-            "reaction: round {:>2}: {} -> {}: scan to block {} ms, to drop {} ms",
-            i + 1,
-            r.source,
-            r.device,
-            fmt_opt(r.scan_to_block_ms),
-            fmt_opt(r.scan_to_drop_ms)
-        );
-        rounds.push(r);
-        netns::sleep(Duration::from_secs(2))?;
+        for kind in [scan::Kind::Answered, scan::Kind::Unanswered] {
+            check_deadline(deadline, a.time_limit)?;
+            let r = scan::round(&stack, &reader, kind, i, a, deadline)
+                .with_context(|| format!("{} scan round {}", kind.as_str(), i + 1))?;
+            eprintln!(
+                "reaction: {:<10} round {:>2}: {} -> {}: scan to block {} ms ({}), to drop {} ms, probes before the block {}",
+                kind.as_str(),
+                i + 1,
+                r.source,
+                r.target,
+                fmt_opt(r.scan_to_block_ms),
+                r.block_origin.unwrap_or("-"),
+                fmt_opt(r.scan_to_drop_ms),
+                r.probes_before_block
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into())
+            );
+            rounds.push(r);
+            netns::sleep(Duration::from_secs(2))?;
+        }
     }
     let load_after = loadavg();
     drop(reader);
@@ -447,7 +546,10 @@ mod tests {
         used.extend((1..=testbed::MAX_DEVICES).map(testbed::device_addr));
         used.extend((0..testbed::ATTACKER_ADDRS).map(testbed::attacker_addr));
         let lan = Ipv4Net::new(Ipv4Addr::new(192, 0, 2, 0), 24).unwrap();
-        let all: Vec<Ipv4Addr> = (0..MAX_ROUNDS).map(|i| round_source(i).unwrap()).collect();
+        let all: Vec<Ipv4Addr> = [scan::Kind::Answered, scan::Kind::Unanswered]
+            .into_iter()
+            .flat_map(|k| (0..MAX_ROUNDS).map(move |i| round_source(k, i).unwrap()))
+            .collect();
         for a in &all {
             assert!(lan.contains(a), "{a} is outside 192.0.2.0/24");
             assert!(!used.contains(a), "{a} is a testbed host's address");
@@ -455,8 +557,30 @@ mod tests {
         let mut uniq = all.clone();
         uniq.sort();
         uniq.dedup();
-        assert_eq!(uniq.len(), MAX_ROUNDS, "every round gets its own source");
-        assert!(round_source(MAX_ROUNDS).is_err());
+        assert_eq!(
+            uniq.len(),
+            2 * MAX_ROUNDS,
+            "every round of both sets gets its own source"
+        );
+        assert!(round_source(scan::Kind::Answered, MAX_ROUNDS).is_err());
+        assert!(round_source(scan::Kind::Unanswered, MAX_ROUNDS).is_err());
+    }
+
+    #[test]
+    fn unanswered_targets_are_absent_hosts_of_the_empty_space() {
+        let empty: Ipv4Net = testbed::EMPTY_SPACE.parse().unwrap();
+        let mut hosts: Vec<Ipv4Addr> = vec![testbed::ROUTER_LAN, testbed::REPLAY_HOST];
+        hosts.extend((1..=testbed::MAX_DEVICES).map(testbed::device_addr));
+        let all: Vec<Ipv4Addr> = (0..MAX_ROUNDS)
+            .map(|i| unanswered_target(i).unwrap())
+            .collect();
+        for t in &all {
+            assert!(empty.contains(t), "{t} is outside {}", testbed::EMPTY_SPACE);
+            assert!(!hosts.contains(t), "{t} is a testbed host");
+            assert_ne!(*t, empty.network(), "{t} is the network address");
+        }
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "distinct targets");
+        assert!(unanswered_target(MAX_ROUNDS).is_err());
     }
 
     #[test]

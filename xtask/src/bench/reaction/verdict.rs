@@ -71,6 +71,7 @@ fn bench_verdict(id: String, action: Action, target: Ipv4Addr) -> Verdict {
         confidence: 1.0,
         alert_id: None,
         observe_only: false,
+        port: None,
     }
 }
 
