@@ -357,6 +357,22 @@ impl Drop for Net {
     }
 }
 
+/// The program loaded and attached to `veth-sa` in namespace `ns`, native mode.
+fn attached(ns: &str) -> Harness {
+    Net::within(ns, || {
+        let mut h = Harness::load();
+        let prog: &mut aya::programs::Xdp = h
+            .ebpf
+            .program_mut(fw_common::maps::PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        prog.attach("veth-sa", aya::programs::XdpMode::Driver)
+            .expect("attach XDP to veth-sa");
+        h
+    })
+}
+
 /// A real client connects to a real server through the program while hping3
 /// floods the server with spoofed SYNs (`--rand-source`) and the service is
 /// protected: every connection completes, the flood is answered by the program and
@@ -375,30 +391,8 @@ fn real_connections_complete_under_a_spoofed_flood() {
     // testbed's router; native XDP_TX on a veth delivers only while an XDP program
     // runs on the peer, so the client's end gets one too (it passes everything
     // there: nothing is configured).
-    let mut h = Net::within(&sname, || {
-        let mut h = Harness::load();
-        let prog: &mut aya::programs::Xdp = h
-            .ebpf
-            .program_mut(fw_common::maps::PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        prog.attach("veth-sa", aya::programs::XdpMode::Driver)
-            .expect("attach XDP to veth-sa");
-        h
-    });
-    let _peer = Net::within(&cname, || {
-        let mut h = Harness::load();
-        let prog: &mut aya::programs::Xdp = h
-            .ebpf
-            .program_mut(fw_common::maps::PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        prog.attach("veth-sa", aya::programs::XdpMode::Driver)
-            .expect("attach XDP to the client's veth-sa");
-        h
-    });
+    let mut h = attached(&sname);
+    let _peer = attached(&cname);
     h.protect(SERVER4, PORT, protected());
     // The server: accepts and answers each connection with one byte.
     let listener = Net::within(&sname, || {
