@@ -10,6 +10,10 @@
 //! | gateway `<gw>` | `tad/v1/gw/<gw>/{flows/#,evidence/+,counters,status,acks,state,state/delta}` | `tad/v1/gw/<gw>/{verdicts,commands}/+` |
 //! | detector `<det>` | `tad/v1/det/<det>/#`, `tad/v1/gw/+/verdicts/<det>` | `tad/v1/gw/+/flows/#`, `tad/v1/gw/+/evidence/+`, `tad/v1/gw/+/acks`, `tad/v1/settings/#` |
 //! | dashboard `<id>` | `tad/v1/gw/+/commands/<id>`, `tad/v1/settings/thresholds`, `tad/v1/dash/<id>/status` | `tad/v1/#` |
+//! | (gateway, devices) | `tad/v1/gw/<gw>/devices/+`, `tad/v1/dev/+/commands` | `tad/v1/dev/+/telemetry`, `tad/v1/gw/<gw>/devices/requests/+` |
+//! | (detector, devices) | | `tad/v1/gw/+/devices/telemetry` |
+//! | (dashboard, devices) | `tad/v1/gw/+/devices/requests/<id>` | |
+//! | device `<dev>` ([`device_rules`]) | `tad/v1/dev/<dev>/telemetry` | `tad/v1/dev/<dev>/commands` |
 //!
 //! The identity level at the end of a verdict or command topic is the client's own
 //! id, written literally into its `user` block: detector `detector-2` cannot
@@ -38,6 +42,8 @@ pub enum BrokerConfigError {
     NodeId(#[from] PkiError),
     #[error("node id {id:?} is listed twice")]
     Duplicate { id: String },
+    #[error("device id {id:?}: {why}")]
+    Device { id: String, why: String },
 }
 
 /// The role of a node, from its id prefix: `gateway-` → gateway, `detector-` →
@@ -89,6 +95,12 @@ pub fn rules_for(node_id: &str) -> Result<Vec<AclRule>, BrokerConfigError> {
             w(format!("{r}/gw/{node_id}/state/delta")),
             rd(format!("{r}/gw/{node_id}/verdicts/+")),
             rd(format!("{r}/gw/{node_id}/commands/+")),
+            // Devices (issue 17; tad_wire::devices): its device reports, the
+            // vetted commands it forwards, the telemetry and requests it checks.
+            w(format!("{r}/gw/{node_id}/devices/+")),
+            w(format!("{r}/dev/+/commands")),
+            rd(format!("{r}/dev/+/telemetry")),
+            rd(format!("{r}/gw/{node_id}/devices/requests/+")),
         ],
         Role::Detector => vec![
             w(format!("{r}/det/{node_id}/#")),
@@ -97,9 +109,11 @@ pub fn rules_for(node_id: &str) -> Result<Vec<AclRule>, BrokerConfigError> {
             rd(format!("{r}/gw/+/evidence/+")),
             rd(format!("{r}/gw/+/acks")),
             rd(format!("{r}/settings/#")),
+            rd(format!("{r}/gw/+/devices/telemetry")),
         ],
         Role::Dashboard => vec![
             w(format!("{r}/gw/+/commands/{node_id}")),
+            w(format!("{r}/gw/+/devices/requests/{node_id}")),
             w(format!("{r}/settings/thresholds")),
             w(format!("{r}/dash/{node_id}/status")),
             rd(format!("{r}/#")),
@@ -113,6 +127,52 @@ pub fn allowed(rules: &[AclRule], access: Access, topic: &str) -> bool {
     rules
         .iter()
         .any(|r| r.access == access && tad_wire::topic::topic_matches(&r.filter, topic))
+}
+
+/// The ACL rules of IoT device `device_id` (issue 17): it may publish only its own
+/// telemetry topic and read only its own command topic (its id is its client
+/// certificate's CN, the broker's username).
+pub fn device_rules(device_id: &str) -> Result<Vec<AclRule>, BrokerConfigError> {
+    tad_wire::devices::check_device_id(device_id).map_err(|why| BrokerConfigError::Device {
+        id: device_id.to_owned(),
+        why,
+    })?;
+    Ok(vec![
+        AclRule {
+            access: Access::Write,
+            filter: tad_wire::topic::device_telemetry(device_id),
+        },
+        AclRule {
+            access: Access::Read,
+            filter: tad_wire::topic::device_commands(device_id),
+        },
+    ])
+}
+
+/// [`render_acl`] plus one `user` block per IoT device ([`device_rules`]).
+/// Errors also on an invalid device id or one that is also a node id.
+pub fn render_acl_with_devices(
+    nodes: &[String],
+    devices: &[String],
+) -> Result<String, BrokerConfigError> {
+    let mut out = render_acl(nodes)?;
+    for (i, d) in devices.iter().enumerate() {
+        if nodes.contains(d) || devices[..i].contains(d) {
+            return Err(BrokerConfigError::Duplicate { id: d.clone() });
+        }
+        let _ = write!(
+            out,
+            "\n# device: publishes only its own telemetry, reads only its own commands\nuser {d}\n"
+        );
+        for r in device_rules(d)? {
+            let a = match r.access {
+                Access::Read => "read",
+                Access::Write => "write",
+            };
+            let _ = writeln!(out, "topic {a} {}", r.filter);
+        }
+    }
+    Ok(out)
 }
 
 /// Renders the ACL file for `nodes` (one `user` block each, with a comment naming

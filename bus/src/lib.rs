@@ -8,6 +8,8 @@
 //! - [`pki`]: the rcgen CA, node (client) and broker certificates, written with
 //!   private keys mode 0600 (`cargo xtask certs`).
 //! - [`broker`]: `mosquitto.conf` and the ACL that confines each node to its topics.
+//! - [`bridge`]: a per-site broker bridged to a central one (the site's
+//!   `connection` section and the bridge's ACL block on the central broker).
 //! - [`client`]: the one client used by fw-ctl, detector and dashboard ([`BusClient`]):
 //!   typed publish/subscribe of `tad_wire` messages (or [`RawPayload`] bytes for
 //!   consumers that decode themselves), Last Will + retained
@@ -15,6 +17,7 @@
 //! - [`testing`]: starts a real `mosquitto` with fresh certificates for integration
 //!   tests (also from other crates) and always stops it.
 
+pub mod bridge;
 pub mod broker;
 pub mod client;
 pub mod config_file;

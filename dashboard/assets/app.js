@@ -101,7 +101,7 @@ function connectEvents() {
   const es = new EventSource(API + '/events');
   es.onopen = () => { live.textContent = 'live'; live.className = 'live on'; };
   es.onerror = () => { live.textContent = 'reconnecting'; live.className = 'live off'; };
-  for (const name of ['sample', 'alert', 'trust', 'status', 'blocks']) {
+  for (const name of ['sample', 'alert', 'trust', 'status', 'blocks', 'devices']) {
     es.addEventListener(name, (e) => {
       const ev = JSON.parse(e.data);
       for (const fn of handlers[name] || []) fn(ev.data);
@@ -171,13 +171,26 @@ class LiveSeries {
 
 // ------------------------------------------------------------ rows
 
+// When an alert was seen: its last time, and for a merged alert (one attack,
+// published again under its id while it goes on) since when and how many times.
+function seenCell(a) {
+  const first = a.first_seen_ms ?? a.at_ms;
+  const count = a.count ?? 1;
+  if (count <= 1 && first === a.at_ms) return h('td', {}, fmtTime(a.at_ms));
+  return h('td', { class: 'alert-seen', title: `first seen ${fmtTime(first)}, last seen ${fmtTime(a.at_ms)}` },
+    fmtTime(a.at_ms),
+    h('div', { class: 'hint' }, `×${count}, since ${fmtTime(first)}`));
+}
+
 function alertRow(a, withGateway, fresh) {
-  return h('tr', { class: fresh ? 'new alert-row' : 'alert-row', 'data-alert-id': a.id },
-    h('td', {}, fmtTime(a.at_ms)),
+  return h('tr', { class: fresh ? 'new alert-row' : 'alert-row', 'data-alert-id': a.id,
+    'data-count': String(a.count ?? 1) },
+    seenCell(a),
     h('td', {}, h('span', { class: `badge sev-${a.severity}` }, a.severity)),
     h('td', {}, a.kind.replace(/_/g, ' ')),
     withGateway ? h('td', {}, a.gateway_id) : null,
-    h('td', {}, `${a.source || '?'} → ${a.target || '?'}`),
+    h('td', {}, `${a.source || '?'} → ${a.target
+      || (a.explanation.observed.targets ? `${a.explanation.observed.targets} hosts` : '?')}`),
     h('td', {}, a.explanation.text,
       h('div', { class: 'hint' }, `${a.explanation.rule}, window ${a.explanation.window_s} s: ` +
         Object.entries(a.explanation.observed).map(([k, v]) =>
@@ -214,13 +227,20 @@ async function overview() {
       : [h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'No alerts yet.'))]));
   };
   drawAlerts(await getJson('/alerts?limit=8'));
-  let alertCount = (await getJson(`/alerts?limit=1000&since_ms=${now - 3600000}`)).length;
+  const lastHour = await getJson(`/alerts?limit=1000&since_ms=${now - 3600000}`);
+  const seenAlerts = new Set(lastHour.map((a) => a.id));
+  let alertCount = lastHour.length;
   document.getElementById('card-alerts').textContent = alertCount;
   on('alert', (a) => {
     tbody.querySelector('.empty')?.parentElement.remove();
+    // An update of a merged alert replaces its row and is not a new alert.
+    const known = dropAlertRow(tbody, a.id);
     tbody.prepend(alertRow(a, false, true));
     while (tbody.children.length > 8) tbody.lastChild.remove();
-    document.getElementById('card-alerts').textContent = ++alertCount;
+    if (!known && !seenAlerts.has(a.id)) {
+      document.getElementById('card-alerts').textContent = ++alertCount;
+    }
+    seenAlerts.add(a.id);
   });
 
   const refreshNodes = async () => {
@@ -241,6 +261,7 @@ async function overview() {
 }
 
 async function devices() {
+  await iotDevices();
   const tbody = document.getElementById('devices');
   const draw = async () => {
     const list = await getJson('/devices');
@@ -262,6 +283,198 @@ async function devices() {
   on('blocks', later);
 }
 
+// ------------------------------------------------------------ IoT devices
+// Everything here is what the gateways published (GET /api/v1/iot/...): the
+// device list is each gateway's retained device state, the charts and tables
+// the reports it sent; nothing is recomputed in the page.
+
+const SENSOR_COLOURS = ['#2563eb', '#c2410c', '#15803d', '#7c3aed', '#0e7490', '#b45309'];
+
+// A chart in `el` replacing the one drawn there before (the old one and its
+// resize observer are released).
+function redrawChart(el, series, data) {
+  if (el._chart) { el._observer.disconnect(); el._chart.destroy(); }
+  el.replaceChildren();
+  const opts = {
+    width: Math.max(300, el.clientWidth || 400),
+    height: 220,
+    series: [{}, ...series.map((x) => ({ label: x.label, stroke: x.stroke, width: 2, points: { show: data[0].length < 60 } }))],
+    axes: [{}, { size: 60 }],
+    scales: { x: { time: true } },
+  };
+  const chart = new uPlot(opts, data, el);
+  const observer = new ResizeObserver(() => chart.setSize({ width: Math.max(300, el.clientWidth), height: opts.height }));
+  observer.observe(el);
+  el._chart = chart;
+  el._observer = observer;
+  el.dataset.points = String(data[0].length);
+  el.dataset.series = series.map((x) => x.label).join(',');
+}
+
+function causeText(c) {
+  switch (c.kind) {
+    case 'security_alert': return `security alert: ${c.reason} (${c.detail})`;
+    case 'weak_alert': return `weak alert: ${c.reason} (${c.detail})`;
+    case 'anomaly': return `anomalous reading: score ${fmtNum(c.score)} ≥ ${fmtNum(c.threshold)}`;
+    case 'heartbeat': return `valid heartbeat (sequence ${c.sequence_no})`;
+    case 'vulnerability': return `vulnerability scan: score ${fmtNum(c.score)}${c.findings.length ? ': ' + c.findings.join('; ') : ''}`;
+    case 'command_refused': return `command refused: ${c.reason}`;
+    default: return JSON.stringify(c);
+  }
+}
+
+const emptyRow = (cols, text) => h('tr', {}, h('td', { colspan: cols, class: 'empty' }, text));
+const trustBadge = (t, level) => h('span', { class: `badge lvl-${level}`, title: level }, `${fmtNum(t)} ${level}`);
+
+async function iotDevices() {
+  const tbody = document.getElementById('iot-devices');
+  const detail = document.getElementById('iot-detail');
+  const params = new URLSearchParams(location.search);
+  let selected = params.get('device') ? { device: params.get('device'), gateway: params.get('gateway') || '' } : null;
+
+  const drawList = async () => {
+    const data = await getJson('/iot/devices');
+    document.getElementById('iot-gateways').textContent = data.gateways.map((g) =>
+      `${g.gateway_id}: ${g.accepted.toLocaleString()} of ${g.received.toLocaleString()} telemetry messages accepted, ` +
+      `${Object.values(g.refused).reduce((a, b) => a + b, 0).toLocaleString()} refused; state ${ago(g.at_ms)}` +
+      (g.outbox_queued ? `; ${g.outbox_queued} batches waiting for the broker` : '') +
+      (g.outbox_dropped_batches ? `; ${g.outbox_dropped_batches} batches dropped` : '')).join(' · ');
+    tbody.replaceChildren(...(data.devices.length ? data.devices.map((d) => h('tr', {
+      'data-device': d.device_id, 'data-gateway': d.gateway_id, 'data-level': d.level,
+      class: selected && selected.device === d.device_id && (!selected.gateway || selected.gateway === d.gateway_id) ? 'selected' : '',
+      onclick: () => select({ device: d.device_id, gateway: d.gateway_id }),
+    },
+      h('td', {}, h('a', { href: `/devices?device=${encodeURIComponent(d.device_id)}&gateway=${encodeURIComponent(d.gateway_id)}`,
+        onclick: (e) => e.preventDefault() }, d.device_id)),
+      h('td', {}, d.gateway_id),
+      h('td', { class: 'trust' }, trustBadge(d.trust, d.level)),
+      h('td', {}, `${fmtNum(d.components.behaviour)} / ${fmtNum(d.components.vulnerability)} / ${fmtNum(d.components.reputation)}`),
+      h('td', {}, `${d.accepted.toLocaleString()} / ${d.refused.toLocaleString()}`),
+      h('td', { class: 'findings' }, d.findings === null ? 'not scanned'
+        : d.findings ? h('span', { class: 'badge sev-critical' }, `${d.findings} dangerous`) : 'none'),
+      h('td', { title: fmtTime(d.last_seen_ms) }, ago(d.last_seen_ms))))
+      : [emptyRow(7, 'No gateway has published its device state yet.')]));
+  };
+
+  const drawAllRefusals = async () => {
+    const list = await getJson('/iot/refusals?limit=50');
+    document.getElementById('iot-all-refusals').replaceChildren(...(list.length ? list.map((r) => h('tr', {
+      'data-device': r.device_id, 'data-reason': r.reason,
+    },
+      h('td', {}, fmtTime(r.at_ms)),
+      h('td', {}, r.gateway_id),
+      h('td', {}, r.device_id),
+      h('td', {}, r.enrolled ? 'yes' : h('span', { class: 'badge offline' }, 'no')),
+      h('td', {}, r.reason.replace(/_/g, ' ')),
+      h('td', {}, r.detail),
+      h('td', {}, r.audit_hash ? auditLink(r.audit_hash) : '–')))
+      : [emptyRow(7, 'No telemetry refused.')]));
+  };
+
+  const drawDetail = async () => {
+    if (!selected) { detail.hidden = true; return; }
+    const gw = selected.gateway ? `?gateway_id=${encodeURIComponent(selected.gateway)}` : '';
+    let d;
+    try {
+      d = await getJson(`/iot/devices/${encodeURIComponent(selected.device)}${gw}`);
+    } catch (err) {
+      detail.hidden = false;
+      document.getElementById('iot-title').textContent = `${selected.device}: ${err.message}`;
+      return;
+    }
+    detail.hidden = false;
+    detail.dataset.device = d.device_id;
+    const st = d.state[0];
+    document.getElementById('iot-title').replaceChildren(`Device ${d.device_id} `,
+      st ? trustBadge(st.trust, st.level) : h('span', { class: 'badge unknown' }, 'not in any gateway\u2019s state'));
+
+    const xs = d.telemetry.map((p) => p.arrival_ms / 1000);
+    redrawChart(document.getElementById('iot-chart-health'), [
+      { label: 'CPU %', stroke: '#c2410c' }, { label: 'battery %', stroke: '#15803d' },
+    ], [xs, d.telemetry.map((p) => p.cpu_usage), d.telemetry.map((p) => p.battery_level)]);
+    const names = [...new Set(d.telemetry.flatMap((p) => Object.keys(p.sensors)))].sort();
+    redrawChart(document.getElementById('iot-chart-sensors'),
+      names.map((n, i) => ({ label: n, stroke: SENSOR_COLOURS[i % SENSOR_COLOURS.length] })),
+      [xs, ...names.map((n) => d.telemetry.map((p) => (n in p.sensors ? p.sensors[n] : null)))]);
+    // Trust: the value before the first change, then each change's new value.
+    const tx = d.trust.length ? [d.trust[0].at_ms / 1000, ...d.trust.map((t) => t.at_ms / 1000)] : [];
+    const ty = d.trust.length ? [d.trust[0].old, ...d.trust.map((t) => t.new)] : [];
+    redrawChart(document.getElementById('iot-chart-trust'), [{ label: 'trust', stroke: '#2563eb' }], [tx, ty]);
+
+    document.getElementById('iot-trust').replaceChildren(...(d.trust.length ? [...d.trust].reverse().map((t) => h('tr', {
+      'data-cause': t.cause.kind, 'data-new': t.new,
+    },
+      h('td', {}, fmtTime(t.at_ms)),
+      h('td', {}, `${fmtNum(t.old)} → ${fmtNum(t.new)}`),
+      h('td', {}, t.old_level === t.new_level ? t.new_level : `${t.old_level} → ${t.new_level}`),
+      h('td', { class: 'cause' }, causeText(t.cause)),
+      h('td', {}, auditLink(t.audit_hash))))
+      : [emptyRow(5, 'No trust change reported.')]));
+
+    const scan = d.vulns[0];
+    document.getElementById('iot-scan').replaceChildren(scan
+      ? h('span', {}, `Scanned ${scan.addr} ${ago(scan.at_ms)} (${scan.scanner}): open ports ${scan.open_ports.join(', ') || 'none'}; vulnerability score ${fmtNum(scan.score)} `, auditLink(scan.audit_hash))
+      : 'Not scanned yet.');
+    document.getElementById('iot-findings').replaceChildren(...(scan && scan.findings.length ? scan.findings.map((v) => h('tr', {
+      'data-port': v.port, 'data-service': v.service,
+    },
+      h('td', {}, `${v.port}/${v.proto}`),
+      h('td', {}, v.service),
+      h('td', {}, h('span', { class: `badge sev-${v.severity}` }, v.severity)),
+      h('td', {}, v.why)))
+      : [emptyRow(4, scan ? 'Nothing dangerous open.' : 'No scan yet.')]));
+
+    document.getElementById('iot-refusals').replaceChildren(...(d.refusals.length ? d.refusals.map((r) => h('tr', {
+      'data-reason': r.reason,
+    },
+      h('td', {}, fmtTime(r.at_ms)),
+      h('td', {}, r.reason.replace(/_/g, ' ')),
+      h('td', {}, r.sequence_no ?? '–'),
+      h('td', {}, r.detail),
+      h('td', { class: 'num' }, r.count),
+      h('td', {}, r.audit_hash ? auditLink(r.audit_hash) : '–')))
+      : [emptyRow(6, 'No message refused.')]));
+
+    document.getElementById('iot-commands').replaceChildren(...(d.commands.length ? d.commands.map((c) => h('tr', {
+      'data-decision': c.decision, 'data-request': c.request_id,
+    },
+      h('td', {}, fmtTime(c.at_ms)),
+      h('td', {}, c.command, c.spec.kind === 'set' ? ` ${c.spec.key} = ${c.spec.value}` : ''),
+      h('td', {}, h('span', { class: `badge dec-${c.decision}` }, c.decision), c.reason ? ` ${c.reason.replace(/_/g, ' ')}` : ''),
+      h('td', {}, c.detail || '–'),
+      h('td', { class: 'num' }, fmtNum(c.trust)),
+      h('td', {}, c.requested_by),
+      h('td', {}, auditLink(c.audit_hash))))
+      : [emptyRow(7, 'No command sent to this device.')]));
+
+    document.getElementById('iot-batches').replaceChildren(...(d.batches.length ? d.batches.slice(0, 20).map((b) => h('tr', {
+      'data-sha256': b.sha256,
+    },
+      h('td', {}, fmtTime(b.closed_ms)),
+      h('td', {}, `${b.gateway_id} #${b.batch_no}`),
+      h('td', { class: 'num' }, b.records),
+      h('td', {}, shortHash(b.sha256)),
+      h('td', {}, auditLink(b.audit_hash))))
+      : [emptyRow(5, 'No telemetry forwarded.')]));
+  };
+
+  const select = async (sel) => {
+    selected = sel;
+    history.replaceState(null, '', `/devices?device=${encodeURIComponent(sel.device)}&gateway=${encodeURIComponent(sel.gateway)}`);
+    for (const tr of tbody.querySelectorAll('tr[data-device]')) {
+      tr.classList.toggle('selected', tr.dataset.device === sel.device && tr.dataset.gateway === sel.gateway);
+    }
+    await drawDetail();
+  };
+
+  await Promise.all([drawList(), drawAllRefusals(), drawDetail()]);
+  on('devices', throttle(() => {
+    drawList().catch(() => {});
+    drawAllRefusals().catch(() => {});
+    drawDetail().catch(() => {});
+  }, 500));
+}
+
 async function alertsPage() {
   const tbody = document.getElementById('alerts');
   const list = await getJson('/alerts?limit=200');
@@ -269,8 +482,16 @@ async function alertsPage() {
     : [h('tr', {}, h('td', { colspan: 7, class: 'empty' }, 'No alerts yet.'))]));
   on('alert', (a) => {
     tbody.querySelector('.empty')?.parentElement.remove();
+    dropAlertRow(tbody, a.id);
     tbody.prepend(alertRow(a, true, true));
   });
+}
+
+// Removes the row of alert `id` from `tbody`; whether there was one.
+function dropAlertRow(tbody, id) {
+  const old = [...tbody.querySelectorAll('tr[data-alert-id]')].find((r) => r.dataset.alertId === id);
+  old?.remove();
+  return Boolean(old);
 }
 
 async function fillGatewaySelect(select, keepFirst) {

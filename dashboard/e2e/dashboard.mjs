@@ -63,6 +63,14 @@ try {
   await row.waitFor({ timeout: WAIT_MS });
   const firstId = await page.locator('#overview-alerts tr').first().getAttribute('data-alert-id');
   const hashTitle = await row.locator('.hash').getAttribute('title');
+  // The detector publishes the alert again as the attack goes on (same id): its
+  // row is replaced in place, with the count and since when, not added.
+  const alertsCard = await page.locator('#card-alerts').textContent();
+  console.log('alert-shown');
+  await page.waitForSelector(`#overview-alerts tr[data-alert-id="${alertId}"][data-count="4"]`, { timeout: WAIT_MS });
+  const mergedRows = await page.locator(`#overview-alerts tr[data-alert-id="${alertId}"]`).count();
+  const mergedSeen = await page.locator(`#overview-alerts tr[data-alert-id="${alertId}"] .alert-seen`).textContent();
+  const alertsCardAfter = await page.locator('#card-alerts').textContent();
   const after = {
     points: Number(await chart.getAttribute('data-points')),
     last: await chart.getAttribute('data-last'),
@@ -116,6 +124,9 @@ try {
 
   if (firstId !== alertId) fail(`newest alert row is ${firstId}, expected ${alertId}`);
   else if (!/^[0-9a-f]{64}$/.test(hashTitle || '')) fail(`alert row has no audit hash: ${hashTitle}`);
+  else if (mergedRows !== 1) fail(`the merged alert has ${mergedRows} rows`);
+  else if (!/×4, since/.test(mergedSeen || '')) fail(`merged alert row shows: ${mergedSeen}`);
+  else if (alertsCard !== alertsCardAfter) fail(`an update counted as a new alert: ${alertsCard} -> ${alertsCardAfter}`);
   else if (before.canvas < 1) fail('overview chart has no canvas');
   else if (historyPoints < 1) fail('history chart is empty');
   else if (!/^Sent/.test(blockResult || '')) fail(`block form said: ${blockResult}`);

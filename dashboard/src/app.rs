@@ -33,6 +33,8 @@ pub enum LiveEvent {
     Status(NodeStatus),
     /// The blocks resource changed (a gateway's state, a command or an ack).
     Blocks,
+    /// A gateway published something about its IoT devices (`crate::devices`).
+    Devices { gateway_id: String },
 }
 
 impl LiveEvent {
@@ -44,6 +46,7 @@ impl LiveEvent {
             LiveEvent::Trust(_) => "trust",
             LiveEvent::Status(_) => "status",
             LiveEvent::Blocks => "blocks",
+            LiveEvent::Devices { .. } => "devices",
         }
     }
 }

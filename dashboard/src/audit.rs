@@ -14,7 +14,8 @@
 //! - `at_ms`: Unix time the record was written, ms;
 //! - `kind`: one of [`RecordKind`] in snake_case (`alert`, `verdict`, `command`,
 //!   `thresholds`, `ack`, `settings_ack`, `settings_schema`, `refusal`,
-//!   `gateway_state`);
+//!   `gateway_state`, and for IoT devices `device_trust`, `telemetry_batch`,
+//!   `device_command`, `device_refusals`, `device_vulns`);
 //! - `prev`: the `hash` of the previous record (64 zeros for the first);
 //! - `data`: the message as received or sent (the `tad_wire` JSON), or for a
 //!   `thresholds` change the operator with the old and new value sets;
@@ -68,6 +69,18 @@ pub enum RecordKind {
     /// A change of what a gateway enforces (state snapshot or delta: entries
     /// added/changed/removed, refusal counters that went up).
     GatewayState,
+    /// One IoT device trust change as its gateway published it: device, old and
+    /// new trust and level, the cause, the components (`crate::devices`).
+    DeviceTrust,
+    /// A forwarded telemetry batch's SHA-256 (seed 004's ledger), recomputed
+    /// from its records before it is committed (`crate::devices`).
+    TelemetryBatch,
+    /// A gateway's decision on a device command (allowed / refused and why).
+    DeviceCommand,
+    /// Telemetry messages a gateway's guard refused (one record per report).
+    DeviceRefusals,
+    /// An active vulnerability scan of a device (open ports, findings, score).
+    DeviceVulns,
 }
 
 /// Errors opening or appending to the log.

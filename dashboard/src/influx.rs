@@ -102,6 +102,10 @@ pub fn alert_line(a: &Alert) -> String {
     if let Some(t) = a.target {
         fields.push(format!("target={}", string_field(&t.to_string())));
     }
+    // An update of a merged alert (same id): how many detections it holds so far.
+    if a.count > 1 {
+        fields.push(format!("count={}i", a.count));
+    }
     format!(
         "tad_alert,gateway={},detector={},kind={},severity={} {} {}",
         tag(&a.gateway_id),
@@ -272,6 +276,8 @@ mod tests {
             detector_id: "det-1".parse().unwrap(),
             gateway_id: "gw-1".parse().unwrap(),
             at_ms: 5,
+            first_seen_ms: None,
+            count: 1,
             kind: AlertKind::PortScan,
             severity: Severity::High,
             source: Some("192.0.2.7".parse().unwrap()),

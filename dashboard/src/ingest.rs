@@ -42,7 +42,7 @@ use crate::{
     audit::{AuditError, RecordKind},
     influx,
     metrics::inc,
-    store::{AlertView, DeltaOutcome, SeriesPoint, StoreError},
+    store::{AlertView, DeltaOutcome, SeriesPoint, StoreError, alert_is_newer},
 };
 
 /// Errors ingesting one message. None of them stops the subscriber.
@@ -61,6 +61,15 @@ pub enum IngestError {
         topic: String,
         in_topic: String,
         in_payload: String,
+    },
+    /// An alert id already stored for another detector (merged alerts are
+    /// updated only by the detector that raised them).
+    #[error("topic {topic}: alert {id} was raised by {owner}, not by {sender}")]
+    AlertOwner {
+        topic: String,
+        id: String,
+        owner: String,
+        sender: String,
     },
     /// A verdict or command whose signature or identity does not hold; counted
     /// and audited, not stored.
@@ -218,7 +227,9 @@ impl App {
             Ok(Ingested::Ignored) => {}
             Err(IngestError::UnknownTopic { .. }) => self.metrics.message("unknown"),
             Err(IngestError::Decode { .. }) => inc(&self.metrics.decode_errors),
-            Err(IngestError::IdMismatch { .. }) => inc(&self.metrics.topic_mismatches),
+            Err(IngestError::IdMismatch { .. } | IngestError::AlertOwner { .. }) => {
+                inc(&self.metrics.topic_mismatches)
+            }
             Err(IngestError::Refused { kind, reason, .. }) => self.metrics.refused(kind, *reason),
             Err(IngestError::Store(_)) => inc(&self.metrics.store_errors),
             Err(IngestError::Audit(_)) => {}
@@ -227,6 +238,10 @@ impl App {
     }
 
     fn ingest_inner(&self, topic: &str, payload: &[u8]) -> Result<Ingested, IngestError> {
+        // IoT device topics (issue 17): `crate::devices`.
+        if let Some(k) = tad_wire::devices::DeviceTopicKind::parse(topic) {
+            return self.ingest_device(topic, k, payload);
+        }
         let t = TopicKind::parse(topic).ok_or_else(|| IngestError::UnknownTopic {
             topic: topic.to_owned(),
         })?;
@@ -336,13 +351,28 @@ impl App {
             TopicKind::Alerts { detector: det } => {
                 let a: Alert = decode(topic, payload)?;
                 same(topic, det, &a.detector_id)?;
-                if self.store.has_alert(&a.id)? {
-                    return Ok(Ingested::Duplicate("alert"));
-                }
+                // A merged alert is published again under its id while the attack
+                // goes on: a later version replaces the stored one (and is audited);
+                // anything else with a known id is a redelivery.
+                let update = match self.store.alert(&a.id)? {
+                    Some(old) if old.detector_id != a.detector_id => {
+                        return Err(IngestError::AlertOwner {
+                            topic: topic.to_owned(),
+                            id: a.id,
+                            owner: old.detector_id.to_string(),
+                            sender: a.detector_id.to_string(),
+                        });
+                    }
+                    Some(old) if !alert_is_newer(&a, &old) => {
+                        return Ok(Ingested::Duplicate("alert"));
+                    }
+                    Some(_) => true,
+                    None => false,
+                };
                 let hash = self.audit(RecordKind::Alert, &a)?;
                 self.store.insert_alert(&a, &hash)?;
                 tracing::info!(alert = %a.id, kind = ?a.kind, severity = ?a.severity,
-                    source = ?a.source, audit_hash = %hash, "alert");
+                    source = ?a.source, count = a.count, update, audit_hash = %hash, "alert");
                 if let Some(sink) = &self.influx {
                     sink.send(vec![influx::alert_line(&a)]);
                 }

@@ -13,7 +13,10 @@
 //! ([`ingest`]) → store + audit + live event
 //! (SSE) → pages. Operator action → [`api`] → [`publish::Publisher`] → bus, and
 //! store + audit. Detector settings ([`settings`]): schemas and acks in, threshold
-//! changes checked against every schema before they are sent.
+//! changes checked against every schema before they are sent. IoT devices
+//! ([`devices`]): the gateways' device reports (telemetry batches, trust changes,
+//! refusals, command decisions, scans, retained device state) are stored for the
+//! Devices page, and batch hashes and trust changes are committed to the audit log.
 // warp composes every route into one nested type; release builds need more
 // recursion than the default 128 to prove it Unpin.
 #![recursion_limit = "256"]
@@ -23,6 +26,7 @@ pub mod app;
 pub mod audit;
 pub mod bus;
 pub mod config;
+pub mod devices;
 pub mod influx;
 pub mod ingest;
 pub mod metrics;

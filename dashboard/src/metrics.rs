@@ -16,7 +16,7 @@ use tad_wire::{BlockOrigin, RefusalReason};
 use crate::store::{BlockView, HeldState, PendingCommand, PendingStatus, RowCounts};
 
 /// Message kinds counted on ingestion.
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 20] = [
     "counters",
     "flows",
     "status",
@@ -30,6 +30,12 @@ pub const KINDS: [&str; 14] = [
     "state_delta",
     "settings_schema",
     "settings_ack",
+    "device_batch",
+    "device_trust",
+    "device_refusals",
+    "device_decision",
+    "device_vulns",
+    "device_state",
     "unknown",
 ];
 

@@ -184,6 +184,13 @@ async fn pages_render_live_data_in_chromium() {
                 let a = alert("a-live", now_ms(), "192.0.2.66");
                 app.ingest(&topic::alerts(DET), &tad_wire::encode(&a))
                     .unwrap();
+            } else if line == "alert-shown" {
+                // The attack goes on: the detector's update of the same alert.
+                let mut a = alert("a-live", now_ms(), "192.0.2.66");
+                a.first_seen_ms = Some(a.at_ms - 5_000);
+                a.count = 4;
+                app.ingest(&topic::alerts(DET), &tad_wire::encode(&a))
+                    .unwrap();
             } else if line == "blocks-shown" {
                 // The gateway's sweep removes the expired feed entry.
                 let mut d = gw_delta(2, now_ms());

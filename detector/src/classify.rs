@@ -59,7 +59,7 @@ pub fn probe(r: &FlowRecord, max_packets: u32) -> Option<ProbeKind> {
                 return None;
             }
             if f.syn > 0 {
-                let answered = b.syn_ack > 0;
+                let answered = answered(r);
                 let completed = f.ack_only > 0 || f.psh > 0;
                 let data = f.psh > 0 || b.psh > 0;
                 return match (answered, completed) {
@@ -102,12 +102,32 @@ pub fn is_group(a: IpAddr) -> bool {
     }
 }
 
-/// A TCP handshake the initiator started and never completed (SYN flood unit).
+/// Whether the responder answered the initiator's SYN: its SYN-ACK is in the
+/// record, or the record holds no packet of the responder at all (a one-way
+/// view: XDP on the LAN side only sees a device's outbound packets, never the
+/// answers routed back to it) and the initiator went on in the same flow with
+/// ACK-only or data (PSH) segments, which a TCP stack sends only once the
+/// handshake completed (RFC 9293 §3.5: the SYN-SENT state sends nothing but
+/// SYN retransmissions and, on a bad answer, RST).
+///
+/// Known limit: in a one-way view a flooder that follows each SYN with a forged
+/// ACK is counted as completing its handshakes; the victim-side kernel evidence
+/// (`evidence.synflood`, which counts SYNs) and SYN authentication still apply.
+pub fn answered(r: &FlowRecord) -> bool {
+    r.bwd.syn_ack > 0 || (r.bwd.packets == 0 && (r.fwd.ack_only > 0 || r.fwd.psh > 0))
+}
+
+/// A TCP handshake the initiator started and never completed (SYN flood unit):
+/// no answer ([`answered`]) or an answer it never acknowledged. A SYN refused
+/// with a RST and nothing else is not one: the responder keeps no state for it
+/// (a closed port; a SYN scan's probe, which the scan rules count).
 pub fn half_open(r: &FlowRecord) -> bool {
+    let refused = r.bwd.rst > 0 && r.bwd.syn_ack == 0 && r.bwd.packets == r.bwd.rst as u64;
     r.proto == proto::TCP
         && r.fwd.syn > 0
         && r.fwd.syn_ack == 0
-        && !(r.bwd.syn_ack > 0 && (r.fwd.ack_only > 0 || r.fwd.psh > 0))
+        && !refused
+        && !(answered(r) && (r.fwd.ack_only > 0 || r.fwd.psh > 0))
 }
 
 /// A flow of nothing but RSTs from its initiator, unanswered: the initiator is
@@ -139,7 +159,7 @@ pub fn auth_attempt(r: &FlowRecord, max_duration_us: u64, max_bytes: u64) -> Opt
     if r.proto != proto::TCP || r.fwd.syn == 0 {
         return None;
     }
-    if r.bwd.syn_ack == 0 {
+    if !answered(r) {
         return Some(AuthAttempt::Failed);
     }
     let bytes = r.fwd.bytes + r.bwd.bytes;

@@ -63,6 +63,7 @@ pub struct Config {
     pub synflood: SynFlood,
     pub spike: Spike,
     pub bruteforce: BruteForce,
+    pub reflection: Reflection,
     pub access: Access,
     pub ml: Ml,
     pub trust: Trust,
@@ -287,6 +288,23 @@ pub struct BruteForce {
     pub max_duration_s: f64,
     /// A connection carrying more than this (both directions) is a session, bytes.
     pub max_bytes: u64,
+    /// Connection-pattern rule (`bruteforce.pattern`, any port): short answered
+    /// connections of similar size from one source to one service (address and
+    /// port) in `window_s` that make password guessing (blocks). On `ports` the
+    /// lower `attempts` applies.
+    pub pattern_attempts: u32,
+    /// Similar sizes: the connections' bytes (both directions) lie within this
+    /// relative distance of their median, e.g. 0.25 = ±25 %.
+    pub size_spread: f64,
+    /// Share of the counted connections that must be of similar size, in (0, 1].
+    pub similar_share: f64,
+    /// Guessing reconnects at once: the counted connections arrive at
+    /// `min_rate_per_s` or more (median gap between their starts), or keep the
+    /// service busy (the sum of their durations over their span) at least
+    /// `min_busy_share` of the time. A device's periodic reconnects (one short
+    /// session every few seconds or minutes) do neither.
+    pub min_rate_per_s: f64,
+    pub min_busy_share: f64,
 }
 
 impl Default for BruteForce {
@@ -295,10 +313,67 @@ impl Default for BruteForce {
             window_s: 120.0,
             attempts: 10,
             ports: vec![21, 22, 23, 2323, 1883, 8883],
-            http_ports: vec![80, 8080, 8000, 8081],
+            http_ports: vec![80, 443, 8000, 8080, 8081, 8443],
             http_attempts: 60,
             max_duration_s: 30.0,
             max_bytes: 20_000,
+            pattern_attempts: 20,
+            size_spread: 0.25,
+            similar_share: 0.5,
+            min_rate_per_s: 2.0,
+            min_busy_share: 0.5,
+        }
+    }
+}
+
+/// Reflection and amplification floods (`rules::reflection`): answers from UDP
+/// service ports, or SYN-ACKs, that the victim never asked for, from many
+/// reflectors (`reflection.victim`, alert on the victim, never blocks); and a
+/// device of `trust.device_networks` (private-use addresses when that list is
+/// empty) answering many requests from outside with larger responses
+/// (`reflection.amplifier`, alert on the device, never blocks).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Reflection {
+    /// Sliding window, seconds.
+    pub window_s: f64,
+    /// UDP source ports of amplification vectors (CISA TA14-017A "UDP-Based
+    /// Amplification Attacks": QOTD 17, CharGEN 19, DNS 53, TFTP 69, portmap 111,
+    /// NTP 123, NetBIOS 137, SNMP 161, CLDAP 389, ISAKMP 500 / NAT-T 4500, RIPv1
+    /// 520, MS-SQL 1434, SSDP 1900, ARMS 3283, STUN 3478, WS-Discovery 3702,
+    /// NAT-PMP 5351, CoAP 5683, Ubiquiti discovery 10001, memcached 11211, DVR
+    /// discovery 37810, BACnet 47808).
+    pub udp_ports: Vec<u16>,
+    /// Distinct reflectors sending one victim unsolicited answers in the window.
+    pub min_reflectors: u32,
+    /// And at least this many answer packets (with several partitions each
+    /// instance sees its share, see `crate::partition`).
+    pub min_packets: u64,
+    /// Answer bytes to one victim in the window that make a flood from any number
+    /// of reflectors (a few strong ones, e.g. memcached).
+    pub min_bytes: u64,
+    /// Response packets a device sent to requesters outside in the window that
+    /// make it an amplifier (with `amplification`).
+    pub amplifier_packets: u64,
+    /// Response bytes over request bytes at or above which the device amplifies
+    /// (every vector of TA14-017A but NetBIOS and BitTorrent is above 3); met
+    /// when the gateway sees no requests (XDP on the LAN side only).
+    pub amplification: f64,
+}
+
+impl Default for Reflection {
+    fn default() -> Self {
+        Reflection {
+            window_s: 10.0,
+            udp_ports: vec![
+                17, 19, 53, 69, 111, 123, 137, 161, 389, 500, 520, 1434, 1900, 3283, 3478, 3702,
+                4500, 5351, 5683, 10001, 11211, 37810, 47808,
+            ],
+            min_reflectors: 20,
+            min_packets: 200,
+            min_bytes: 10_000_000,
+            amplifier_packets: 100,
+            amplification: 3.0,
         }
     }
 }
@@ -529,6 +604,21 @@ impl Config {
         }
         if self.service.queue == 0 || self.service.tick_ms == 0 {
             return bad("service.queue and service.tick_ms must be at least 1".into());
+        }
+        let (rf, bf) = (&self.reflection, &self.bruteforce);
+        if !(rf.window_s.is_finite() && rf.window_s > 0.0 && rf.amplification >= 1.0) {
+            return bad(format!(
+                "reflection.window_s = {} must be above 0 and reflection.amplification = {} at least 1",
+                rf.window_s, rf.amplification
+            ));
+        }
+        if !(bf.size_spread >= 0.0
+            && bf.similar_share > 0.0
+            && bf.similar_share <= 1.0
+            && bf.min_rate_per_s > 0.0
+            && bf.min_busy_share > 0.0)
+        {
+            return bad("bruteforce.size_spread must be >= 0, similar_share in (0, 1], min_rate_per_s and min_busy_share above 0".into());
         }
         if self.partitions.count == 0 {
             return bad("partitions.count must be at least 1".into());

@@ -16,6 +16,7 @@ pub mod classify;
 pub mod config;
 pub mod engine;
 pub mod features_csv;
+pub mod feed;
 pub mod model;
 pub mod partition;
 pub mod replay;

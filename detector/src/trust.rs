@@ -1,11 +1,23 @@
 //! Device trust scores, 0-100 (higher = more trusted).
 //!
-//! `score = wb * behavioural + wv * vulnerability + wr * reputation` with default
-//! weights 0.5 / 0.3 / 0.2 (`[trust]` in the config); levels from
-//! [`TrustLevel::of`]: normal >= 75, warning >= 50, alert >= 20, critical < 20.
+//! `score = min(wb * behavioural + wv * vulnerability + wr * reputation,
+//! BEHAVIOUR_CAP * behavioural)` with default weights 0.5 / 0.3 / 0.2 (`[trust]` in
+//! the config); levels from [`TrustLevel::of`]: normal >= 75, warning >= 50,
+//! alert >= 20, critical < 20.
+//!
+//! The cap makes observed misbehaviour the weakest link: a device that attacked
+//! again and again is not kept out of "critical" by its other components (the
+//! weighted sum alone floors at 50 with the default weights, so the critical
+//! level, which blocks, could never be reached). A device's score falls below 20
+//! only once its behavioural score is below 10.
 //!
 //! * behavioural: starts at 100; every alert naming the device as its source costs
-//!   `penalty_<severity>` points.
+//!   `penalty_<severity>` points. Weak evidence has a floor: low-severity alerts
+//!   never take it below [`FLOOR_LOW`] (score stays normal), medium ones never below
+//!   [`FLOOR_MEDIUM`] (at worst warning); only high and critical alerts take it to
+//!   0. With the default penalties (high 40, critical 70) one alert never makes a
+//!   device critical: three high alerts (100 -> 60 -> 20 -> 0) or two critical ones
+//!   within the recovery do, i.e. repeated strong evidence.
 //! * vulnerability: 100 minus `risky_ports[p]` for each risky service the device was
 //!   seen to offer (it answered a connection to port p); only with
 //!   `vulnerability_check = true` and for devices in `device_networks`.
@@ -21,13 +33,18 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    path::Path,
 };
 
-use ipnet::IpNet;
 use tad_wire::{FlowRecord, Severity, TrustLevel};
 
 use crate::config::Config;
+
+/// The behavioural score times this caps the trust score (see the module docs).
+pub const BEHAVIOUR_CAP: f64 = 2.0;
+/// Lowest behavioural score low-severity alerts can cause.
+pub const FLOOR_LOW: f64 = 50.0;
+/// Lowest behavioural score medium-severity alerts can cause.
+pub const FLOOR_MEDIUM: f64 = 25.0;
 
 /// A trust change to publish.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,50 +85,8 @@ impl Device {
     }
 }
 
-/// Threat-intelligence prefixes (FireHOL / Spamhaus DROP format).
-#[derive(Clone, Debug, Default)]
-pub struct ThreatFeed {
-    nets: Vec<IpNet>,
-}
-
-impl ThreatFeed {
-    /// Parses one IP or CIDR a line; `#` and `;` start comments. Returns the feed
-    /// and the 1-based numbers of lines that did not parse.
-    pub fn parse(text: &str) -> (ThreatFeed, Vec<usize>) {
-        let mut nets = Vec::new();
-        let mut bad = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.split(['#', ';']).next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            match line
-                .parse::<IpNet>()
-                .or_else(|_| line.parse::<IpAddr>().map(IpNet::from))
-            {
-                Ok(n) => nets.push(n),
-                Err(_) => bad.push(i + 1),
-            }
-        }
-        (ThreatFeed { nets }, bad)
-    }
-
-    pub fn load(path: &Path) -> std::io::Result<(ThreatFeed, Vec<usize>)> {
-        Ok(Self::parse(&std::fs::read_to_string(path)?))
-    }
-
-    pub fn contains(&self, a: IpAddr) -> bool {
-        self.nets.iter().any(|n| n.contains(&a))
-    }
-
-    pub fn len(&self) -> usize {
-        self.nets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
-    }
-}
+/// Moved to [`crate::feed`] (a prefix trie); re-exported for existing users.
+pub use crate::feed::ThreatFeed;
 
 /// Trust state of every device.
 #[derive(Default)]
@@ -125,6 +100,7 @@ fn score(cfg: &Config, d: &Device) -> f64 {
     (t.weight_behavioural * d.behavioural
         + t.weight_vulnerability * d.vulnerability
         + t.weight_reputation * d.reputation)
+        .min(BEHAVIOUR_CAP * d.behavioural)
         .clamp(0.0, 100.0)
 }
 
@@ -168,18 +144,19 @@ impl TrustBook {
         now_ms: u64,
     ) -> TrustChange {
         let t = &cfg.trust;
-        let p = match severity {
-            Severity::Low => t.penalty_low,
-            Severity::Medium => t.penalty_medium,
-            Severity::High => t.penalty_high,
-            Severity::Critical => t.penalty_critical,
+        let (p, floor) = match severity {
+            Severity::Low => (t.penalty_low, FLOOR_LOW),
+            Severity::Medium => (t.penalty_medium, FLOOR_MEDIUM),
+            Severity::High => (t.penalty_high, 0.0),
+            Severity::Critical => (t.penalty_critical, 0.0),
         };
         let d = self
             .devices
             .entry(dev)
             .or_insert_with(|| Device::new(now_ms));
         let before = d.behavioural;
-        d.behavioural = (d.behavioural - p).max(0.0);
+        // Weak evidence never lowers it past its floor (nor raises it to it).
+        d.behavioural = (d.behavioural - p).max(floor.min(d.behavioural)).max(0.0);
         d.last_penalty_ms = now_ms;
         d.last_tick_ms = now_ms;
         change(
@@ -329,15 +306,72 @@ mod tests {
         assert_eq!(c.level, TrustLevel::Normal);
         assert!(c.reason.contains("portscan.vertical"));
         let c = book.penalise(&cfg, dev, Severity::Critical, "x", 1_000);
-        assert_eq!((c.behavioural, c.level), (0.0, TrustLevel::Warning));
+        // Repeated strong evidence: the behavioural cap makes it critical.
+        assert_eq!(
+            (c.behavioural, c.score, c.level),
+            (0.0, 0.0, TrustLevel::Critical)
+        );
         // Quiet for 60 s: nothing yet; then 5 points a minute.
         assert!(book.tick(&cfg, 61_000).is_empty());
         let up = book.tick(&cfg, 61_000 + 120_000);
         assert_eq!(up.len(), 1);
         assert!((up[0].behavioural - 10.0).abs() < 1e-9, "{up:?}");
+        assert_eq!((up[0].score, up[0].level), (20.0, TrustLevel::Alert));
         // Long quiet: back to 100 and forgotten.
         let up = book.tick(&cfg, 10_000_000);
         assert_eq!(up.last().unwrap().score, 100.0);
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn weak_or_one_off_evidence_never_makes_a_device_critical() {
+        let cfg = Config::default();
+        let dev: IpAddr = "192.0.2.9".parse().unwrap();
+        for (sev, floor_level) in [
+            (Severity::Low, TrustLevel::Normal),
+            (Severity::Medium, TrustLevel::Warning),
+        ] {
+            let mut book = TrustBook::default();
+            let mut last = None;
+            for i in 0..100 {
+                last = Some(book.penalise(&cfg, dev, sev, "weak", i * 1_000));
+            }
+            let c = last.unwrap();
+            assert_eq!(c.level, floor_level, "100 {sev:?} alerts: {c:?}");
+        }
+        for sev in [Severity::High, Severity::Critical] {
+            let mut book = TrustBook::default();
+            let c = book.penalise(&cfg, dev, sev, "strong", 0);
+            assert!(c.level > TrustLevel::Critical, "one {sev:?} alert: {c:?}");
+        }
+        // Strong evidence once, weak evidence after it: still not critical.
+        let mut book = TrustBook::default();
+        book.penalise(&cfg, dev, Severity::Critical, "strong", 0);
+        let c = book.penalise(&cfg, dev, Severity::Medium, "weak", 1_000);
+        assert_eq!((c.behavioural, c.level), (25.0, TrustLevel::Warning));
+    }
+
+    #[test]
+    fn three_high_alerts_make_a_device_critical_and_quiet_brings_it_back() {
+        let cfg = Config::default();
+        let mut book = TrustBook::default();
+        let dev: IpAddr = "192.0.2.9".parse().unwrap();
+        let levels: Vec<TrustLevel> = (0..3)
+            .map(|i| {
+                book.penalise(&cfg, dev, Severity::High, "portscan.vertical", i * 1_000)
+                    .level
+            })
+            .collect();
+        assert_eq!(
+            levels,
+            [TrustLevel::Normal, TrustLevel::Alert, TrustLevel::Critical]
+        );
+        // 60 s quiet, then 5 points a minute: out of critical after 2 minutes,
+        // back to normal (and forgotten) within the hour.
+        let up = book.tick(&cfg, 2_000 + 60_000 + 120_000);
+        assert_eq!(up.last().unwrap().level, TrustLevel::Alert, "{up:?}");
+        let up = book.tick(&cfg, 3_600_000);
+        assert_eq!(up.last().unwrap().level, TrustLevel::Normal, "{up:?}");
         assert!(book.is_empty());
     }
 

@@ -63,6 +63,11 @@ impl<K: Hash + Eq + Copy> Distinct<K> {
         self.counts.len()
     }
 
+    /// Events of key `k` in the window.
+    pub fn count(&self, k: &K) -> u32 {
+        self.counts.get(k).copied().unwrap_or(0)
+    }
+
     /// Events in the window.
     pub fn len(&self) -> usize {
         self.events.len()

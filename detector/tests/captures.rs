@@ -26,6 +26,9 @@ fn kind(name: &str) -> AlertKind {
         "spike" => AlertKind::TrafficSpike,
         "unauthorized" => AlertKind::UnauthorizedAccess,
         "anomaly" => AlertKind::Anomaly,
+        "host_sweep" => AlertKind::HostSweep,
+        "reflection" => AlertKind::Reflection,
+        "amplifier" => AlertKind::Amplifier,
         other => panic!("MANIFEST names an unknown alert kind {other:?}"),
     }
 }

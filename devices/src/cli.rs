@@ -142,6 +142,73 @@ fn keygen(dir: &Path, id: &str, force: bool, out: &mut dyn std::io::Write) -> an
     Ok(())
 }
 
+/// What [`provision`] did for one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Provisioned {
+    /// A new key pair was written (false: the existing `DIR/ID.key` was kept).
+    pub key_created: bool,
+    /// The registry entry was written (false: it was enrolled with this key already).
+    pub enrolled: bool,
+}
+
+/// Makes device `id` ready for a testbed: its Ed25519 key pair in `dir`
+/// (`ID.key`, PKCS#8 PEM mode 0600; `ID.pub`) unless present, and its enrollment
+/// in `registry` with `sensors` (`name=min..max`), the default rate and burst and
+/// `commands`, unless it is enrolled with that key already. Idempotent.
+///
+/// # Errors
+/// An invalid id or sensor spec, unreadable key files, an unwritable registry.
+pub fn provision(
+    dir: &Path,
+    registry: &Path,
+    id: &str,
+    sensors: &[String],
+    commands: &[CommandKind],
+) -> anyhow::Result<Provisioned> {
+    let did = DeviceId::parse(id)?;
+    let pub_path = dir.join(format!("{did}.pub"));
+    let key_created = !dir.join(format!("{did}.key")).exists();
+    if key_created {
+        keygen(dir, id, true, &mut std::io::sink())?;
+    }
+    let key = read_public_key_file(&pub_path)?;
+    let reg = Registry::load_or_empty(registry)?;
+    if reg
+        .get(did.as_str())
+        .is_some_and(|e| e.public_key == encode_public_key(&key))
+    {
+        return Ok(Provisioned {
+            key_created,
+            enrolled: false,
+        });
+    }
+    enroll(
+        registry,
+        id,
+        &pub_path,
+        sensors,
+        DEFAULT_RATE_PER_MIN,
+        DEFAULT_BURST,
+        commands.to_vec(),
+        &mut std::io::sink(),
+    )?;
+    Ok(Provisioned {
+        key_created,
+        enrolled: true,
+    })
+}
+
+/// Reads a device's private key written by `keygen` (PKCS#8 PEM).
+///
+/// # Errors
+/// The file is unreadable or not an Ed25519 PKCS#8 key (the error names the file).
+pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let pem = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 PKCS#8 private key: {e}", path.display()))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn enroll(
     registry: &Path,

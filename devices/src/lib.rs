@@ -18,12 +18,15 @@
 //! - [`anomaly`]: a per-device Isolation Forest (Liu, Ting, Zhou 2008).
 //! - [`station`]: all of the above as one value for the gateway daemon.
 //! - [`sim`]: a simulated device for tests, benches and the testbed.
+//! - [`vulnscan`]: the active vulnerability check (TCP connect scan, MQTT probe).
+//! - [`gateway`]: the gateway's `[devices]` table.
 
 pub mod anomaly;
 pub mod batch;
 pub mod cli;
 pub mod command;
 pub mod fsutil;
+pub mod gateway;
 pub mod guard;
 pub mod ids;
 pub mod registry;
@@ -33,10 +36,12 @@ pub mod sim;
 pub mod station;
 pub mod telemetry;
 pub mod trust;
+pub mod vulnscan;
 
 pub use crate::{
     batch::{Outbox, TelemetryBatch},
     command::{CommandHistory, CommandKind, CommandRefusal, DeviceCommand, VetConfig, vet},
+    gateway::DevicesConfig,
     guard::{Arrival, DeviceAlert, Guard, GuardConfig, RefusalCounts, RefusalReason},
     ids::DeviceId,
     registry::{Enrollment, Registry, SensorRange},

@@ -211,3 +211,26 @@ fn bad_input_names_what_is_wrong_and_loses_no_enrollment() {
         "none.toml",
     );
 }
+
+/// `provision` (what `cargo xtask certs` runs per testbed device): a key pair and
+/// an enrollment the first time, nothing new the second; the private key read
+/// back signs what the enrolled key verifies.
+#[test]
+fn provision_is_idempotent_and_enrolls_the_written_key() {
+    use tad_devices::cli::{provision, read_signing_key};
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry.toml");
+    let sensors = vec!["temperature=-20..60".to_string()];
+    let p = provision(dir.path(), &reg, "esp32-1", &sensors, &[]).unwrap();
+    assert!(p.key_created && p.enrolled, "{p:?}");
+    let p = provision(dir.path(), &reg, "esp32-1", &sensors, &[]).unwrap();
+    assert!(!p.key_created && !p.enrolled, "{p:?}");
+    let key = read_signing_key(&dir.path().join("esp32-1.key")).unwrap();
+    let r = tad_devices::Registry::load(&reg).unwrap();
+    let e = r.get("esp32-1").unwrap();
+    assert_eq!(e.verifying_key().unwrap(), key.verifying_key());
+    assert!(e.sensors.contains_key("temperature"));
+    let e = read_signing_key(&dir.path().join("esp32-1.pub")).unwrap_err();
+    assert!(e.to_string().contains("esp32-1.pub"), "{e}");
+    assert!(provision(dir.path(), &reg, "Bad/Id", &sensors, &[]).is_err());
+}

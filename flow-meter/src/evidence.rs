@@ -262,7 +262,15 @@ impl Evidence {
     pub(crate) fn count_opening(&mut self, p: &ParsedPacket, now_ns: u64, evidence: bool) {
         let m = &p.meta;
         let epoch = epoch_of(now_ns);
-        let o = match first_packet(p.proto, m.is_tcp, m.tcp_flags, m.icmp, p.dport, m.ip_len) {
+        let o = match first_packet(
+            p.proto,
+            m.is_tcp,
+            m.tcp_flags,
+            m.icmp,
+            p.sport,
+            p.dport,
+            m.ip_len,
+        ) {
             First::Opens(o) => o,
             First::Answers(a) => {
                 // An ICMP error or a SYN-ACK answers a flow its receiver opened.

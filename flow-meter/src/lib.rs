@@ -26,5 +26,6 @@ pub mod export;
 pub mod features;
 pub mod meter;
 pub mod parse;
+pub mod pending;
 #[cfg(test)]
 mod test_frames;

@@ -15,7 +15,11 @@
 //! # What it does per packet
 //! [`parse_frame`] (frames it rejects are skipped and counted), then
 //! [`FlowKey::new`] and [`FlowStats::account`]: the same key and accounting code
-//! the XDP program runs.
+//! the XDP program runs. A flow enters the table on its second packet
+//! (`fw_common::admission`, mirrored in [`crate::pending`]); a one-packet flow
+//! becomes a record at the first export pass after its idle timeout, as the
+//! daemon exports the kernel's pending array ([`MeterOptions::admit_first_packet`]
+//! restores insertion on the first packet).
 //!
 //! # Export passes
 //! Like the daemon, the meter walks its flow table every `poll` interval (default
@@ -60,8 +64,9 @@
 use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
 
 use fw_common::{
+    admission::PendingFlow,
     counters::{COUNTER_SLOTS, CounterSlot, Reason, Verdict},
-    evidence::answer_on_flow,
+    evidence::{Answer, answer_on_flow, inferred_reply},
     flow::{FlowKey, FlowStats},
 };
 use tad_wire::{EndReason, EpochEvidence, EvidenceEvent, FlowRecord};
@@ -74,6 +79,7 @@ pub use crate::{
 use crate::{
     evidence::Filter,
     export::{self, Timeouts},
+    pending::{Pended, PendingTable},
 };
 
 /// Meter settings.
@@ -87,6 +93,9 @@ pub struct MeterOptions {
     /// Evidence, report events and provisional quarantine settings (default: the
     /// gateway daemon's; [`EvidenceOptions::off`] for no quarantine and no events).
     pub evidence: EvidenceOptions,
+    /// Insert flows on their first packet (the XDP program's
+    /// `FLAG_ADMIT_FIRST_PACKET`) instead of admitting them on their second.
+    pub admit_first_packet: bool,
 }
 
 impl Default for MeterOptions {
@@ -95,6 +104,7 @@ impl Default for MeterOptions {
             timeouts: Timeouts::default(),
             poll: Duration::from_millis(250),
             evidence: EvidenceOptions::default(),
+            admit_first_packet: false,
         }
     }
 }
@@ -164,6 +174,8 @@ pub struct Meter {
     stats: MeterStats,
     evidence: Evidence,
     pending: Vec<TimedEvidence>,
+    /// First packets of flows not admitted yet.
+    admission: PendingTable,
 }
 
 impl Meter {
@@ -178,6 +190,7 @@ impl Meter {
             stats: MeterStats::default(),
             evidence: Evidence::new(&opts.evidence),
             pending: Vec::new(),
+            admission: PendingTable::default(),
         }
     }
 
@@ -204,6 +217,12 @@ impl Meter {
     /// flow map holds them.
     pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, &FlowStats)> {
         self.flows.iter().map(|(k, e)| (k, &e.stats))
+    }
+
+    /// The pending array (first packets of flows not admitted yet), as the
+    /// kernel's `PENDING` map holds it.
+    pub fn admission(&self) -> &PendingTable {
+        &self.admission
     }
 
     /// What the meter has seen so far.
@@ -284,21 +303,61 @@ impl Meter {
                     m.icmp,
                 ) {
                     self.evidence.answer_to(&p.dst, a);
+                } else {
+                    let st = &entry.stats;
+                    let (mine, other) = (&st.dir[side as usize], &st.dir[1 - side as usize]);
+                    if inferred_reply(
+                        st.first_seen_ns != 0,
+                        side == st.opener,
+                        mine.packets,
+                        other.packets,
+                        mine.syn,
+                        m.is_tcp,
+                        m.tcp_flags,
+                    ) {
+                        self.evidence.answer_to(&p.src, Answer::Reply);
+                    }
                 }
                 entry.stats.account(side, &p.meta, ts_ns);
             }
-            None => {
+            None if self.opts.admit_first_packet => {
                 let mut stats = FlowStats::default();
                 stats.account(side, &p.meta, ts_ns);
-                self.flows.insert(
-                    key,
-                    Entry {
-                        stats,
-                        base: None,
-                        last_export_ns: None,
-                    },
-                );
+                self.insert(key, stats);
                 self.evidence.count_opening(p, ts_ns, evidence);
+            }
+            None => {
+                let idle = self.opts.timeouts.idle.as_nanos() as u64;
+                match self.admission.packet(&key, side, &p.meta, ts_ns, idle) {
+                    Pended::Admitted(stats) => {
+                        // The pending packet opened the flow: this one may answer.
+                        let m = &p.meta;
+                        let same = side == stats.opener;
+                        if let Some(a) = answer_on_flow(
+                            true,
+                            same,
+                            same as u64,
+                            p.proto,
+                            m.is_tcp,
+                            m.tcp_flags,
+                            m.icmp,
+                        ) {
+                            self.evidence.answer_to(&p.dst, a);
+                        } else if inferred_reply(
+                            true,
+                            same,
+                            1,
+                            0,
+                            stats.dir[side as usize].syn,
+                            m.is_tcp,
+                            m.tcp_flags,
+                        ) {
+                            self.evidence.answer_to(&p.src, Answer::Reply);
+                        }
+                        self.insert(key, stats);
+                    }
+                    Pended::First => self.evidence.count_opening(p, ts_ns, evidence),
+                }
             }
         }
         if self.evidence.events().len() > events_before {
@@ -306,6 +365,17 @@ impl Meter {
             self.evidence_pass(ts_ns);
         }
         slot
+    }
+
+    fn insert(&mut self, key: FlowKey, stats: FlowStats) {
+        self.flows.insert(
+            key,
+            Entry {
+                stats,
+                base: None,
+                last_export_ns: None,
+            },
+        );
     }
 
     /// Reads the evidence tables (when `export_records`) and sweeps expired
@@ -336,7 +406,7 @@ impl Meter {
             }
         };
         while next <= now_ns {
-            if self.flows.is_empty() {
+            if self.flows.is_empty() && self.admission.is_empty() {
                 // Nothing can expire: jump to the last grid point at or before now.
                 next += (now_ns - next) / poll * poll;
             }
@@ -380,6 +450,25 @@ impl Meter {
         for k in done {
             self.flows.remove(&k);
         }
+        let idle = t.idle.as_nanos() as u64;
+        for pf in self.admission.expire(now_ns, idle) {
+            self.emit_pending(&pf, now_ns, EndReason::IdleTimeout, emit);
+        }
+    }
+
+    /// Emits the record of a one-packet flow.
+    fn emit_pending(
+        &mut self,
+        pf: &PendingFlow,
+        at_ns: u64,
+        reason: EndReason,
+        emit: &mut impl FnMut(TimedRecord),
+    ) {
+        self.stats.records += 1;
+        emit(TimedRecord {
+            at_ns,
+            record: export::to_record(&pf.key, &pf.stats(), 1, 0, reason),
+        });
     }
 
     /// Flushes every remaining flow with [`EndReason::ForcedEnd`] at the last packet's
@@ -401,6 +490,9 @@ impl Meter {
                     record: export::to_record(&key, &rec_stats, 1, 0, EndReason::ForcedEnd),
                 });
             }
+        }
+        for pf in self.admission.flush() {
+            self.emit_pending(&pf, now, EndReason::ForcedEnd, emit);
         }
         self.evidence_pass(now);
     }
@@ -608,9 +700,16 @@ mod tests {
             assert_eq!(q[0].1.hits as usize, 100 - first);
             let stats = m.stats();
             assert_eq!(stats.by_slot[limited as usize] as usize, 100 - first);
-            // Enforce: the dropped probes opened no flow; observe: all did.
-            let flows = if observe { 101 } else { 1 + first };
-            assert_eq!(m.active_flows(), flows, "observe {observe}");
+            // The answered flows are in the table. Enforce: the dropped probes
+            // opened no flow; observe: each is a pending one-packet flow.
+            assert_eq!(m.active_flows(), 1 + first, "observe {observe}");
+            let pending = m
+                .admission()
+                .slots()
+                .iter()
+                .filter(|s| s.first_seen_ns != 0)
+                .count();
+            assert_eq!(pending, if observe { 100 - first } else { 0 });
             assert_eq!(
                 stats.dropped as usize,
                 if observe { 0 } else { 100 - first }

@@ -11,6 +11,13 @@ pub const MODE_OBSERVE: u32 = 1;
 
 /// `flags` bit: do not record flows (the flow map is left untouched).
 pub const FLAG_NO_FLOW_ACCOUNTING: u32 = 1 << 0;
+/// `flags` bit: insert a flow into the flow map on its *first* packet (the
+/// behaviour before [`crate::admission`]; kept for benchmarks and comparison).
+/// Without it a flow is admitted on its second packet.
+pub const FLAG_ADMIT_FIRST_PACKET: u32 = 1 << 1;
+
+/// Default [`GatewayConfig::flow_idle_ms`]: 10 s (the daemon's default idle timeout).
+pub const DEFAULT_FLOW_IDLE_MS: u32 = 10_000;
 
 /// Default [`GatewayConfig::quarantine_distinct`]: 48 set bits, about 52 distinct
 /// hosts or ports in one to two seconds, each without a reply.
@@ -21,7 +28,7 @@ pub const DEFAULT_QUARANTINE_TTL_MS: u32 = 30_000;
 /// Default [`GatewayConfig::report_distinct`]: 16 set bits.
 pub const DEFAULT_REPORT_DISTINCT: u32 = 16;
 
-/// Runtime configuration of the XDP program. 40 bytes, host byte order.
+/// Runtime configuration of the XDP program. 44 bytes, host byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayConfig {
@@ -52,6 +59,10 @@ pub struct GatewayConfig {
     /// How long a source that answered a SYN-authentication challenge stays
     /// validated, s (0 is treated as [`crate::synauth::DEFAULT_VALIDATED_TTL_S`]).
     pub syn_auth_ttl_s: u32,
+    /// Flow idle timeout, ms: how long a pending first packet can admit its flow
+    /// ([`crate::admission`]); the daemon sets its export idle timeout here
+    /// (0 is treated as [`DEFAULT_FLOW_IDLE_MS`]).
+    pub flow_idle_ms: u32,
 }
 
 impl GatewayConfig {
@@ -100,6 +111,24 @@ impl GatewayConfig {
             self.syn_auth_ttl_s
         };
         s as u64 * 1_000_000_000
+    }
+
+    /// [`Self::flow_idle_ms`] in ns, 0 read as the default.
+    #[inline(always)]
+    pub fn flow_idle_ns(&self) -> u64 {
+        let ms = if self.flow_idle_ms == 0 {
+            DEFAULT_FLOW_IDLE_MS
+        } else {
+            self.flow_idle_ms
+        };
+        ms as u64 * 1_000_000
+    }
+
+    /// Whether flows are inserted on their first packet instead of admitted on
+    /// their second ([`FLAG_ADMIT_FIRST_PACKET`]).
+    #[inline(always)]
+    pub fn admit_first_packet(&self) -> bool {
+        self.flags & FLAG_ADMIT_FIRST_PACKET != 0
     }
 
     /// Whether the flow map is updated.

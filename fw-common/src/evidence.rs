@@ -199,21 +199,62 @@ pub enum First {
     Opens(Opening),
     /// It answers a flow its receiver opened that the flow map no longer (or
     /// never) held: an ICMP error, a SYN-ACK (a server's retransmission to a
-    /// flooder whose flow was exported, backscatter). Counted for the receiver.
+    /// flooder whose flow was exported, backscatter), a reflection service's
+    /// datagram. Counted for the receiver.
     Answers(Answer),
     /// A RST: a refusal for the receiver and, for the sender, an unsolicited
     /// reset ([`EpochCounts::unsolicited_rsts`]).
     Resets,
 }
 
-/// Classifies a packet that opened a flow (see [`First`]). `tcp_flags` and `icmp`
-/// as in [`crate::flow::PacketMeta`].
+/// UDP services abused for reflection and amplification (US-CERT/CISA alert
+/// TA14-017A, plus CoAP, WS-Discovery, NAT-T, mDNS, Ubiquiti discovery, DVR DHCPDiscover,
+/// BACnet): a datagram *from* one of these ports is normally an answer.
 #[inline(always)]
+pub const fn is_reflection_port(port: u16) -> bool {
+    matches!(
+        port,
+        17 | 19
+            | 53
+            | 111
+            | 123
+            | 137
+            | 161
+            | 389
+            | 500
+            | 1900
+            | 3702
+            | 4500
+            | 5353
+            | 5683
+            | 10001
+            | 11211
+            | 37810
+            | 47808
+    )
+}
+
+/// Smallest IP packet (bytes) a first UDP datagram from a reflection port must
+/// have to count as an answer ([`first_packet`]): 100 bytes, above an empty or
+/// short probe (`nmap -g 53` sends its UDP probes from port 53) and below a
+/// typical amplified answer.
+pub const REFLECTED_MIN_IP_LEN: u16 = 100;
+
+/// Classifies a packet that opened a flow (see [`First`]). `tcp_flags` and `icmp`
+/// as in [`crate::flow::PacketMeta`]; ports in host byte order.
+///
+/// A UDP datagram from a reflection service port ([`is_reflection_port`]) to an
+/// unprivileged port (>= 1024) of at least [`REFLECTED_MIN_IP_LEN`] bytes answers
+/// (a reflector's answer to a spoofed request, or a server's answer the flow map
+/// did not pair): the reflector is not counted as scanning its victim.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn first_packet(
     proto_nr: u8,
     is_tcp: bool,
     flags: u8,
     icmp: Option<(u8, u8)>,
+    sport: u16,
     dport: u16,
     ip_len: u16,
 ) -> First {
@@ -232,6 +273,9 @@ pub fn first_packet(
             OpenKind::TcpOther
         }
     } else if proto_nr == proto::UDP {
+        if dport >= 1024 && ip_len >= REFLECTED_MIN_IP_LEN && is_reflection_port(sport) {
+            return First::Answers(Answer::Reply);
+        }
         OpenKind::Udp
     } else if proto_nr == proto::ICMP || proto_nr == proto::ICMPV6 {
         match icmp {
@@ -263,7 +307,7 @@ pub fn opening(
     dport: u16,
     ip_len: u16,
 ) -> Option<Opening> {
-    match first_packet(proto_nr, is_tcp, flags, icmp, dport, ip_len) {
+    match first_packet(proto_nr, is_tcp, flags, icmp, 0, dport, ip_len) {
         First::Opens(o) => Some(o),
         _ => None,
     }
@@ -313,6 +357,39 @@ pub fn answer_on_flow(
                 || flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK)
     };
     first.then(|| answer_of(is_tcp, flags))
+}
+
+/// Whether a packet of a flow already in the flow map is an *inferred* reply: the
+/// opener's first ACK-bearing segment (no SYN, no RST) after its own SYN, on a
+/// flow from whose responder this copy has seen nothing (`other_sent == 0`). A TCP
+/// stack only acknowledges after the SYN-ACK, so the handshake was answered on a
+/// path the program does not see: with XDP on the LAN side only, a device's
+/// outbound connections look unanswered otherwise, and a device talking to many
+/// hosts (CDNs, NTP pools) would look like a scan. The reply is counted in the
+/// *sender's* source slot (it is the flow's opener).
+///
+/// The cost: a scanner that follows each SYN with a forged ACK earns replies
+/// for its probes; the destination-side flood rules still see it, and the
+/// detector's one-way rules (`detector::classify`) treat such flows alike.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn inferred_reply(
+    copy_seen: bool,
+    from_opener: bool,
+    sent_before: u64,
+    other_sent: u64,
+    opener_syns: u32,
+    is_tcp: bool,
+    flags: u8,
+) -> bool {
+    copy_seen
+        && from_opener
+        && is_tcp
+        && sent_before == 1
+        && other_sent == 0
+        && opener_syns == 1
+        && flags & tcp_flags::ACK != 0
+        && flags & (tcp_flags::SYN | tcp_flags::RST) == 0
 }
 
 /// The epoch of a `bpf_ktime_get_ns` reading (never 0).
@@ -691,13 +768,47 @@ mod tests {
         assert_eq!(opening(1, false, 0, Some((3, 3)), 0, 56), None);
         // A SYN-ACK or a RST opens no flow of its sender's.
         assert_eq!(
-            first_packet(6, true, tcp_flags::SYN | tcp_flags::ACK, None, 40000, 44),
+            first_packet(
+                6,
+                true,
+                tcp_flags::SYN | tcp_flags::ACK,
+                None,
+                80,
+                40000,
+                44
+            ),
             First::Answers(Answer::Reply)
         );
         assert_eq!(
-            first_packet(6, true, tcp_flags::RST | tcp_flags::ACK, None, 40000, 40),
+            first_packet(
+                6,
+                true,
+                tcp_flags::RST | tcp_flags::ACK,
+                None,
+                80,
+                40000,
+                40
+            ),
             First::Resets
         );
+        // A large datagram from a DNS server to a high port answers; a short one
+        // (a probe sent from port 53) or one to a service port opens.
+        assert_eq!(
+            first_packet(17, false, 0, None, 53, 40000, 512),
+            First::Answers(Answer::Reply)
+        );
+        assert!(matches!(
+            first_packet(17, false, 0, None, 53, 40000, 28),
+            First::Opens(_)
+        ));
+        assert!(matches!(
+            first_packet(17, false, 0, None, 53, 161, 512),
+            First::Opens(_)
+        ));
+        assert!(matches!(
+            first_packet(17, false, 0, None, 40001, 40000, 512),
+            First::Opens(_)
+        ));
         assert_eq!(opening(58, false, 0, Some((1, 4)), 0, 96), None);
         assert_eq!(
             opening(1, false, 0, Some((8, 0)), 0, 84).map(|o| o.kind),

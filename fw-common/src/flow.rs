@@ -129,6 +129,21 @@ impl FlowKey {
     }
 }
 
+impl FlowKey {
+    /// Whether `self` and `other` are the same key, compared in 64-bit words (the
+    /// verifier and JIT handle this without a byte loop).
+    #[inline(always)]
+    pub fn same(&self, other: &FlowKey) -> bool {
+        addr_halves(&self.addr_a) == addr_halves(&other.addr_a)
+            && addr_halves(&self.addr_b) == addr_halves(&other.addr_b)
+            && self.port_a == other.port_a
+            && self.port_b == other.port_b
+            && self.proto == other.proto
+            && self.family == other.family
+            && self.vlan_id == other.vlan_id
+    }
+}
+
 enum Ord3 {
     Less,
     Equal,
@@ -139,8 +154,8 @@ enum Ord3 {
 /// BPF verifier and JIT handle these without loops).
 #[inline(always)]
 fn cmp_addr(a: &[u8; 16], b: &[u8; 16]) -> Ord3 {
-    let (ah, al) = halves(a);
-    let (bh, bl) = halves(b);
+    let (ah, al) = addr_halves(a);
+    let (bh, bl) = addr_halves(b);
     if ah < bh || (ah == bh && al < bl) {
         Ord3::Less
     } else if ah == bh && al == bl {
@@ -150,8 +165,9 @@ fn cmp_addr(a: &[u8; 16], b: &[u8; 16]) -> Ord3 {
     }
 }
 
+/// An address as two big-endian 64-bit halves (high, low).
 #[inline(always)]
-fn halves(a: &[u8; 16]) -> (u64, u64) {
+pub fn addr_halves(a: &[u8; 16]) -> (u64, u64) {
     (
         u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
         u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),

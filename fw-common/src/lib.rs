@@ -13,6 +13,7 @@
 //! `flow-meter`.
 #![no_std]
 
+pub mod admission;
 pub mod config;
 pub mod counters;
 pub mod evidence;
@@ -27,12 +28,13 @@ pub mod synauth;
 /// uninitialised (all padding is an explicit field).
 #[cfg(feature = "user")]
 mod pod {
-    use crate::{config, counters, evidence, filter, flow, rate, synauth};
+    use crate::{admission, config, counters, evidence, filter, flow, rate, synauth};
 
     macro_rules! pod {
         ($($t:ty),* $(,)?) => { $(unsafe impl aya::Pod for $t {})* };
     }
     pod!(
+        admission::PendingFlow,
         config::GatewayConfig,
         counters::CounterValue,
         evidence::EpochCounts,

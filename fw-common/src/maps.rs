@@ -40,6 +40,13 @@ pub const CONFIG: &str = "CONFIG";
 pub const EVIDENCE_SRC: &str = "EVIDENCE_SRC";
 /// The same for receiving addresses.
 pub const EVIDENCE_DST: &str = "EVIDENCE_DST";
+/// Array (one value shared by all CPUs, `BPF_F_MMAPABLE`) of
+/// [`crate::admission::PENDING_SLOTS`] [`crate::admission::PendingFlow`]s: the
+/// first packets of flows not yet admitted to [`FLOWS`] (see [`crate::admission`]).
+pub const PENDING: &str = "PENDING";
+/// Per-CPU array of `u64` event counts of the admission rule, indexed by
+/// [`crate::admission::STAT_ADMITTED`], `STAT_PENDED`, `STAT_REPLACED_LIVE`.
+pub const ADMISSION: &str = "ADMISSION";
 /// BPF ring buffer of [`crate::evidence::EvidenceEvent`]s ([`EVENTS_BYTES`] bytes).
 pub const EVENTS: &str = "EVENTS";
 
@@ -57,13 +64,13 @@ pub const SYN_AUTH_MAX_ENTRIES: u32 = 1024;
 /// in (they never answer), so a flood cannot churn it.
 pub const SYN_VALIDATED_MAX_ENTRIES: u32 = 65_536;
 
-pub use crate::evidence::EVIDENCE_SLOTS;
+pub use crate::{admission::PENDING_SLOTS, evidence::EVIDENCE_SLOTS};
 /// Size of the [`EVENTS`] ring buffer, bytes (a power of two, a multiple of the
 /// page size): 64 KiB, about 1,300 events.
 pub const EVENTS_BYTES: u32 = 64 * 1024;
 
 /// Every map, in the order the loader pins them.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 17] = [
     ALLOW_V4,
     ALLOW_V6,
     BLOCK_V4,
@@ -76,6 +83,8 @@ pub const ALL: [&str; 15] = [
     CONFIG,
     EVIDENCE_SRC,
     EVIDENCE_DST,
+    PENDING,
+    ADMISSION,
     EVENTS,
     SYN_AUTH,
     SYN_VALIDATED,

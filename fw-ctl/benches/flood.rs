@@ -20,7 +20,8 @@
 //!   cookies once its queue is full) die in the router's blackhole route.
 //! - **Legitimate devices**: a thread of this process sends one 64-byte UDP datagram
 //!   on each of 1,000 long-lived flows (50 device addresses x 20 source ports, to the
-//!   victim's UDP port) every second (`--legit-period-ms`), from before the flood until after it. The
+//!   victim's UDP port) every second (`--legit-period-ms`), from at least two periods
+//!   before the flood (so each is established) until after it. The
 //!   victim counts what it receives per flow. A packet that reached the victim has
 //!   passed the XDP program, so a flow is **kept exact** when its entry is in the
 //!   pinned flow map at the end with exactly the packet count the victim received
@@ -45,11 +46,17 @@
 //!   all CPUs per packet and CPU 1's busy share are reported beside it. This process
 //!   pins itself to CPU 1 (the legitimate traffic and the client run there).
 //!
-//! Cells ([`CELLS`], one table entry each): `no_program`, `program` (the XDP program
-//! as the gateway runs it today: enforce, rate limits off, flow accounting on;
-//! attached in generic (skb) mode, see below), and `program_no_flood` (the same without the flood: checks that
-//! the method finds every legitimate flow exact when nothing evicts them). Later
-//! changes of issue 14 add an entry with their config. Each run measures every cell
+//! Cells ([`CELLS`], one table entry each): `no_program`, `program_insert_first`
+//! (the XDP program before flow admission: every first packet an LRU insert),
+//! `program` (the XDP program as the gateway runs it today: enforce, rate limits
+//! off, flow accounting on, flows admitted on their second packet,
+//! `fw_common::admission`; attached in generic (skb) mode, see below),
+//! `program_syn_auth` (the victim's service under SYN authentication), the last
+//! two again with the victim's own SYN cookies off (`program_victim_no_cookies`,
+//! `program_syn_auth_victim_no_cookies`: a device stack that cannot absorb the
+//! flood, where the mitigation decides whether the client gets through) and
+//! `program_no_flood` (the same without the flood: checks that the method finds
+//! every legitimate flow exact when nothing evicts them). Each run measures every cell
 //! once (order rotated between runs); figures are medians over runs.
 //!
 //! Options: `--json FILE`, `--runs N` (default 3), `--window-ms MS` (default 10000),
@@ -83,7 +90,12 @@ use fw_common::{
     flow::{FAMILY_V4, FlowKey, FlowStats, SIDE_A, v4_mapped},
     maps as m,
 };
-use fw_ctl::{bench_env::machine, config::Export, daemon::exporter::Exporter, kernel::Pinned};
+use fw_ctl::{
+    bench_env::machine,
+    config::Export,
+    daemon::exporter::Exporter,
+    kernel::{PendingTable, Pinned},
+};
 use fw_testkit::{Harness, PrivatePins, monotonic_ns, pin_to_cpu};
 use serde_json::{Value, json};
 
@@ -159,9 +171,16 @@ struct Cell {
     /// With the program: the victim's TCP service under SYN authentication
     /// (`fw_common::synauth`, what a detector's `ProtectSyn` verdict switches on).
     syn_auth: bool,
+    /// The victim's own SYN cookies (`net.ipv4.tcp_syncookies`): on (1) as the
+    /// kernel ships, or off (0): a device whose stack cannot absorb a flood.
+    victim_syncookies: bool,
 }
 
 fn as_today(_: &mut GatewayConfig) {}
+
+fn insert_first(c: &mut GatewayConfig) {
+    c.flags |= fw_common::config::FLAG_ADMIT_FIRST_PACKET;
+}
 
 const CELLS: &[Cell] = &[
     Cell {
@@ -170,13 +189,23 @@ const CELLS: &[Cell] = &[
         flood: true,
         program: None,
         syn_auth: false,
+        victim_syncookies: true,
+    },
+    Cell {
+        key: "program_insert_first",
+        what: "program inserting every flow on its first packet (before admission), flood",
+        flood: true,
+        program: Some(insert_first),
+        syn_auth: false,
+        victim_syncookies: true,
     },
     Cell {
         key: "program",
-        what: "program as today (flow accounting on), flood",
+        what: "program as today (flow accounting on, admission on the second packet), flood",
         flood: true,
         program: Some(as_today),
         syn_auth: false,
+        victim_syncookies: true,
     },
     Cell {
         key: "program_syn_auth",
@@ -184,6 +213,23 @@ const CELLS: &[Cell] = &[
         flood: true,
         program: Some(as_today),
         syn_auth: true,
+        victim_syncookies: true,
+    },
+    Cell {
+        key: "program_victim_no_cookies",
+        what: "program, no mitigation, victim without SYN cookies, flood",
+        flood: true,
+        program: Some(as_today),
+        syn_auth: false,
+        victim_syncookies: false,
+    },
+    Cell {
+        key: "program_syn_auth_victim_no_cookies",
+        what: "program, SYN authentication, victim without SYN cookies, flood",
+        flood: true,
+        program: Some(as_today),
+        syn_auth: true,
+        victim_syncookies: false,
     },
     Cell {
         key: "program_no_flood",
@@ -191,6 +237,7 @@ const CELLS: &[Cell] = &[
         flood: false,
         program: Some(as_today),
         syn_auth: false,
+        victim_syncookies: true,
     },
 ];
 
@@ -704,12 +751,20 @@ fn export_loop(
     std::thread::spawn(move || {
         let mut tally = Exported::default();
         let mut next = Instant::now() + poll;
+        let pending = PendingTable::open(&pinned.dir, m::PENDING)
+            .map_err(|e| anyhow!("open the pending array: {e}"))?;
+        let mut slots = Vec::new();
         while !stop.load(Ordering::SeqCst) {
             if Instant::now() >= next {
                 let t = Instant::now();
-                let recs = ex
-                    .poll(&mut pinned, monotonic_ns(), 0)
+                let now = monotonic_ns();
+                let mut recs = ex
+                    .poll(&mut pinned, now, 0)
                     .map_err(|e| anyhow!("export pass: {e}"))?;
+                pending
+                    .read_all(&mut slots)
+                    .map_err(|e| anyhow!("read the pending array: {e}"))?;
+                recs.extend(ex.poll_pending(&slots, now, 0));
                 tally.pass_ms_max = tally.pass_ms_max.max(t.elapsed().as_secs_f64() * 1e3);
                 tally.passes += 1;
                 tally.add(&recs);
@@ -777,6 +832,14 @@ fn measure(
 ) -> anyhow::Result<Sample> {
     let tick_ns = 1e9 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut s = Sample::default();
+    sysctl(
+        &tb.dev,
+        if cell.victim_syncookies {
+            "net.ipv4.tcp_syncookies=1"
+        } else {
+            "net.ipv4.tcp_syncookies=0"
+        },
+    )?;
 
     // The program (if any): fresh maps pinned privately, attached to the router's
     // LAN interface in skb mode (see XDP_MODE); the daemon's export loop on the pins.
@@ -841,8 +904,9 @@ fn measure(
     let (sent0, dropped0) = tb.lan_tx()?;
     let (xdp0, softnet0) = (xdp_seen(&prog), softnet_dropped());
     let mut devs = Worker::start(&tb.lan_fd, move |st, tx| devices(period, st, tx))?;
-    // Every flow has sent before the flood starts.
-    sleep_unless_interrupted(LEGIT_WARMUP.max(period + Duration::from_millis(100)))?;
+    // Every flow has sent at least twice before the flood starts: a long-lived
+    // flow is in the flow map (admitted on its second packet, fw_common::admission).
+    sleep_unless_interrupted(LEGIT_WARMUP.max(2 * period + Duration::from_millis(100)))?;
 
     let mut generator = if cell.flood {
         let g = Generator::start(

@@ -85,6 +85,14 @@ pub struct GatewayFile {
     /// Evidence at packet speed (the XDP program's per-address counts) and the
     /// provisional quarantine it makes.
     pub evidence: Evidence,
+    /// IoT devices (issue 17): the telemetry guard, trust ledger, command vetting
+    /// and vulnerability scan (`tad_devices::DevicesConfig`); absent = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<tad_devices::DevicesConfig>,
+    /// Threat feeds the daemon refreshes on a schedule (`[[feeds]]`,
+    /// `daemon::feeds`); none by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<Feed>,
 }
 
 impl Default for GatewayFile {
@@ -111,6 +119,8 @@ impl Default for GatewayFile {
             http: Http::default(),
             ipfix: Ipfix::default(),
             evidence: Evidence::default(),
+            devices: None,
+            feeds: Vec::new(),
         }
     }
 }
@@ -166,6 +176,22 @@ pub struct Export {
     pub counters_interval_ms: u64,
     /// Expired-block sweep interval, ms.
     pub sweep_interval_ms: u64,
+    /// When a flow enters the kernel flow map (`fw_common::admission`):
+    /// `"second_packet"` (default; one-packet flows are exported from the pending
+    /// array after the idle timeout) or `"first_packet"` (every first packet is an
+    /// LRU insert, as before; for comparison).
+    pub admission: AdmissionMode,
+}
+
+/// [`Export::admission`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionMode {
+    /// A flow is admitted on its second packet.
+    #[default]
+    SecondPacket,
+    /// A flow is inserted on its first packet.
+    FirstPacket,
 }
 
 impl Default for Export {
@@ -181,6 +207,7 @@ impl Default for Export {
             queue_capacity: 100_000,
             counters_interval_ms: 1_000,
             sweep_interval_ms: 1_000,
+            admission: AdmissionMode::SecondPacket,
         }
     }
 }
@@ -192,6 +219,19 @@ impl Export {
             idle: Duration::from_secs_f64(self.idle_timeout_s.max(0.0)),
             active: Duration::from_secs_f64(self.active_timeout_s.max(0.0)),
             end_grace: Duration::from_millis(self.end_grace_ms),
+        }
+    }
+
+    /// Writes the admission rule and the idle timeout it uses into the kernel
+    /// configuration (the other fields untouched): the kernel must treat a
+    /// pending first packet as expired exactly when the export does.
+    pub fn apply(&self, cfg: &mut fw_common::config::GatewayConfig) {
+        use fw_common::config::FLAG_ADMIT_FIRST_PACKET;
+        let ms = (self.idle_timeout_s.max(0.0) * 1_000.0).round();
+        cfg.flow_idle_ms = ms.clamp(1.0, u32::MAX as f64) as u32;
+        match self.admission {
+            AdmissionMode::SecondPacket => cfg.flags &= !FLAG_ADMIT_FIRST_PACKET,
+            AdmissionMode::FirstPacket => cfg.flags |= FLAG_ADMIT_FIRST_PACKET,
         }
     }
 }
@@ -401,6 +441,99 @@ impl Ipfix {
     }
 }
 
+/// One threat feed the daemon refreshes (`[[feeds]]`): each refresh applies the
+/// diff against the blocks this feed made before (`fw_ctl::feed::refresh`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feed {
+    /// Name: `[A-Za-z0-9._-]`, 1..=64 characters, unique; its blocks carry
+    /// `feed:<name>` as their `by` in the state file.
+    pub name: String,
+    /// A local file path, or an `http://` / `https://` URL (TLS with the
+    /// webpki root certificates).
+    pub source: String,
+    /// Refresh period, s (1..=604800); the first refresh runs at start.
+    #[serde(default = "Feed::default_interval_s")]
+    pub interval_s: u64,
+    /// Lifetime of the blocks it adds, s; absent = until the prefix leaves the feed.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+    /// With `ttl_s`: each refresh extends the blocks still listed to now + ttl.
+    #[serde(default)]
+    pub renew: bool,
+    /// Largest feed accepted, bytes (a bigger download is refused).
+    #[serde(default = "Feed::default_max_bytes")]
+    pub max_bytes: u64,
+    /// HTTP(S) fetch timeout, s (whole request).
+    #[serde(default = "Feed::default_timeout_s")]
+    pub timeout_s: u64,
+}
+
+impl Feed {
+    fn default_interval_s() -> u64 {
+        3600
+    }
+    fn default_max_bytes() -> u64 {
+        64 << 20
+    }
+    fn default_timeout_s() -> u64 {
+        30
+    }
+
+    /// Whether `source` is an HTTP(S) URL (otherwise a file path).
+    pub fn is_url(&self) -> bool {
+        self.source.starts_with("http://") || self.source.starts_with("https://")
+    }
+
+    /// Every problem of this entry, each naming `feeds[<i>].<key>`.
+    pub fn check(&self, i: usize) -> Vec<String> {
+        let mut p = Vec::new();
+        let name_ok = (1..=64).contains(&self.name.len())
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !name_ok {
+            p.push(format!(
+                "feeds[{i}].name {:?}: 1..=64 characters of A-Z a-z 0-9 . _ -",
+                self.name
+            ));
+        }
+        if self.source.is_empty() {
+            p.push(format!(
+                "feeds[{i}].source is empty (a file path or an http(s) URL)"
+            ));
+        } else if self.source.contains("://") && !self.is_url() {
+            p.push(format!(
+                "feeds[{i}].source {:?}: only http:// and https:// URLs, or a file path",
+                self.source
+            ));
+        }
+        if !(1..=604_800).contains(&self.interval_s) {
+            p.push(format!(
+                "feeds[{i}].interval_s {}: must be in 1..=604800 (s)",
+                self.interval_s
+            ));
+        }
+        if let Some(t) = self.ttl_s
+            && (t == 0 || t > MAX_TTL_S)
+        {
+            p.push(format!(
+                "feeds[{i}].ttl_s {t}: must be in 1..={MAX_TTL_S} (s); leave it out for no expiry"
+            ));
+        }
+        if self.renew && self.ttl_s.is_none() {
+            p.push(format!("feeds[{i}].renew needs feeds[{i}].ttl_s"));
+        }
+        if self.max_bytes == 0 || self.timeout_s == 0 {
+            p.push(format!(
+                "feeds[{i}].max_bytes and feeds[{i}].timeout_s must be > 0"
+            ));
+        }
+        p
+    }
+}
+
 /// The daemon's local HTTP server: Prometheus `/metrics` and `/health`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -570,6 +703,15 @@ impl GatewayFile {
         }
         p.extend(self.ipfix.check());
         p.extend(self.evidence.check());
+        if let Some(d) = &self.devices {
+            p.extend(d.check());
+        }
+        for (i, f) in self.feeds.iter().enumerate() {
+            p.extend(f.check(i));
+            if self.feeds[..i].iter().any(|o| o.name == f.name) {
+                p.push(format!("feeds[{i}].name {:?}: used twice", f.name));
+            }
+        }
         if self.bus_enabled {
             let b = self.bus_config();
             if !b.node_id.starts_with("gateway-") {
@@ -710,6 +852,17 @@ mod tests {
         );
         assert!(cfg.quarantine_distinct > 0);
         assert_eq!(cfg.syn_rate_pps, 7, "the other fields are left alone");
+        let mut e = GatewayFile::parse("[export]\nidle_timeout_s = 3.0\n")
+            .unwrap()
+            .export;
+        e.apply(&mut cfg);
+        assert_eq!(cfg.flow_idle_ms, 3_000);
+        assert!(!cfg.admit_first_packet());
+        e.admission = AdmissionMode::FirstPacket;
+        e.apply(&mut cfg);
+        assert!(cfg.admit_first_packet());
+        let e = GatewayFile::parse("[export]\nadmission = \"third_packet\"\n").unwrap_err();
+        assert!(e.contains("third_packet"), "{e}");
         let off = GatewayFile::parse("[evidence]\nquarantine_distinct = 0\n").unwrap();
         assert_eq!(off.evidence.quarantine_distinct, 0);
         assert!(off.evidence.check().is_empty(), "0 is off, not an error");

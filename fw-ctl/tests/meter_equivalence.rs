@@ -24,13 +24,15 @@ use std::{
 };
 
 use aya::EbpfLoader;
-use flow_meter::meter::{
-    EvidenceOptions, LinkType, Meter, MeterOptions, for_each_frame, parse_frame,
+use flow_meter::{
+    meter::{EvidenceOptions, LinkType, Meter, MeterOptions, for_each_frame, parse_frame},
+    pending::{Pended, PendingTable},
 };
 use fw_common::{
+    admission::PendingFlow,
     config::{
         DEFAULT_QUARANTINE_DISTINCT, DEFAULT_QUARANTINE_TTL_MS, DEFAULT_REPORT_DISTINCT,
-        GatewayConfig, MODE_ENFORCE, MODE_OBSERVE,
+        FLAG_ADMIT_FIRST_PACKET, GatewayConfig, MODE_ENFORCE, MODE_OBSERVE,
     },
     counters::{CounterSlot, Verdict},
     evidence::{
@@ -127,43 +129,93 @@ fn kernel_and_meter_account_every_capture_identically() {
         .collect();
     files.sort();
     assert!(files.len() >= 10, "captures found: {}", files.len());
+    // Far longer than a run: nothing expires in the pending array.
+    const IDLE_NS: u64 = 3_600 * 1_000_000_000;
+    let mut one_packet_flows = 0;
     for path in files {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        // Room for the largest capture's flows (the spoofed flood has ~38k).
-        let h = Harness::load_with(|l: &mut EbpfLoader<'_>| {
-            l.map_max_entries(m::FLOWS, 131_072);
-        });
-        let mut meter: HashMap<FlowKey, FlowStats> = HashMap::new();
-        let mut t = 1u64;
-        for (link, frame) in frames(&path) {
-            let Some(eth) = as_ethernet(link, &frame) else {
-                continue;
-            };
-            if eth.len() < 14 {
-                continue;
+        // Both admission rules: insert on the first packet (every flow in the
+        // map), and admission on the second (fw_common::admission).
+        for first_packet in [true, false] {
+            let mode = if first_packet { "first" } else { "second" };
+            // Room for the largest capture's flows (the spoofed flood has ~38k).
+            let mut h = Harness::load_with(|l: &mut EbpfLoader<'_>| {
+                l.map_max_entries(m::FLOWS, 131_072);
+            });
+            h.set_config(GatewayConfig {
+                flags: if first_packet {
+                    FLAG_ADMIT_FIRST_PACKET
+                } else {
+                    0
+                },
+                flow_idle_ms: (IDLE_NS / 1_000_000) as u32,
+                ..Default::default()
+            });
+            let mut meter: HashMap<FlowKey, FlowStats> = HashMap::new();
+            let mut pending = PendingTable::default();
+            let mut t = 1u64;
+            for (link, frame) in frames(&path) {
+                let Some(eth) = as_ethernet(link, &frame) else {
+                    continue;
+                };
+                if eth.len() < 14 {
+                    continue;
+                }
+                assert_eq!(
+                    h.run(&eth),
+                    XDP_PASS,
+                    "{name}: nothing is listed, everything passes"
+                );
+                if let Some(p) = parse_frame(link, &frame) {
+                    let (key, side) =
+                        FlowKey::new(p.src, p.sport, p.dst, p.dport, p.proto, p.family, p.vlan_id);
+                    t += 1;
+                    if first_packet || meter.contains_key(&key) {
+                        meter.entry(key).or_default().account(side, &p.meta, t);
+                    } else if let Pended::Admitted(s) =
+                        pending.packet(&key, side, &p.meta, t, IDLE_NS)
+                    {
+                        meter.insert(key, s);
+                    }
+                }
             }
+            let kernel: HashMap<FlowKey, FlowStats> =
+                h.flows().into_iter().map(|(k, s, _)| (k, s)).collect();
             assert_eq!(
-                h.run(&eth),
-                XDP_PASS,
-                "{name}: nothing is listed, everything passes"
+                kernel.len(),
+                meter.len(),
+                "{name} ({mode}): number of flows"
             );
-            if let Some(p) = parse_frame(link, &frame) {
-                let (key, side) =
-                    FlowKey::new(p.src, p.sport, p.dst, p.dport, p.proto, p.family, p.vlan_id);
-                t += 1;
-                meter.entry(key).or_default().account(side, &p.meta, t);
+            for (k, ms) in &meter {
+                let ks = kernel
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{name} ({mode}): kernel lacks flow {k:?}"));
+                assert_eq!(counts(ks), counts(ms), "{name} ({mode}): flow {k:?}");
             }
-        }
-        let kernel: HashMap<FlowKey, FlowStats> =
-            h.flows().into_iter().map(|(k, s, _)| (k, s)).collect();
-        assert_eq!(kernel.len(), meter.len(), "{name}: number of flows");
-        for (k, ms) in &meter {
-            let ks = kernel
-                .get(k)
-                .unwrap_or_else(|| panic!("{name}: kernel lacks flow {k:?}"));
-            assert_eq!(counts(ks), counts(ms), "{name}: flow {k:?}");
+            // The pending arrays agree slot by slot (times aside: the kernel's
+            // clock against the meter's packet counter).
+            let untimed = |p: &PendingFlow| PendingFlow {
+                first_seen_ns: (p.first_seen_ns != 0) as u64,
+                ..*p
+            };
+            let kp = h.pending();
+            assert_eq!(kp.len(), pending.slots().len());
+            for (i, (k, mp)) in kp.iter().zip(pending.slots()).enumerate() {
+                assert_eq!(untimed(k), untimed(mp), "{name} ({mode}): pending slot {i}");
+            }
+            let used = kp.iter().filter(|p| p.first_seen_ns != 0).count();
+            if first_packet {
+                assert_eq!(used, 0, "{name} ({mode}): pending slots");
+            } else {
+                one_packet_flows += used;
+            }
+            assert_eq!(h.admission_counts(), pending.counts(), "{name} ({mode})");
         }
     }
+    assert!(
+        one_packet_flows > 1_000,
+        "the scans leave one-packet flows pending"
+    );
 }
 
 /// Authentication Header (RFC 4302) with a 12-octet ICV (HMAC-SHA1-96): 24
@@ -189,7 +241,11 @@ fn both(frame: &[u8]) -> (Flows, Flows) {
         XDP_PASS,
         "nothing is listed, everything passes"
     );
-    let kernel = h.flows().iter().map(|(k, s, _)| (*k, counts(s))).collect();
+    let kernel = h
+        .accounted_flows()
+        .iter()
+        .map(|(k, s, _)| (*k, counts(s)))
+        .collect();
     let meter = parse_frame(LinkType::Ethernet, frame)
         .map(|p| {
             let (key, side) =
@@ -465,6 +521,28 @@ impl Both {
         let meter_flows: HashMap<FlowKey, Vec<u64>> =
             self.meter.flows().map(|(k, s)| (*k, counts(s))).collect();
         assert_eq!(kernel_flows, meter_flows, "{name}: flow tables");
+        // The pending arrays: the same slots hold the same first packets.
+        let kp = self.h.pending();
+        let mp = self.meter.admission().slots();
+        assert_eq!(kp.len(), mp.len(), "{name}: pending slots");
+        for (i, (k, m)) in kp.iter().zip(mp).enumerate() {
+            assert_eq!(
+                PendingFlow {
+                    first_seen_ns: 0,
+                    ..*k
+                },
+                PendingFlow {
+                    first_seen_ns: 0,
+                    ..*m
+                },
+                "{name}: pending slot {i}"
+            );
+            assert_eq!(
+                k.first_seen_ns == 0,
+                m.first_seen_ns == 0,
+                "{name}: slot {i}"
+            );
+        }
         Kernel {
             src: ks,
             blocks: kb,
@@ -736,6 +814,33 @@ fn a_busy_answered_client_is_not_quarantined() {
     assert_eq!((s.cur.new_flows, s.cur.replies), (100, 100));
     assert!(s.union_hosts as u32 >= DEFAULT_REPORT_DISTINCT);
     assert_eq!(k.kinds(), vec![EVENT_REPORT], "one report per epoch");
+}
+
+#[test]
+fn outbound_connections_seen_one_way_are_answered_alike() {
+    // XDP on the LAN side only: a device's SYNs and ACKs pass the program, the
+    // servers' SYN-ACKs take another path. The ACK after each SYN is the reply
+    // the program infers (`fw_common::evidence::inferred_reply`).
+    use tcp_flags::{ACK, PSH, SYN};
+    let mut b = Both::new("one-way client", budgets(MODE_ENFORCE), &[]);
+    let client = "192.0.2.21";
+    for i in 1..=100u16 {
+        let server = format!("203.0.113.{i}");
+        assert!(b.send(&tcp4(client, &server, 41000 + i, 443, SYN)));
+        assert!(b.send(&tcp4(client, &server, 41000 + i, 443, ACK)));
+        assert!(b.send(&tcp4(client, &server, 41000 + i, 443, PSH | ACK)));
+    }
+    let k = b.compare();
+    assert!(k.blocks.is_empty(), "an outbound client is not quarantined");
+    let s = k.slot_of(client);
+    assert_eq!((s.cur.new_flows, s.cur.replies), (100, 100));
+    // A scanner's lone SYNs earn nothing (the budgets quarantine it, as above).
+    let mut b = Both::new("one-way scanner", budgets(MODE_ENFORCE), &[]);
+    for i in 1..=100u16 {
+        b.send(&tcp4(SCANNER, &format!("203.0.113.{i}"), 42000, 443, SYN));
+    }
+    let k = b.compare();
+    assert_eq!(k.blocks.len(), 1, "unanswered SYNs are still a scan");
 }
 
 #[test]

@@ -104,7 +104,7 @@ fn blocked_sources_are_dropped_in_every_encapsulation() {
     );
     assert_eq!(h.block_entry("2001:db8:66::/48").hits, 3);
     assert!(
-        h.flows()
+        h.accounted_flows()
             .iter()
             .all(|(k, ..)| k.addr_a != v4_mapped([198, 51, 100, 66])
                 && k.addr_b != v4_mapped([198, 51, 100, 66])),
@@ -182,7 +182,11 @@ fn observe_mode_counts_would_drop_and_passes() {
     assert_eq!(h.run(&f), XDP_PASS);
     assert_eq!(h.counter(CounterSlot::WouldDropBlocklist).packets, 1);
     assert_eq!(h.counter(CounterSlot::DropBlocklist).packets, 0);
-    assert_eq!(h.flows().len(), 1, "observed traffic is still accounted");
+    assert_eq!(
+        h.accounted_flows().len(),
+        1,
+        "observed traffic is still accounted"
+    );
     // Back to enforce: the same entry now drops.
     h.set_config(GatewayConfig::default());
     assert_eq!(h.run(&f), XDP_DROP);
@@ -243,7 +247,7 @@ fn ipv4_options_and_fragments() {
     f.extend(ipv4(src, dst, 17, 0, 185, &udp(1111, 2222, 40)));
     assert_eq!(h.run(&f), XDP_PASS);
     let mut ports: Vec<(u8, u16, u16)> = h
-        .flows()
+        .accounted_flows()
         .iter()
         .map(|(k, ..)| (k.proto, k.port_a.min(k.port_b), k.port_a.max(k.port_b)))
         .collect();
@@ -286,13 +290,17 @@ fn ipv6_extension_headers() {
     deep.extend(ipv6(src, dst, 6, &many, &tcp(40003, 22, tf::SYN, 0)));
     assert_eq!(h.run(&deep), XDP_PASS);
     let mut seen: Vec<(u8, u16, u16)> = h
-        .flows()
+        .accounted_flows()
         .iter()
         .map(|(k, ..)| (k.proto, k.port_a.min(k.port_b), k.port_a.max(k.port_b)))
         .collect();
     seen.sort();
     assert_eq!(seen, vec![(6, 443, 40002), (17, 0, 0), (60, 0, 0)]);
-    assert!(h.flows().iter().all(|(k, ..)| k.family == FAMILY_V6));
+    assert!(
+        h.accounted_flows()
+            .iter()
+            .all(|(k, ..)| k.family == FAMILY_V6)
+    );
     h.block("2001:db8:66::/64", permanent());
     assert_eq!(
         h.run(&deep),
@@ -465,7 +473,7 @@ fn flow_entry_after_a_scripted_tcp_conversation() {
         assert_eq!(h.run(&f), XDP_PASS);
     }
     let t1 = monotonic_ns();
-    let flows = h.flows();
+    let flows = h.accounted_flows();
     assert_eq!(flows.len(), 1, "both directions share one entry");
     let (key, st, cpus_seen) = &flows[0];
     let (expect_key, client_side) = FlowKey::new(
@@ -533,7 +541,7 @@ fn flow_accounting_can_be_switched_off() {
         h.run(&v4_tcp(ATTACKER4, VICTIM4, 1, 2, tf::SYN, 0)),
         XDP_PASS
     );
-    assert!(h.flows().is_empty());
+    assert!(h.accounted_flows().is_empty());
 }
 
 #[test]
@@ -559,7 +567,7 @@ fn icmp_type_is_recorded_per_direction() {
     ));
     h.run(&req);
     h.run(&rep);
-    let flows = h.flows();
+    let flows = h.accounted_flows();
     assert_eq!(flows.len(), 1);
     let st = &flows[0].1;
     assert_eq!(

@@ -24,7 +24,11 @@
 //! 5. bidirectional flow accounting (per-CPU LRU hash, see `fw_common::flow`) of
 //!    every packet that passes (would-drops in observe mode included); dropped
 //!    packets open no flow, they are counted in the verdict counters and in the
-//!    matching blocklist entry's `hits`;
+//!    matching blocklist entry's `hits`. A flow enters the LRU on its second
+//!    packet (`fw_common::admission`): a first packet waits in the `PENDING`
+//!    array (a 64-byte slot, no allocation), so a spoofed flood of one-packet
+//!    flows neither pays an insert per packet nor evicts established flows
+//!    (`FLAG_ADMIT_FIRST_PACKET` restores the insert on the first packet);
 //! 6. evidence (see `fw_common::evidence`): a packet from a source not on the
 //!    allowlist that opens a flow is counted in its sender's and its receiver's
 //!    evidence slots; a responder's first packet and every ICMP error in the slot
@@ -70,12 +74,16 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use fw_common::{
+    admission::{
+        Admission, PENDING_SLOTS, PendingFlow, STAT_ADMITTED, STAT_PENDED, STAT_REPLACED_LIVE,
+        STAT_SLOTS, bucket_of,
+    },
     config::GatewayConfig,
     counters::{COUNTER_SLOTS, CounterSlot, CounterValue, Reason, Verdict},
     evidence::{
         AfterOpening, Answer, EVENT_QUARANTINE, EVENT_REPORT, EVIDENCE_SLOTS, EvidenceEvent,
-        EvidenceSlot, First, answer_on_flow, decide_after_opening, epoch_of, first_packet, opening,
-        slot_index,
+        EvidenceSlot, First, answer_on_flow, decide_after_opening, epoch_of, first_packet,
+        inferred_reply, opening, slot_index,
     },
     filter::{AllowEntry, BLOCK_FLAG_NEW_FLOWS_ONLY, BlockEntry, BlockReason, ORIGIN_DATAPATH},
     flow::{FAMILY_V4, FAMILY_V6, FlowKey, FlowStats, PacketMeta, tcp_flags, v4_mapped},
@@ -136,6 +144,14 @@ static EVIDENCE_SRC: Array<EvidenceSlot> = Array::with_max_entries(EVIDENCE_SLOT
 /// Evidence per receiving address, same layout and rules.
 #[map(name = "EVIDENCE_DST")]
 static EVIDENCE_DST: Array<EvidenceSlot> = Array::with_max_entries(EVIDENCE_SLOTS, BPF_F_MMAPABLE);
+/// First packets of flows not yet in `FLOWS` (`fw_common::admission`): one value
+/// shared by all CPUs, plain stores; `BPF_F_MMAPABLE` for the daemon's export of
+/// one-packet flows.
+#[map(name = "PENDING")]
+static PENDING: Array<PendingFlow> = Array::with_max_entries(PENDING_SLOTS, BPF_F_MMAPABLE);
+/// Counts of the admission rule (`fw_common::admission::STAT_*`), per CPU.
+#[map(name = "ADMISSION")]
+static ADMISSION: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 /// Protected TCP services (SYN authentication, `fw_common::synauth`).
 #[map(name = "SYN_AUTH")]
 static SYN_AUTH: HashMap<ServiceKey, SynAuthEntry> =
@@ -346,9 +362,13 @@ fn decide(cfg: &GatewayConfig, p: &Parsed, clock: &mut Clock) -> (CounterSlot, O
     // trie; an expired entry counts as absent.
     // Safety: map values stay valid for the program run (RCU); `hits` is only
     // changed with atomic adds.
+    // `black_box` keeps the two lookups at two call sites: merged into one call
+    // fed with either map (what LLVM does otherwise), the verifier cannot inline
+    // the hash-map lookup and every packet pays the generic helper, an indirect
+    // call (~15 ns here; BENCHMARKS.md `xdp`, "Where the time goes").
     let host = unsafe {
         if p.family == FAMILY_V4 {
-            BLOCK_HOST_V4.get(&p.src4)
+            core::hint::black_box(BLOCK_HOST_V4.get(&p.src4))
         } else {
             BLOCK_HOST_V6.get(&p.src)
         }
@@ -431,6 +451,23 @@ fn account_flow(sc: &mut Scratch, side: u8, cfg: &GatewayConfig, now: u64, evide
             m.icmp,
         ) {
             answer_to(&sc.p.dst, a);
+        } else {
+            let (mine, other) = if side == 0 {
+                (&s.dir[0], &s.dir[1])
+            } else {
+                (&s.dir[1], &s.dir[0])
+            };
+            if inferred_reply(
+                s.first_seen_ns != 0,
+                side == s.opener,
+                mine.packets,
+                other.packets,
+                mine.syn,
+                m.is_tcp,
+                m.tcp_flags,
+            ) {
+                answer_to(&sc.p.src, Answer::Reply);
+            }
         }
         s.account(side, &sc.p.meta, now);
         return;
@@ -438,25 +475,89 @@ fn account_flow(sc: &mut Scratch, side: u8, cfg: &GatewayConfig, now: u64, evide
     open_flow(sc, side, cfg, now, evidence);
 }
 
-/// A packet without a flow entry: inserts its flow (and counts step 6). A
-/// BPF-to-BPF call of its own (not inlined): the cold path's locals stay off
-/// `fw`'s 512-byte stack frame.
+/// A packet without a flow entry: admits its flow on its second packet
+/// (`fw_common::admission`), or with `FLAG_ADMIT_FIRST_PACKET` inserts it now;
+/// counts step 6 for a first packet. A BPF-to-BPF call of its own (not inlined):
+/// the cold path's locals stay off `fw`'s 512-byte stack frame.
 #[inline(never)]
 fn open_flow(sc: &mut Scratch, side: u8, cfg: &GatewayConfig, now: u64, evidence: bool) {
-    // A new flow: its first value is built in scratch space.
     sc.fresh = FlowStats::default();
-    sc.fresh.account(side, &sc.p.meta, now);
-    if FLOWS
-        .insert(&sc.key, &sc.fresh, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        // Another packet of this flow created the entry in between: add to it.
-        if let Some(s) = FLOWS.get_ptr_mut(&sc.key) {
-            unsafe { (*s).account(side, &sc.p.meta, now) };
+    if cfg.admit_first_packet() {
+        sc.fresh.account(side, &sc.p.meta, now);
+        if insert_flow(sc, side, now) {
+            count_opening(sc, cfg, now, evidence);
         }
         return;
     }
-    count_opening(sc, cfg, now, evidence);
+    let base = bucket_of(&sc.key);
+    let (Some(s0), Some(s1)) = (PENDING.get_ptr_mut(base), PENDING.get_ptr_mut(base + 1)) else {
+        return;
+    };
+    let (s0, s1) = unsafe { (&mut *s0, &mut *s1) };
+    match fw_common::admission::decide(&sc.key, s0, s1, now, cfg.flow_idle_ns()) {
+        Admission::Admit(way) => {
+            let pf = if way == 0 { s0 } else { s1 };
+            pf.account_into(&mut sc.fresh);
+            // The pending packet opened the flow: this one may answer it.
+            let m = &sc.p.meta;
+            let same_side = side == pf.side;
+            if let Some(a) = answer_on_flow(
+                true,
+                same_side,
+                same_side as u64,
+                sc.p.proto,
+                m.is_tcp,
+                m.tcp_flags,
+                m.icmp,
+            ) {
+                answer_to(&sc.p.dst, a);
+            } else if inferred_reply(
+                true,
+                same_side,
+                1,
+                0,
+                (pf.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN) as u32,
+                m.is_tcp,
+                m.tcp_flags,
+            ) {
+                answer_to(&sc.p.src, Answer::Reply);
+            }
+            pf.first_seen_ns = 0;
+            sc.fresh.account(side, &sc.p.meta, now);
+            let _ = insert_flow(sc, side, now);
+            stat(STAT_ADMITTED);
+        }
+        Admission::Pend { way, replaces_live } => {
+            let pf = if way == 0 { s0 } else { s1 };
+            pf.set(&sc.key, side, &sc.p.meta, now);
+            stat(STAT_PENDED);
+            if replaces_live {
+                stat(STAT_REPLACED_LIVE);
+            }
+            count_opening(sc, cfg, now, evidence);
+        }
+    }
+}
+
+/// Inserts `sc.fresh` as the flow of `sc.key`; whether it was new. When another
+/// CPU created the entry in between, adds this packet to it instead.
+#[inline(always)]
+fn insert_flow(sc: &mut Scratch, side: u8, now: u64) -> bool {
+    if FLOWS.insert(&sc.key, &sc.fresh, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    if let Some(s) = FLOWS.get_ptr_mut(&sc.key) {
+        unsafe { (*s).account(side, &sc.p.meta, now) };
+    }
+    false
+}
+
+/// Counts one admission event (per-CPU: plain add).
+#[inline(always)]
+fn stat(slot: u32) {
+    if let Some(c) = ADMISSION.get_ptr_mut(slot) {
+        unsafe { *c += 1 };
+    }
 }
 
 /// Step 6 for a packet that opened a flow. A BPF-to-BPF call of its own (not
@@ -466,7 +567,15 @@ fn count_opening(sc: &mut Scratch, cfg: &GatewayConfig, now: u64, evidence: bool
     let p = &sc.p;
     let m = &p.meta;
     let epoch = epoch_of(now);
-    let o = match first_packet(p.proto, m.is_tcp, m.tcp_flags, m.icmp, p.dport, m.ip_len) {
+    let o = match first_packet(
+        p.proto,
+        m.is_tcp,
+        m.tcp_flags,
+        m.icmp,
+        p.sport,
+        p.dport,
+        m.ip_len,
+    ) {
         First::Opens(o) => o,
         First::Answers(a) => {
             // An ICMP error or a SYN-ACK answers a flow its receiver opened

@@ -14,6 +14,7 @@ use aya::{
     util::nr_cpus,
 };
 use fw_common::{
+    admission::{PendingFlow, STAT_SLOTS},
     config::GatewayConfig,
     counters::{CounterSlot, CounterValue},
     evidence::{EvidenceEvent, EvidenceSlot},
@@ -301,6 +302,37 @@ impl Harness {
     /// Every slot of `EVIDENCE_DST`, same layout.
     pub fn evidence_dst(&self) -> Vec<EvidenceSlot> {
         self.evidence(m::EVIDENCE_DST)
+    }
+
+    /// Every slot of `PENDING` (first packets of flows not admitted yet,
+    /// `fw_common::admission`), index order, empty slots included.
+    pub fn pending(&self) -> Vec<PendingFlow> {
+        let a: Array<_, PendingFlow> = Array::try_from(self.ebpf.map(m::PENDING).unwrap()).unwrap();
+        (0..a.len()).map(|i| a.get(&i, 0).unwrap()).collect()
+    }
+
+    /// Every flow the program accounted: the flow map's (merged) and each
+    /// pending one-packet flow's statistics, as (key, stats, CPUs that saw it).
+    pub fn accounted_flows(&self) -> Vec<(FlowKey, FlowStats, u32)> {
+        let mut out = self.flows();
+        out.extend(
+            self.pending()
+                .iter()
+                .filter(|p| p.first_seen_ns != 0)
+                .map(|p| (p.key, p.stats(), 1)),
+        );
+        out
+    }
+
+    /// The admission counts (`fw_common::admission::STAT_*`), summed over CPUs.
+    pub fn admission_counts(&self) -> [u64; STAT_SLOTS as usize] {
+        let a: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(m::ADMISSION).unwrap()).unwrap();
+        let mut out = [0; STAT_SLOTS as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = a.get(&(i as u32), 0).unwrap().iter().sum();
+        }
+        out
     }
 
     fn evidence(&self, name: &str) -> Vec<EvidenceSlot> {

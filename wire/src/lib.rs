@@ -25,6 +25,7 @@
 //! | `tad/v1/det/<det>/settings/schema` | [`SettingsSchema`] | detector → dashboard | 1, retained |
 //! | `tad/v1/det/<det>/settings/acks` | [`SettingsAck`] | detector → dashboard | 1 |
 //! | `tad/v1/settings/thresholds` | [`ThresholdSettings`] | dashboard → detectors | 1, retained |
+//! | `tad/v1/gw/<gw>/devices/...`, `tad/v1/dev/<device>/...` | see [`devices`] | gateway ↔ devices, dashboard | 1 |
 //!
 //! The last level of a verdict or command topic is the publisher's certificate
 //! identity: the broker lets a client publish only under its own id, and the
@@ -149,6 +150,7 @@ macro_rules! message {
     };
 }
 
+pub mod devices;
 pub mod evidence;
 pub mod settings;
 pub mod state;
@@ -396,6 +398,19 @@ pub enum AlertKind {
     UnauthorizedAccess,
     Anomaly,
     ThreatFeed,
+    /// One source probing many hosts (a horizontal scan: one port on many hosts,
+    /// an ICMP echo or TCP SYN ping sweep): one alert for the whole sweep, its
+    /// `explanation.observed["targets"]` the number of hosts, no `target`.
+    HostSweep,
+    /// A reflection/amplification flood on its `target`, the victim: answers from
+    /// service ports (DNS, NTP, SSDP, SNMP, ISAKMP, BACnet, memcached, CoAP...) or
+    /// SYN-ACKs it never asked for, from many reflectors. No `source`: the
+    /// reflectors are innocent and never blocked.
+    Reflection,
+    /// A device (the `target`) used as a reflector or amplifier: it answers many
+    /// requests from outside (whose source is a spoofed victim) with larger
+    /// responses. Never blocks.
+    Amplifier,
 }
 
 impl AlertKind {
@@ -409,6 +424,10 @@ impl AlertKind {
             AlertKind::UnauthorizedAccess => BlockReason::UnauthorizedAccess,
             AlertKind::Anomaly => BlockReason::Anomaly,
             AlertKind::ThreatFeed => BlockReason::ThreatFeed,
+            // A sweep is reconnaissance, as a port scan is.
+            AlertKind::HostSweep => BlockReason::PortScan,
+            // Never block (victim-side and abused-device reports); a flood it is.
+            AlertKind::Reflection | AlertKind::Amplifier => BlockReason::TrafficSpike,
         }
     }
 }
@@ -594,7 +613,16 @@ pub enum Severity {
     Critical,
 }
 
-/// A detection.
+/// A detection: one attack (a source and kind, or a victim and kind), however
+/// many times its rules fire while it goes on.
+///
+/// Merging: while the attack goes on the detector publishes the alert again
+/// under the same `id`, with a larger `count`, a later `at_ms` and the latest
+/// explanation (an update, at most about once a second and less often as it
+/// lasts); a receiver keeps the version with the largest (`count`, `at_ms`) and
+/// treats an identical one as a redelivery. Both fields are optional on the wire
+/// (an alert without them is a single detection), so receivers and detectors of
+/// either age understand each other within schema version 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub v: u16,
@@ -602,7 +630,15 @@ pub struct Alert {
     pub detector_id: NodeId,
     /// Gateway whose flows raised it.
     pub gateway_id: NodeId,
+    /// When it was last seen (this version's latest detection), Unix ms.
     pub at_ms: u64,
+    /// When the attack was first seen, Unix ms; none for a single detection
+    /// (then `at_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen_ms: Option<u64>,
+    /// Detections merged into this alert, at least 1.
+    #[serde(default = "one")]
+    pub count: u32,
     pub kind: AlertKind,
     pub severity: Severity,
     /// Offending source, when there is one to name (none for a spoofed flood).
@@ -619,7 +655,30 @@ pub struct Alert {
     #[serde(default)]
     pub verdict_id: Option<String>,
 }
-message!(Alert, "alert");
+message!(Alert, "alert", validate);
+
+fn one() -> u32 {
+    1
+}
+
+impl Alert {
+    fn check(&self) -> Result<(), String> {
+        if self.count == 0 {
+            return Err("count is 0 (an alert is at least one detection)".into());
+        }
+        if let Some(f) = self.first_seen_ms
+            && f > self.at_ms
+        {
+            return Err(format!("first_seen_ms {f} is after at_ms {}", self.at_ms));
+        }
+        Ok(())
+    }
+
+    /// When the attack was first seen, Unix ms (`first_seen_ms`, else `at_ms`).
+    pub fn first_seen(&self) -> u64 {
+        self.first_seen_ms.unwrap_or(self.at_ms).min(self.at_ms)
+    }
+}
 
 /// Trust level bands: normal >= 75, warning >= 50, alert >= 20, critical < 20.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]

@@ -80,6 +80,58 @@ pub fn thresholds() -> String {
     format!("{TOPIC_ROOT}/settings/thresholds")
 }
 
+/// `tad/v1/gw/<gw>/devices/telemetry`: `DeviceTelemetryBatch`es (`crate::devices`).
+pub fn devices_telemetry(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/devices/telemetry")
+}
+/// Subscription filter for the device telemetry batches of every gateway.
+pub fn devices_telemetry_filter() -> String {
+    format!("{TOPIC_ROOT}/gw/+/devices/telemetry")
+}
+/// `tad/v1/gw/<gw>/devices/refusals`: `DeviceRefusals`.
+pub fn devices_refusals(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/devices/refusals")
+}
+/// `tad/v1/gw/<gw>/devices/trust`: `DeviceTrustChanges`.
+pub fn devices_trust(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/devices/trust")
+}
+/// `tad/v1/gw/<gw>/devices/decisions`: `DeviceCommandDecision`s.
+pub fn devices_decisions(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/devices/decisions")
+}
+/// `tad/v1/gw/<gw>/devices/vulns`: `DeviceVulnReport`s.
+pub fn devices_vulns(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/devices/vulns")
+}
+/// `tad/v1/gw/<gw>/devices/state`: the retained `DeviceStates`.
+pub fn devices_state(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/devices/state")
+}
+/// Subscription filter for everything gateways publish about devices.
+pub fn devices_all_filter() -> String {
+    format!("{TOPIC_ROOT}/gw/+/devices/#")
+}
+/// `tad/v1/gw/<gw>/devices/requests/<dash>`: signed `DeviceCommandRequest`s from
+/// dashboard `dash` (the last level is the publisher's certificate identity).
+pub fn device_requests(gw: &str, dash: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/devices/requests/{dash}")
+}
+/// Subscription filter for the device command requests to gateway `gw`.
+pub fn device_requests_filter(gw: &str) -> String {
+    format!("{TOPIC_ROOT}/gw/{gw}/devices/requests/+")
+}
+/// `tad/v1/dev/<device>/telemetry`: the device's signed telemetry.
+pub fn device_telemetry(device: &str) -> String {
+    format!("{TOPIC_ROOT}/dev/{device}/telemetry")
+}
+/// Subscription filter for every device's telemetry.
+pub const DEVICE_TELEMETRY_FILTER: &str = "tad/v1/dev/+/telemetry";
+/// `tad/v1/dev/<device>/commands`: vetted commands the gateway forwards to the device.
+pub fn device_commands(device: &str) -> String {
+    format!("{TOPIC_ROOT}/dev/{device}/commands")
+}
+
 /// True when topic `topic` matches subscription filter `filter` (MQTT v5 §4.7:
 /// `+` matches exactly one level, a trailing `#` matches the parent and any number
 /// of levels; topics starting with `$` are not matched by a leading wildcard).

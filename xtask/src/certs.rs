@@ -5,12 +5,21 @@
 //! per `--node` (CN = node id), then writes `mosquitto/mosquitto.conf` and
 //! `mosquitto/acl` under `--out` pointing at those files. Private keys are mode 0600.
 //! Rotation and using an existing PKI: certs/README.md.
+//!
+//! The testbed's IoT devices ([`TESTBED_DEVICES`], issue 17) get the same: an MQTT
+//! client certificate each (CN = device id, `nodes/<id>.pem`), an ACL block that
+//! lets each publish only its own telemetry topic and read only its own command
+//! topic (`tad_bus::broker::render_acl_with_devices`), an Ed25519 telemetry key
+//! pair `devices/<id>.key` (PKCS#8, 0600) / `devices/<id>.pub` (kept when present),
+//! and its enrollment in `devices/registry.toml` (the gateway's `[devices]
+//! registry`) with the simulator's sensors, `tad_devices::cli::provision`;
+//! [`TESTBED_UNENROLLED`] gets the certificate and ACL block only.
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use tad_bus::{
-    broker::{BrokerConfig, render_acl},
+    broker::{BrokerConfig, render_acl_with_devices},
     pki::{self, PkiOptions},
 };
 
@@ -43,19 +52,83 @@ pub struct CertsArgs {
     pub new_ca: bool,
 }
 
+/// The testbed's simulated devices: id, sensors (`name=min..max`, the ranges of
+/// `tad_devices::sim::SimDevice::from_seed`), command kinds they accept.
+pub const TESTBED_DEVICES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "esp32-1",
+        &["temperature=-20..60", "humidity=0..100"],
+        &["set", "reboot"],
+    ),
+    (
+        "esp32-2",
+        &["temperature=-20..60", "humidity=0..100"],
+        &["set", "reboot"],
+    ),
+    (
+        "esp32-3",
+        &["temperature=-20..60", "humidity=0..100"],
+        &["reboot"],
+    ),
+];
+
+/// A testbed device with a certificate and an ACL block but no enrollment (and
+/// no telemetry key): the demo's "unenrolled device" (its telemetry reaches the
+/// gateway, which refuses it as `unenrolled`).
+pub const TESTBED_UNENROLLED: &str = "esp32-9";
+
+/// The registry file under a certs output directory.
+pub fn device_registry(out: &std::path::Path) -> PathBuf {
+    out.join("devices").join("registry.toml")
+}
+
+/// Keys and enrollments of [`TESTBED_DEVICES`] under `out/devices/`.
+pub fn provision_devices(out: &std::path::Path) -> anyhow::Result<()> {
+    let dir = out.join("devices");
+    let reg = device_registry(out);
+    for (id, sensors, commands) in TESTBED_DEVICES {
+        let sensors: Vec<String> = sensors.iter().map(|s| s.to_string()).collect();
+        let commands = commands
+            .iter()
+            .map(|c| {
+                c.parse::<tad_devices::CommandKind>()
+                    .map_err(anyhow::Error::msg)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let p = tad_devices::cli::provision(&dir, &reg, id, &sensors, &commands)
+            .with_context(|| format!("device {id}"))?;
+        if p.key_created {
+            println!("wrote {}", dir.join(format!("{id}.key")).display());
+        }
+        if p.enrolled {
+            println!("enrolled {id} in {}", reg.display());
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: &CertsArgs) -> anyhow::Result<()> {
+    let devices: Vec<String> = TESTBED_DEVICES
+        .iter()
+        .map(|d| d.0)
+        .chain([TESTBED_UNENROLLED])
+        .map(String::from)
+        .collect();
+    let mut pki_nodes = args.nodes.clone();
+    pki_nodes.extend(devices.iter().filter(|d| !args.nodes.contains(d)).cloned());
     let opts = PkiOptions {
-        nodes: args.nodes.clone(),
+        nodes: pki_nodes,
         broker_names: args.broker_names.clone(),
         leaf_days: args.days,
         new_ca: args.new_ca,
         ..PkiOptions::default()
     };
     // Check the roles before writing anything.
-    let acl = render_acl(&args.nodes).context("node list")?;
+    let acl = render_acl_with_devices(&args.nodes, &devices).context("node list")?;
     let report = pki::generate(&args.out, &opts)
         .with_context(|| format!("generating certificates in {}", args.out.display()))?;
     let out = std::path::absolute(&args.out).context("resolving --out")?;
+    provision_devices(&out)?;
     let l = pki::PkiLayout::new(&out);
     let mdir = out.join("mosquitto");
     std::fs::create_dir_all(mdir.join("data"))

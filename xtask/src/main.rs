@@ -10,6 +10,7 @@
 //! - `certs`: a development PKI for the MQTT/TLS bus.
 //! - `testbed up|down|status`, `demo [--ci]`, `eval FILE...`: the whole system on
 //!   network namespaces.
+//! - `dist [--target aarch64-unknown-linux-gnu]`: Debian packages per role.
 //!
 //! This file only parses the command line and dispatches: one module per verb.
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ mod bench;
 mod build;
 mod certs;
 mod demo;
+mod dist;
 mod eval;
 mod replay;
 mod run;
@@ -59,6 +61,9 @@ enum Cmd {
     Eval(eval::EvalArgs),
     /// Rewrite a capture into testbed addresses and inject it on an interface.
     Replay(replay::ReplayArgs),
+    /// Debian packages per role (router, detector, monitor), for the host or
+    /// `--target aarch64-unknown-linux-gnu` (docs/deploy.md).
+    Dist(dist::DistArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::run(&a),
         Cmd::Eval(a) => eval::run(&a),
         Cmd::Replay(a) => replay::run(&a),
+        Cmd::Dist(a) => dist::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,10 @@
 //!    its LLVM soname) changes.
 //! 4. bpffs mounted at /sys/fs/bpf.
 //! 5. The dashboard browser test's npm packages (`npm ci` in dashboard/e2e).
+//!
+//! Between 3 and 4, the stable toolchain's cross targets ([`RUST_TARGETS`]) for
+//! `cargo xtask dist`; the aarch64 cross compiler, sysroot and qemu-user come
+//! with the Debian packages.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -50,7 +54,17 @@ pub const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // nfcapd/nfdump: the IPFIX collector fw-ctl/tests/ipfix.rs checks the export against.
     "nfdump",
+    // `cargo xtask dist --target aarch64-unknown-linux-gnu`: the cross linker and
+    // C compiler (SQLite, ring), the arm64 libc to link against and to run the
+    // binaries with under qemu-aarch64, and systemd-analyze for the unit check.
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-user",
+    "systemd",
 ];
+
+/// The Rust targets `cargo xtask dist` cross-builds for (stable toolchain).
+pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-gnu"];
 
 /// bpf-linker version built by setup.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -67,6 +81,7 @@ pub fn run(a: &SetupArgs) -> anyhow::Result<()> {
         ensure_apt_packages(APT_PACKAGES)?;
     }
     ensure_ebpf_toolchain()?;
+    ensure_rust_targets(RUST_TARGETS)?;
     ensure_bpffs()?;
     ensure_e2e_packages()?;
     eprintln!("setup: ready");
@@ -109,6 +124,34 @@ pub fn ensure_apt_packages(pkgs: &[&str]) -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .with_context(|| format!("apt-get could not install {}", missing.join(" ")))
+}
+
+/// Adds the missing ones of `targets` to the stable toolchain (rustup).
+pub fn ensure_rust_targets(targets: &[&str]) -> anyhow::Result<()> {
+    let installed = stdout_of(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        "stable",
+    ]))
+    .context("`rustup target list` failed: is rustup installed?")?;
+    let missing: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        step("Rust cross targets present");
+        return Ok(());
+    }
+    step(&format!("adding Rust targets: {}", missing.join(" ")));
+    run_cmd(
+        Command::new("rustup")
+            .args(["target", "add", "--toolchain", "stable"])
+            .args(&missing),
+    )
+    .with_context(|| format!("rustup could not add {}", missing.join(" ")))
 }
 
 /// Facts about the nightly toolchain that builds the XDP program.

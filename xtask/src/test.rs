@@ -1,9 +1,10 @@
 //! `cargo xtask test`: setup as needed, then every test of the workspace as root
 //! (unit, kernel through BPF_PROG_TEST_RUN, namespaces, broker), then the end-to-end
-//! runs on the testbed (`demo --ci`, `eval --check-manifest`).
+//! runs on the testbed (`demo --ci`, `eval --check-manifest`), and the Debian
+//! packages for amd64 and (cross-built, run under qemu) arm64, checked.
 use std::process::Command;
 
-use crate::{build, setup, util};
+use crate::{build, dist, setup, util};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -41,12 +42,20 @@ pub fn run(a: &TestArgs) -> anyhow::Result<()> {
     // End to end on the testbed (issue 7): the demo's short unattended scenario, then
     // every shared capture through the whole pipeline against its MANIFEST.
     build::run()?;
+    // Packages (issue 18): the arm64 cross build runs at nice 19 beside the demo
+    // and eval, which mostly wait on real-time traffic; packaging and the checks
+    // (emulated arm64 binaries, unit files) follow them.
+    let cross = dist::start_cross_build()?;
     let me = std::env::current_exe()?;
-    util::run_cmd(Command::new(&me).args(["demo", "--ci", "--no-build"]))?;
-    let out = util::workspace_root().join("target/tad/eval.json");
-    util::run_cmd(
-        Command::new(&me)
-            .args(["eval", "--check-manifest", "--no-build", "--json"])
-            .arg(&out),
-    )
+    let e2e =
+        util::run_cmd(Command::new(&me).args(["demo", "--ci", "--no-build"])).and_then(|()| {
+            let out = util::workspace_root().join("target/tad/eval.json");
+            util::run_cmd(
+                Command::new(&me)
+                    .args(["eval", "--check-manifest", "--no-build", "--json"])
+                    .arg(&out),
+            )
+        });
+    let packages = dist::finish_test(cross);
+    e2e.and(packages)
 }

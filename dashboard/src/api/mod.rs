@@ -19,10 +19,12 @@
 //! checked against the detectors' schemas), `audit.rs` (one audit record by
 //! hash, with its chain position and verification),
 //! `history.rs` (the overview and history series), `reads.rs` (lists, single
-//! resources, health, metrics) and `events.rs` (the live-event stream).
+//! resources, health, metrics), `events.rs` (the live-event stream) and
+//! `devices.rs` (the IoT device page's reads under `/api/v1/iot`).
 
 mod audit;
 mod blocks;
+mod devices;
 mod events;
 mod history;
 mod reads;
@@ -41,6 +43,7 @@ use warp::{
 
 pub use self::{
     blocks::{BlockRequest, Blocks, CommandAccepted, GatewaySync, UnblockQuery, parse_target},
+    devices::{DEFAULT_LIMIT as IOT_DEFAULT_LIMIT, IotDeviceDetail, IotDevices},
     history::Series,
     thresholds::{ThresholdDelete, ThresholdRequest, ThresholdsAccepted},
 };
@@ -429,6 +432,7 @@ pub fn routes(
         delete_threshold_key.boxed(),
         health.boxed(),
         metrics.boxed(),
+        devices::routes(app.clone()),
         web::routes().boxed(),
     ] {
         all = all.or(route).unify().boxed();

@@ -1,6 +1,7 @@
 //! The audit-linked events: alerts, verdicts and operator commands (each stored
 //! with the hash of its audit record, and each stored once: a redelivery with a
-//! known id is recognised), the gateways' acks, the detector's trust updates and
+//! known id is recognised; an alert's later version, a merged alert's update,
+//! replaces the stored one), the gateways' acks, the detector's trust updates and
 //! the current threshold settings. None of them is a block: blocks are what the
 //! gateways publish as their state (see `blocks.rs`).
 
@@ -16,6 +17,13 @@ pub struct AlertView {
     #[serde(flatten)]
     pub alert: Alert,
     pub audit_hash: String,
+}
+
+/// Whether `new` is a later version of the merged alert `old` (same id): more
+/// detections merged, or as many and seen later. A version that is not (a
+/// redelivery, or an older update arriving late) is not stored.
+pub fn alert_is_newer(new: &Alert, old: &Alert) -> bool {
+    (new.count, new.at_ms) > (old.count, old.at_ms)
 }
 
 /// A stored verdict with the gateway it was sent to and its audit hash.
@@ -64,11 +72,25 @@ impl Store {
         self.exists("SELECT 1 FROM alerts WHERE id = ?1", id)
     }
 
-    /// Stores an alert with the hash of its audit record.
+    /// The stored version of the alert with this id, if any.
+    pub fn alert(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+        let body: Option<String> = self
+            .conn()
+            .query_row("SELECT body FROM alerts WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        body.map(|b| json("alerts", &b)).transpose()
+    }
+
+    /// Stores an alert with the hash of its audit record; an alert already stored
+    /// under this id (a merged alert, [`Alert`]: one attack, one id) is replaced
+    /// by this version, which moves to its `at_ms` (last seen) in the lists.
+    /// The caller decides which version is newer ([`alert_is_newer`]).
     pub fn insert_alert(&self, alert: &Alert, audit_hash: &str) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT OR IGNORE INTO alerts(id, at_ms, gateway_id, body, audit_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO alerts(id, at_ms, gateway_id, body, audit_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET at_ms = excluded.at_ms,
+                body = excluded.body, audit_hash = excluded.audit_hash",
             params![
                 alert.id,
                 alert.at_ms,

@@ -17,14 +17,17 @@
 //! `series.rs` (counters samples, the series, flow summaries), `events.rs`
 //! (alerts, verdicts, commands, acks, trust updates, threshold settings: the
 //! audit-linked events), `settings.rs` (detector settings schemas and acks:
-//! tables `settings_schemas`, `settings_acks`) and `blocks.rs` (gateway state,
-//! the blocks and pending commands derived from it, devices and nodes).
+//! tables `settings_schemas`, `settings_acks`), `blocks.rs` (gateway state,
+//! the blocks and pending commands derived from it, devices and nodes) and
+//! `devices.rs` (the IoT device reports of issue 17: tables `iot_*`, created by
+//! its own schema).
 //!
 //! Every write is one statement or one transaction, so a failed write leaves the
 //! store as it was. The connection sits behind a mutex; queries are small (indexed
 //! by time) and run inline on the caller's thread.
 
 mod blocks;
+mod devices;
 mod events;
 mod series;
 mod settings;
@@ -42,7 +45,11 @@ pub use self::{
         BlockView, DeltaOutcome, DeviceView, HeldState, MAX_PENDING, NodeView, PENDING_WINDOW_MS,
         PendingCommand, PendingStatus, ProtectedView,
     },
-    events::{AlertView, CommandView, VerdictView},
+    devices::{
+        BatchView, DecisionView, DeviceQuery, IotDevice, IotGateway, IotReport, RefusalView,
+        TelemetryPoint, TrustChangeView, VulnView,
+    },
+    events::{AlertView, CommandView, VerdictView, alert_is_newer},
     series::{FlowSummary, SeriesPoint},
     settings::{MAX_ACKS_PER_DETECTOR, SettingsAckView},
 };
@@ -134,6 +141,8 @@ impl Store {
     fn init(conn: Connection) -> Result<Store, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // The IoT device tables (`devices.rs`).
+        conn.execute_batch(devices::SCHEMA)?;
         // A state held from an earlier run takes deltas only after a snapshot: the
         // gateway may have restarted (revision 0 again) meanwhile.
         conn.execute("UPDATE gateway_state SET synced = 0", [])?;
@@ -233,6 +242,19 @@ impl Store {
             ("acks", "at_ms", r.acks_days),
             ("commands", "at_ms", r.commands_days),
         ] {
+            if days == 0 {
+                continue;
+            }
+            let cutoff = now_ms.saturating_sub(u64::from(days) * 86_400_000);
+            deleted += tx.execute(&format!("DELETE FROM {table} WHERE {col} < ?1"), [cutoff])?;
+        }
+        // IoT device reports: telemetry samples as counters, the rest as alerts.
+        for (table, col, samples) in devices::PRUNED {
+            let days = if samples {
+                r.counters_days
+            } else {
+                r.alerts_days
+            };
             if days == 0 {
                 continue;
             }

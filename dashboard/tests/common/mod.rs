@@ -251,6 +251,8 @@ pub fn alert(id: &str, at_ms: u64, source: &str) -> Alert {
         detector_id: DET.parse().unwrap(),
         gateway_id: GW.parse().unwrap(),
         at_ms,
+        first_seen_ms: None,
+        count: 1,
         kind: AlertKind::PortScan,
         severity: Severity::High,
         source: Some(source.parse().unwrap()),

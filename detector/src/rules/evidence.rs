@@ -15,6 +15,9 @@
 //!
 //! Rules, with the `[portscan]` thresholds and `evidence.unreplied_share` (`s`):
 //!
+//! `evidence.vertical` is a `port_scan`, `evidence.horizontal` and `evidence.sweep`
+//! a `host_sweep` (host count in `observed["targets"]`).
+//!
 //! | rule id | fires when (over `portscan.window_s`) | blocks |
 //! |---|---|---|
 //! | `evidence.vertical` | `min(ports, tcp_udp_flows / hosts) >= vertical_ports` and `unreplied / new_flows >= s` | yes |
@@ -321,15 +324,23 @@ pub fn scan(ps: &PortScan, ev: &Evidence, src: IpAddr, s: &Summary) -> Option<De
         ),
         _ => format!("{src} sent ICMP requests to about {main} hosts"),
     };
+    let mut observed = s.observed((name, main));
+    let kind = if rule == "evidence.vertical" {
+        AlertKind::PortScan
+    } else {
+        // One alert for the whole sweep, with its host count.
+        observed.insert("targets".to_string(), main);
+        AlertKind::HostSweep
+    };
     Some(Detection {
-        kind: AlertKind::PortScan,
+        kind,
         rule,
         severity: Severity::High,
         confidence: 0.9,
         source: Some(src),
         target: None,
         window_s: ps.window_s,
-        observed: s.observed((name, main)),
+        observed,
         thresholds: map(&[
             (name, limit as f64),
             ("unreplied_share", ev.unreplied_share),

@@ -5,20 +5,27 @@
 //! | rule id | kind | counts | default threshold | blocks |
 //! |---|---|---|---|---|
 //! | `portscan.vertical` | port_scan | distinct ports probed on one host, 60 s | 15 | yes |
-//! | `portscan.horizontal` | port_scan | distinct hosts probed on one port, 60 s | 25 | yes |
-//! | `portscan.sweep` | port_scan | distinct hosts sent ICMP requests, 60 s | 25 | yes |
+//! | `portscan.horizontal` | host_sweep | distinct hosts probed on one port, 60 s | 25 | yes |
+//! | `portscan.sweep` | host_sweep | distinct hosts sent ICMP requests, 60 s | 25 | yes |
 //! | `portscan.low` | port_scan | distinct ports probed on one host, 60 s | 5 | no |
 //! | `portscan.spoofed` | port_scan | a scan whose source shows spoofing evidence (idle scan) | as above | no (reported on the victim) |
-//! | `synflood.source` | syn_flood | half-open handshakes from one source, 10 s | 20 | yes |
+//! | `synflood.source` | syn_flood | half-open handshakes from one source to one host, 10 s | 20 | yes |
 //! | `synflood.victim` | syn_flood | half-open handshakes to one host, 10 s | 200 | no (victim only) |
 //! | `bruteforce.auth` | brute_force | short/failed connections to one auth service, 120 s | 10 | yes |
 //! | `bruteforce.http` | brute_force | short/failed connections to one HTTP service, 120 s | 60 | no |
+//! | `bruteforce.pattern` | brute_force | short answered connections of similar size to one service on any port, back to back, 120 s | 20 (auth ports: 10) | yes |
+//! | `reflection.victim` | reflection | unsolicited answers from UDP service ports or SYN-ACKs to one host, 10 s | 20 reflectors and 200 packets, or 10 MB | no (victim only; reflectors never) |
+//! | `reflection.amplifier` | amplifier | responses of a device to requesters outside, 10 s | 100 packets, 3x the request bytes | no |
 //! | `access.policy` | unauthorized_access | connection to a port the device policy does not allow | 1 | if answered and the policy says so |
 //! | `spike.rate` | traffic_spike | device send rate vs its EWMA baseline | z >= 6 and >= 5000 pps or 5 MB/s | no |
 //! | `evidence.vertical` | port_scan | kernel evidence: distinct ports (bounded by flows per host), mostly unanswered, 60 s | 15, share 0.5 | yes |
-//! | `evidence.horizontal` | port_scan | kernel evidence: distinct hosts (bounded by flows per port), mostly unanswered, 60 s | 25, share 0.5 | yes |
-//! | `evidence.sweep` | port_scan | kernel evidence: hosts sent ICMP requests, mostly unanswered, 60 s | 25, share 0.5 | yes |
+//! | `evidence.horizontal` | host_sweep | kernel evidence: distinct hosts (bounded by flows per port), mostly unanswered, 60 s | 25, share 0.5 | yes |
+//! | `evidence.sweep` | host_sweep | kernel evidence: hosts sent ICMP requests, mostly unanswered, 60 s | 25, share 0.5 | yes |
 //! | `evidence.synflood` | syn_flood | kernel evidence: SYNs to one host from many sources, 10 s | 200 and 50 sources | no (victim only) |
+//!
+//! A sweep (`host_sweep`) is one alert naming no target, its host count in
+//! `observed["targets"]`; the engine merges every alert of one source and kind
+//! while the attack goes on.
 //!
 //! The `evidence.*` rules ([`evidence`]) judge the gateways' kernel evidence
 //! batches instead of flow records (`crate::engine::Engine::evidence`); an address
@@ -43,6 +50,7 @@ mod access;
 mod bruteforce;
 pub mod evidence;
 mod portscan;
+pub mod reflection;
 mod spike;
 mod synflood;
 
@@ -66,12 +74,42 @@ pub const MAX_FLOWS: usize = 20;
 /// Key of the alert cooldown: (rule id, source, target).
 pub type CooldownKey = (&'static str, Option<IpAddr>, Option<IpAddr>);
 
+/// What the cooldown remembers of one key.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cool {
+    /// Last detection that raised or renewed the alert (first, after the
+    /// cooldown, or with its main number doubled), ms.
+    pub at_ms: u64,
+    /// That detection's main number.
+    pub main: f64,
+    /// The largest main number merged into the alert since.
+    pub top: f64,
+}
+
+impl Cool {
+    /// Whether a detection with main number `main` at `now_ms` renews the alert
+    /// (penalises trust, may block): the cooldown passed or `main` doubled.
+    pub fn renews(&self, now_ms: u64, cool_ms: u64, main: f64) -> bool {
+        now_ms.saturating_sub(self.at_ms) >= cool_ms || main >= 2.0 * self.main
+    }
+
+    /// Whether `main` is news for the merged alert: above the largest merged so
+    /// far by at least 1/32 (and 1), so the alert's numbers follow the attack
+    /// (a sweep's host count) at a bounded cost (at most ~200 detections from 20
+    /// to 65,536).
+    pub fn grows(&self, main: f64) -> bool {
+        main >= self.top + (self.top / 32.0).max(1.0)
+    }
+}
+
 /// The engine's alert cooldown, consulted before a detection is built (building
 /// one formats text and copies flows): the same rule on the same source/target
-/// alerts again only after the cooldown, or once its main number has doubled.
+/// raises or renews its alert only after the cooldown, or once its main number
+/// has doubled ([`Cool::renews`]); in between, a detection whose main number
+/// grew ([`Cool::grows`]) only updates the merged alert (see `crate::engine`).
 pub struct Gate<'a> {
-    /// Last alert per key: (time, ms; its main number).
-    pub cooldown: &'a HashMap<CooldownKey, (u64, f64)>,
+    /// Per key: the last renewal and the largest number merged since.
+    pub cooldown: &'a HashMap<CooldownKey, Cool>,
     /// Now, ms.
     pub now_ms: u64,
     /// The cooldown, ms.
@@ -80,7 +118,7 @@ pub struct Gate<'a> {
 
 impl Gate<'_> {
     /// Whether `rule` on (`source`, `target`) may alert now with main number
-    /// `main`: never alerted, cooled down, or `main` at least double the last one.
+    /// `main`: never alerted, it renews the alert, or `main` grew.
     pub fn open(
         &self,
         rule: &'static str,
@@ -89,7 +127,7 @@ impl Gate<'_> {
         main: f64,
     ) -> bool {
         match self.cooldown.get(&(rule, source, target)) {
-            Some((t, last)) => self.now_ms.saturating_sub(*t) >= self.cool_ms || main >= 2.0 * last,
+            Some(c) => c.renews(self.now_ms, self.cool_ms, main) || c.grows(main),
             None => true,
         }
     }
@@ -230,6 +268,8 @@ pub struct Rules {
     pub rates: HashMap<IpAddr, RateState>,
     /// Kernel evidence per (gateway, address, role).
     pub evidence: evidence::EvidenceBook,
+    /// Reflection victims, amplifying devices and group queries.
+    pub reflection: reflection::ReflectionBook,
     /// Records whose source, victim or device could not get state because its
     /// table held [`MAX_TRACKED`] entries (e.g. a flood from millions of spoofed
     /// addresses); the rule skipped them.
@@ -260,7 +300,8 @@ impl Rules {
     /// per-victim threshold to this instance's share of the partitions.
     ///
     /// Order of the detections: scan, source-side flood, brute force, victim-side
-    /// flood, access policy, spike of the sender, spike of the answerer.
+    /// flood, reflection (victim, amplifying device), access policy, spike of the
+    /// sender, spike of the answerer.
     pub fn record(
         &mut self,
         cfg: &Config,
@@ -272,7 +313,19 @@ impl Rules {
     ) {
         self.per_source(cfg, r, now_ms, gate, out);
         self.victim(cfg, r, now_ms, victim_share, gate, out);
-        access::check(cfg, r, out);
+        self.reflection.record(
+            cfg,
+            r,
+            now_ms,
+            victim_share,
+            gate,
+            &mut self.state_full,
+            out,
+        );
+        // A reflector's unsolicited answer names an innocent sender: no policy unit.
+        if reflection::answer(&cfg.reflection, r).is_none() {
+            access::check(cfg, r, out);
+        }
         self.spike(cfg, r.src, r.fwd.packets, r.fwd.bytes, now_ms, gate, out);
         if r.bwd.packets > 0 {
             self.spike(cfg, r.dst, r.bwd.packets, r.bwd.bytes, now_ms, gate, out);
@@ -291,7 +344,11 @@ impl Rules {
         gate: &Gate,
         out: &mut Vec<Detection>,
     ) {
-        let probe = classify::probe(r, cfg.portscan.max_probe_packets);
+        // A reflector's answers to a victim's ports are not its probes.
+        let probe = match reflection::answer(&cfg.reflection, r) {
+            Some(_) => None,
+            None => classify::probe(r, cfg.portscan.max_probe_packets),
+        };
         let half_open = classify::half_open(r);
         let unsolicited = classify::unsolicited_rst(r);
         let attempt = bruteforce::classify(&cfg.bruteforce, r);
@@ -338,6 +395,7 @@ impl Rules {
     /// an hour).
     pub fn gc(&mut self, now_ms: u64, idle_ms: u64) {
         self.evidence.gc(now_ms, idle_ms);
+        self.reflection.gc(now_ms, idle_ms);
         self.sources
             .retain(|_, s| now_ms.saturating_sub(s.last_ms) <= idle_ms);
         self.victims

@@ -1,7 +1,8 @@
 //! Port scans and sweeps (`[portscan]`): `portscan.vertical` (distinct ports of one
 //! host), `portscan.low` (the same, below the vertical threshold: low-volume scan,
-//! no block), `portscan.horizontal` (distinct hosts on one port), `portscan.sweep`
-//! (distinct hosts sent ICMP requests), and `portscan.spoofed`, any of them from a
+//! no block), `portscan.horizontal` (distinct hosts on one port) and `portscan.sweep`
+//! (distinct hosts sent ICMP requests), both one `host_sweep` alert per source
+//! (no target, the host count in `observed["targets"]`), and `portscan.spoofed`, any of them from a
 //! source with spoofing evidence (see [`super`]), reported on the victim.
 //! Counts probes ([`crate::classify::probe`]) of one source in `portscan.window_s`.
 
@@ -78,11 +79,11 @@ pub(super) fn probe(
             && gate.open(
                 rule_of("portscan.sweep", spoofed),
                 seen.source(),
-                Some(r.dst),
+                sweep_target(seen),
                 hosts,
             )
         {
-            out.push(detection(
+            out.push(sweep(detection(
                 "portscan.sweep",
                 seen,
                 0.9,
@@ -93,7 +94,7 @@ pub(super) fn probe(
                     "{} sent ICMP requests to {hosts} hosts in {} s",
                     r.src, ps.window_s
                 ),
-            ));
+            )));
         }
         return;
     }
@@ -165,10 +166,15 @@ pub(super) fn probe(
         out.push(d);
     }
     if hosts >= ps.horizontal_hosts as f64
-        && gate.open(rule_of("portscan.horizontal", spoofed), src, dst, hosts)
+        && gate.open(
+            rule_of("portscan.horizontal", spoofed),
+            src,
+            sweep_target(seen),
+            hosts,
+        )
     {
         let kinds = st.kinds();
-        out.push(detection(
+        out.push(sweep(detection(
             "portscan.horizontal",
             seen,
             0.9,
@@ -179,8 +185,26 @@ pub(super) fn probe(
                 "{} probed port {} on {hosts} hosts in {} s ({kinds})",
                 r.src, r.dport, ps.window_s
             ),
-        ));
+        )));
     }
+}
+
+/// The target a sweep's cooldown keys on: none (one alert for all its hosts),
+/// unless it is reported on the victim (spoofing evidence).
+fn sweep_target(seen: &Seen) -> Option<IpAddr> {
+    seen.spoofed.then_some(seen.r.dst)
+}
+
+/// A sweep detection as one `host_sweep` alert of its source: no target, the
+/// host count as `observed["targets"]` (a victim-side `portscan.spoofed` report
+/// stays as it is).
+fn sweep(mut d: Detection) -> Detection {
+    if d.source.is_some() {
+        d.kind = AlertKind::HostSweep;
+        d.target = None;
+        d.observed.insert("targets".to_string(), d.main);
+    }
+    d
 }
 
 /// A scan detection of `rule` (high severity, blocks), or, when the source shows

@@ -1,5 +1,5 @@
 //! SYN floods (`[synflood]`): half-open handshakes ([`classify::half_open`]) in
-//! `synflood.window_s`, counted per source (`synflood.source`, blocks; or
+//! `synflood.window_s`, counted per source and victim (`synflood.source`, blocks; or
 //! `synflood.spoofed` on the victim when the source shows spoofing evidence) and
 //! per victim (`synflood.victim`, from any source, never blocks: a distributed or
 //! spoofed flood is left to the in-kernel SYN rate limits).
@@ -26,7 +26,9 @@ pub struct VictimState {
 
 /// Counts one half-open handshake of the source into `half_open` (by victim) and
 /// reports `synflood.source` (or `synflood.spoofed`) once there are
-/// `per_source_half_open` in the window.
+/// `per_source_half_open` to the record's destination in the window. Half-open
+/// handshakes spread over many hosts, one or two each, are a SYN ping sweep or
+/// scan (the scan rules' `host_sweep`), not a flood of any of them.
 pub(super) fn source(
     half_open: &mut Distinct<IpAddr>,
     sf: &SynFlood,
@@ -36,7 +38,7 @@ pub(super) fn source(
     let (r, now_ms, spoofed) = (seen.r, seen.now_ms, seen.spoofed);
     half_open.evict(now_ms, ms(sf.window_s));
     half_open.insert(now_ms, r.dst);
-    let n = half_open.len() as f64;
+    let n = half_open.count(&r.dst) as f64;
     let rule = if spoofed {
         "synflood.spoofed"
     } else {
@@ -47,6 +49,7 @@ pub(super) fn source(
     }
     let observed = map(&[
         ("half_open", n),
+        ("half_open_all_targets", half_open.len() as f64),
         ("distinct_targets", half_open.distinct() as f64),
     ]);
     let thresholds = map(&[("half_open", sf.per_source_half_open as f64)]);

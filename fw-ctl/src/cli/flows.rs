@@ -1,4 +1,7 @@
-//! `fw-ctl flows`: the flow table, merged per-CPU, oriented from the initiator.
+//! `fw-ctl flows`: the flow table, merged per-CPU, oriented from the initiator,
+//! and the one-packet flows still waiting in the pending array
+//! (`fw_common::admission`: a flow enters the flow map on its second packet),
+//! shown with `pending: true`.
 
 use clap::{Args, ValueEnum};
 use flow_meter::export::to_record;
@@ -48,17 +51,31 @@ pub struct FlowView {
     pub idle_s: f64,
     /// First packet, Unix ms.
     pub start_ms: u64,
+    /// A one-packet flow in the pending array, not (yet) in the flow map.
+    pub pending: bool,
 }
 
 pub fn run(ctx: &Ctx, a: FlowsArgs) -> Result<()> {
     let maps = ctx.maps("fw-ctl flows")?;
     let now = clock::mono_ns();
     let off = clock::unix_offset_ns();
+    let idle_ns = maps.config()?.flow_idle_ns();
+    let mut slots = Vec::new();
+    // Maps kept from a version without the pending array have no one-packet flows.
+    if let Ok(t) = crate::kernel::PendingTable::open(&maps.dir, fw_common::maps::PENDING) {
+        t.read_all(&mut slots)?;
+    }
+    let pending = slots
+        .iter()
+        .filter(|p| p.live(now, idle_ns))
+        .map(|p| (p.key, p.stats(), 1, true));
     let mut v: Vec<FlowView> = maps
         .flows()?
         .into_iter()
-        .map(|f| {
-            let r = to_record(&f.key, &f.stats, f.cpus_seen, off, EndReason::ForcedEnd);
+        .map(|f| (f.key, f.stats, f.cpus_seen, false))
+        .chain(pending)
+        .map(|(key, stats, cpus, pending)| {
+            let r = to_record(&key, &stats, cpus, off, EndReason::ForcedEnd);
             FlowView {
                 src: r.src,
                 sport: r.sport,
@@ -73,8 +90,9 @@ pub fn run(ctx: &Ctx, a: FlowsArgs) -> Result<()> {
                 fwd_bytes: r.fwd.bytes,
                 bwd_bytes: r.bwd.bytes,
                 duration_s: r.duration_us as f64 / 1e6,
-                idle_s: now.saturating_sub(f.stats.last_seen_ns) as f64 / 1e9,
+                idle_s: now.saturating_sub(stats.last_seen_ns) as f64 / 1e9,
                 start_ms: r.start_ms,
+                pending,
             }
         })
         .collect();

@@ -47,6 +47,9 @@ pub struct Cli {
     /// Gateway configuration file [default: /etc/fw-ctl/gateway.toml when it exists].
     #[arg(long, global = true, env = "FW_CTL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Without --config: ignore /etc/fw-ctl/gateway.toml (built-in defaults).
+    #[arg(long, global = true)]
+    pub no_config: bool,
     /// Block state file [default: the config's, else /var/lib/fw-ctl/<instance>/state.json].
     #[arg(long, global = true, env = "FW_CTL_STATE")]
     pub state: Option<PathBuf>,
@@ -110,7 +113,7 @@ impl Ctx {
     pub fn new(cli: &Cli) -> Result<Ctx> {
         let cfg_path = cli.config.clone().or_else(|| {
             let p = PathBuf::from(DEFAULT_CONFIG);
-            p.exists().then_some(p)
+            (!cli.no_config && p.exists()).then_some(p)
         });
         let cfg = match &cfg_path {
             Some(p) => Some(GatewayFile::load(p)?),

@@ -22,7 +22,13 @@ use super::{
     enforced::{Enforced, StateReader},
     exporter::Exporter,
 };
-use crate::{clock, config::GatewayFile, control, kernel::Pinned, pin::PinDir};
+use crate::{
+    clock,
+    config::GatewayFile,
+    control,
+    kernel::{PendingTable, Pinned},
+    pin::PinDir,
+};
 
 /// What the collector thread reports.
 pub(super) enum Collected {
@@ -31,6 +37,9 @@ pub(super) enum Collected {
         counters: Vec<CounterEntry>,
         maps: Vec<MapFill>,
         mode: Mode,
+        /// Flow admission counts (`fw_common::admission::STAT_*`), when the
+        /// program has the map.
+        admission: Option<[u64; 3]>,
     },
     Swept(usize),
     /// What the maps and the state file hold (every `state.poll_interval_ms`).
@@ -60,6 +69,16 @@ pub(super) fn collector(
     let state_every = Duration::from_millis(cfg.state.poll_interval_ms);
     let mut reader = StateReader::new(state_path.clone());
     let mut exporter = Exporter::new(e.timeouts());
+    // The pending array of one-packet flows (absent from maps kept by an older
+    // version: no one-packet records then).
+    let pending = match PendingTable::open(&dir, fw_common::maps::PENDING) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "no pending array: one-packet flows are not exported");
+            None
+        }
+    };
+    let mut pending_buf = Vec::new();
     let start = Instant::now();
     let (mut next_poll, mut next_counters, mut next_sweep, mut next_state) =
         (start + poll, start, start + sweep_every, start);
@@ -72,7 +91,16 @@ pub(super) fn collector(
         let now = Instant::now();
         if now >= next_poll || stopping {
             next_poll = now + poll;
-            match exporter.poll(&mut maps, clock::mono_ns(), clock::unix_offset_ns()) {
+            let now_ns = clock::mono_ns();
+            let offset = clock::unix_offset_ns();
+            let polled = exporter.poll(&mut maps, now_ns, offset).and_then(|mut r| {
+                if let Some(t) = &pending {
+                    t.read_all(&mut pending_buf)?;
+                    r.extend(exporter.poll_pending(&pending_buf, now_ns, offset));
+                }
+                Ok(r)
+            });
+            match polled {
                 Ok(r) if r.is_empty() => {}
                 Ok(r) => {
                     if !send(Collected::Records(r)) {
@@ -123,6 +151,7 @@ pub(super) fn collector(
                         counters,
                         maps: fill.clone(),
                         mode,
+                        admission: maps.admission(),
                     }) {
                         return;
                     }

@@ -6,14 +6,25 @@
 //! active-timeout export so the next record carries delta counts
 //! ([`flow_meter::export::delta_since`]).
 //!
+//! One-packet flows never enter the flow map (`fw_common::admission`): each pass
+//! also reads the pending array and exports the slots whose packet crossed the
+//! idle timeout since the previous pass ([`Exporter::poll_pending`], the rule
+//! `flow_meter::pending::due` the meter applies too).
+//!
 //! The detector turns each record into its feature vector with
 //! `flow_meter::features::extract` (one code path, documented there), so the gateway
 //! ships records, not features.
 
 use std::collections::HashMap;
 
-use flow_meter::export::{Timeouts, delta_since, expiry, to_record};
-use fw_common::flow::{FlowKey, FlowStats};
+use flow_meter::{
+    export::{Timeouts, delta_since, expiry, to_record},
+    pending::due,
+};
+use fw_common::{
+    admission::PendingFlow,
+    flow::{FlowKey, FlowStats},
+};
 use tad_wire::{EndReason, FlowRecord};
 
 use crate::{error::Result, kernel::FlowEntry};
@@ -56,6 +67,8 @@ pub struct Exporter {
     pass: u64,
     /// Records produced since start.
     pub exported_total: u64,
+    /// Kernel time of the previous [`Self::poll_pending`] (ns).
+    pending_prev_ns: Option<u64>,
 }
 
 impl Exporter {
@@ -65,7 +78,40 @@ impl Exporter {
             baselines: HashMap::new(),
             pass: 0,
             exported_total: 0,
+            pending_prev_ns: None,
         }
+    }
+
+    /// The one-packet flows of the pending array `slots` that are due at `now_ns`
+    /// (kernel clock): those whose packet crossed the idle timeout since the
+    /// previous call, as idle-timeout records. The first call exports none (it
+    /// starts the window: flows that expired while no daemon ran are not
+    /// exported twice after a restart).
+    pub fn poll_pending(
+        &mut self,
+        slots: &[PendingFlow],
+        now_ns: u64,
+        unix_offset_ns: i128,
+    ) -> Vec<FlowRecord> {
+        let Some(prev) = self.pending_prev_ns.replace(now_ns) else {
+            return Vec::new();
+        };
+        let idle = self.timeouts.idle.as_nanos() as u64;
+        let out: Vec<FlowRecord> = slots
+            .iter()
+            .filter(|s| due(s, prev, now_ns, idle))
+            .map(|s| {
+                to_record(
+                    &s.key,
+                    &s.stats(),
+                    1,
+                    unix_offset_ns,
+                    EndReason::IdleTimeout,
+                )
+            })
+            .collect();
+        self.exported_total += out.len() as u64;
+        out
     }
 
     /// One export pass at `now_ns` (kernel clock). `unix_offset_ns` converts kernel
@@ -193,6 +239,41 @@ mod tests {
             f.account(SIDE_A, &tcp(tcp_flags::ACK), S + i * S);
         }
         f
+    }
+
+    #[test]
+    fn one_packet_flows_leave_the_pending_array_once_after_the_idle_timeout() {
+        let mut slot = PendingFlow::default();
+        let (k, side) = FlowKey::new(
+            v4_mapped([198, 51, 100, 9]),
+            50000,
+            v4_mapped([192, 0, 2, 10]),
+            23,
+            6,
+            4,
+            0,
+        );
+        slot.set(&k, side, &tcp(tcp_flags::SYN), S);
+        let slots = [PendingFlow::default(), slot];
+        let mut ex = Exporter::new(t());
+        assert!(
+            ex.poll_pending(&slots, S, 0).is_empty(),
+            "first pass starts the window"
+        );
+        assert!(
+            ex.poll_pending(&slots, 5 * S, 0).is_empty(),
+            "idle 5 s not over"
+        );
+        let r = ex.poll_pending(&slots, 6 * S, 0);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].end_reason, EndReason::IdleTimeout);
+        assert_eq!(r[0].packets(), 1);
+        assert_eq!(r[0].start_ms, 1_000);
+        assert!(
+            ex.poll_pending(&slots, 7 * S, 0).is_empty(),
+            "exported once"
+        );
+        assert_eq!(ex.exported_total, 1);
     }
 
     fn t() -> Timeouts {

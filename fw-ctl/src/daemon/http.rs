@@ -57,6 +57,9 @@ pub struct Exposition {
     pub provisional_quarantines: u64,
     /// The evidence task's counters.
     pub evidence: EvidenceStats,
+    /// Flow admission counts (admitted, pended, replaced live), from the
+    /// collector; `None` before the first reading or without the map.
+    pub admission: Option<[u64; 3]>,
     /// Services under SYN authentication in force (from the published state).
     pub protected_services: u64,
     /// SYN-ACK challenges sent, summed over the services in force (their
@@ -169,6 +172,20 @@ pub fn render(e: &Exposition) -> String {
         "tad_gateway_provisional_quarantines {}",
         e.provisional_quarantines
     );
+    if let Some(a) = e.admission {
+        family(
+            &mut out,
+            "flow_admission_total",
+            "counter",
+            "Flow admission in XDP (fw_common::admission): flows admitted to the flow map on their second packet, first packets made pending, and live pending one-packet flows replaced by a colliding one (their packet is in no flow record).",
+        );
+        for (event, n) in ["admitted", "pended", "replaced_live"].iter().zip(a) {
+            let _ = writeln!(
+                out,
+                "tad_gateway_flow_admission_total{{event=\"{event}\"}} {n}"
+            );
+        }
+    }
     let ev = &e.evidence;
     family(
         &mut out,
@@ -420,6 +437,7 @@ mod tests {
             },
             bus: "connected".into(),
             bus_connected: true,
+            admission: Some([11, 40, 3]),
             ..Default::default()
         };
         e.enforcer.verdicts_applied = 4;
@@ -495,6 +513,16 @@ mod tests {
         assert_eq!(v("tad_gateway_evidence_batches_total"), 5.0);
         assert_eq!(v("tad_gateway_protected_services"), 1.0);
         assert_eq!(v("tad_gateway_syn_auth_challenges_total"), 4096.0);
+        assert_eq!(
+            v("tad_gateway_flow_admission_total{event=\"replaced_live\"}"),
+            3.0
+        );
+        assert_eq!(
+            v("tad_gateway_flow_admission_total{event=\"pended\"}"),
+            40.0
+        );
+        let none = render(&Exposition::default());
+        assert!(!none.contains("flow_admission"), "no map, no family");
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!                                                 └──► StatePublisher ─► state/delta, state (retained)
 //!  evidence task ([`evidence`]): every evidence.poll_interval_ms and on each ring buffer event,
 //!     EVIDENCE_SRC/DST (mmap) + EVENTS ─► changed EpochEvidence + events ─► EvidenceBatch ─► bus
+//!  feeds thread ([`feeds`]): every `[[feeds]] interval_s`, file or URL ─► diff ─► block maps + state file
+//!  device task ([`devices`], with `[devices]`): tad/v1/dev/+/telemetry ─► guard ─► batches, refusals,
+//!     trust, command decisions, scan findings ─► tad/v1/gw/<gw>/devices/...
 //!  HTTP server (warp, [http] listen) ◄── Exposition (refreshed every second) ─► /metrics, /health
 //! ```
 //!
@@ -41,10 +44,12 @@
 //! closed (offline status), and the XDP program stays pinned and filtering.
 
 mod collector;
+pub mod devices;
 pub mod enforced;
 pub mod enforcer;
 pub mod evidence;
 pub mod exporter;
+pub mod feeds;
 pub mod http;
 pub mod ipfix;
 pub mod queue;
@@ -134,6 +139,12 @@ pub struct DaemonStatus {
     /// The IPFIX exporter's counters; `None` when `[ipfix] collector` is unset.
     #[serde(default)]
     pub ipfix: Option<ipfix::IpfixStats>,
+    /// The device task's counters ([`devices`]); `None` without `[devices]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<devices::DeviceStats>,
+    /// Each configured feed's refreshes and failures ([`feeds`]).
+    #[serde(default)]
+    pub feeds: Vec<feeds::FeedStatus>,
 }
 
 /// [`EnforcerStats`] as stored in the status file.
@@ -165,8 +176,18 @@ impl DaemonStatus {
 }
 
 /// Loads the program when the instance is not loaded (interfaces from the config),
-/// otherwise re-applies the config allowlist; then restores the state file.
+/// otherwise re-applies the config allowlist; then restores the state file. Either
+/// way writes the flow admission rule and idle timeout of `[export]` into the
+/// kernel configuration ([`crate::config::Export::apply`]).
 pub fn prepare(cfg: &GatewayFile) -> Result<(PinDir, Pinned)> {
+    let (dir, mut maps) = prepare_maps(cfg)?;
+    let mut k = maps.config()?;
+    cfg.export.apply(&mut k);
+    maps.set_config(&k)?;
+    Ok((dir, maps))
+}
+
+fn prepare_maps(cfg: &GatewayFile) -> Result<(PinDir, Pinned)> {
     let dir = PinDir::new(&cfg.instance)?;
     let state_path = cfg.state_path();
     if !dir.loaded() {
@@ -414,6 +435,24 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
     } else {
         None
     };
+    // IoT devices (`[devices]`, needs the bus): registry, replay windows and trust
+    // ledger opened before anything is loaded, so a bad file changes nothing.
+    let device_state = match &cfg.devices {
+        Some(dc) if cfg.bus_enabled => Some((
+            devices::Devices::open(dc.clone(), gw.clone(), cfg.trust.dashboards.clone()).map_err(
+                |why| CtlError::Config {
+                    path: PathBuf::from("(config)"),
+                    why,
+                },
+            )?,
+            Verifier::from_bus_config(&bus_cfg).map_err(|e| CtlError::Config {
+                path: PathBuf::from("(config)"),
+                why: format!("bus.ca_file (verifies device command requests): {e}"),
+            })?,
+        )),
+        _ => None,
+    };
+    let mut device_subs = None;
     // Every exported record also goes to the IPFIX collector, when there is one
     // (resolved before anything is loaded, so a bad name changes nothing).
     let mut ipfix =
@@ -455,6 +494,9 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
         // and where possible ack, every refused message.
         let v = b.subscribe::<RawPayload>(&topic::verdicts_filter(&gw), QoS::AtLeastOnce);
         let c = b.subscribe::<RawPayload>(&topic::commands_filter(&gw), QoS::AtLeastOnce);
+        if device_state.is_some() {
+            device_subs = Some(devices::subscribe(&mut b, &gw));
+        }
         b.status(node_status(&gw, &dir, &maps));
         // start(): connect in the background and keep retrying, so the gateway runs
         // (and filters) while the broker is down.
@@ -514,6 +556,28 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
         topic_delta: topic::gateway_state_delta(&gw),
     };
 
+    // The device guard: its own task (signature checks off the main loop).
+    let device_stats = device_state
+        .as_ref()
+        .map(|_| Arc::new(std::sync::Mutex::new(devices::DeviceStats::default())));
+    let device_task = match (device_state, device_subs, &bus, &device_stats) {
+        (Some((d, verifier)), Some(subs), Some(b), Some(st)) => {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(devices::run(
+                d,
+                b.clone(),
+                subs,
+                verifier,
+                st.clone(),
+                async move {
+                    let _ = rx.await;
+                },
+            ));
+            Some((tx, task))
+        }
+        _ => None,
+    };
+
     let (tx, mut rx) = mpsc::channel::<Collected>(64);
     let stop = Arc::new(AtomicBool::new(false));
     let collector_thread = {
@@ -522,6 +586,21 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
             .name("fw-ctl-collector".into())
             .spawn(move || collector(dir, cfg, tx, stop))
             .map_err(|e| CtlError::Runtime(format!("spawning the collector: {e}")))?
+    };
+    // Threat feeds on their schedule: their own thread and map handles.
+    let feeds_stats: feeds::Shared =
+        Arc::new(std::sync::Mutex::new(feeds::initial_status(&cfg.feeds)));
+    let feeds_thread = if cfg.feeds.is_empty() {
+        None
+    } else {
+        let (d, sp, list) = (dir.clone(), cfg.state_path(), cfg.feeds.clone());
+        let (st, stop) = (feeds_stats.clone(), stop.clone());
+        Some(
+            std::thread::Builder::new()
+                .name("fw-ctl-feeds".into())
+                .spawn(move || feeds::run(d, sp, list, st, stop))
+                .map_err(|e| CtlError::Runtime(format!("spawning the feed refresher: {e}")))?,
+        )
     };
     tracing::info!(gateway = %gw, instance = %cfg.instance, bus = cfg.bus_enabled, "daemon running");
 
@@ -574,11 +653,12 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
                         publisher.flush(b, bus_capacity);
                     }
                 }
-                Collected::Counters { counters, maps: fill, mode } => {
+                Collected::Counters { counters, maps: fill, mode, admission } => {
                     {
                         let mut x = exposition.lock().unwrap_or_else(|p| p.into_inner());
                         x.counters = counters.clone();
                         x.mode = Some(mode);
+                        x.admission = admission;
                     }
                     if let Some(b) = bus.as_ref().filter(|b| connected(b)) {
                         let snap = CountersSnapshot {
@@ -640,8 +720,13 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
                     x.refresh();
                     publisher.status.ipfix = Some(x.stats.clone());
                 }
+                publisher.status.devices = device_stats
+                    .as_ref()
+                    .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone());
                 publisher.status.evidence =
                     evidence_stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                publisher.status.feeds =
+                    feeds_stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 write_status(&mut publisher, enforcer.as_ref(), bus.as_ref(), &status_path);
                 let mut x = exposition.lock().unwrap_or_else(|p| p.into_inner());
                 x.evidence = publisher.status.evidence.clone();
@@ -657,6 +742,10 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
     }
 
     tracing::info!("shutting down: last export pass, flushing");
+    if let Some((tx, task)) = device_task {
+        let _ = tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     let _ = evidence_stop.send(());
     match tokio::time::timeout(Duration::from_secs(5), evidence_task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "evidence task"),
@@ -680,6 +769,13 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
     let _ = tokio::task::spawn_blocking(move || collector_thread.join()).await;
+    if let Some(t) = feeds_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    publisher.status.feeds = feeds_stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     if let Some(b) = &bus {
         let deadline = Instant::now() + Duration::from_secs(3);
         while !publisher.queue.is_empty() && connected(b) && Instant::now() < deadline {

@@ -218,7 +218,10 @@ impl Ctl {
         } else {
             Command::new(BIN)
         };
+        // No configuration file: a gateway.toml installed on the machine
+        // (/etc/fw-ctl, e.g. by the router package) changes nothing.
         c.env_remove("FW_CTL_CONFIG")
+            .arg("--no-config")
             .arg("--instance")
             .arg(&self.instance)
             .arg("--state")

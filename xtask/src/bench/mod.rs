@@ -19,12 +19,18 @@
 //!   one core (`detector bench`).
 //! - `reaction`: nmap scan to first XDP drop, and verdict published to block-map
 //!   entry, on the testbed with the whole stack ([`reaction`]).
+//! - `feed`: `fw-ctl feed load` of a 100,000-prefix feed, end to end through the
+//!   CLI ([`feed`]; target < 1 s).
+//! - `devices`: telemetry messages per second through the device guard with
+//!   Ed25519 signature checks on one core ([`devices`]; target ≥ 20,000/s).
 use std::{path::PathBuf, process::Command};
 
 use anyhow::bail;
 
 use crate::{build, setup, testbed::daemons, util};
 
+mod devices;
+mod feed;
 mod flows;
 mod footprint;
 mod pipeline;
@@ -40,12 +46,14 @@ const ALL: &[&str] = &[
     "pipeline",
     "footprint",
     "reaction",
+    "feed",
+    "devices",
 ];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Benchmarks to run (default: all): xdp, filters, flowmap, flood, detector,
-    /// pipeline, footprint, reaction.
+    /// pipeline, footprint, reaction, feed, devices.
     names: Vec<String>,
     /// Also write the JSON result here (only with a single benchmark).
     #[arg(long)]
@@ -116,6 +124,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                 footprint::run(&out)?;
             }
             "reaction" => reaction::run(&out, &a.reaction)?,
+            "feed" => feed::run(&out)?,
+            "devices" => devices::run(&out)?,
             _ => unreachable!("checked above"),
         }
         if let Some(extra) = &a.json {

@@ -92,6 +92,7 @@ fn now_s() -> f64 {
         .unwrap_or(0.0)
 }
 
+pub(crate) mod devices;
 mod enforced;
 mod flood;
 mod report;

@@ -32,14 +32,16 @@
 
 use std::{collections::BTreeMap, io, net::IpAddr};
 
+mod mapped;
 use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
     lpm_trie::{Key, LpmTrie},
 };
 use fw_common::{
+    admission::STAT_SLOTS,
     config::GatewayConfig,
     counters::{COUNTER_SLOTS, CounterSlot, CounterValue},
-    evidence::{EVIDENCE_SLOTS, EvidenceEvent, EvidenceSlot},
+    evidence::EvidenceEvent,
     filter::{AllowEntry, BlockEntry},
     flow::{FlowKey, FlowStats},
     maps as names,
@@ -47,6 +49,7 @@ use fw_common::{
     synauth::{ServiceKey, SynAuthEntry},
 };
 use ipnet::IpNet;
+pub use mapped::{EvidenceTable, MappedArray, PendingTable};
 use tad_wire::MapFill;
 
 use crate::{
@@ -57,7 +60,7 @@ use crate::{
 };
 
 /// The io::Error inside a map error (syscall failures keep their errno).
-fn io_of(e: MapError) -> io::Error {
+pub(crate) fn io_of(e: MapError) -> io::Error {
     match e {
         MapError::SyscallError(s) => s.io_error,
         MapError::KeyNotFound => io::Error::from_raw_os_error(libc::ENOENT),
@@ -65,7 +68,7 @@ fn io_of(e: MapError) -> io::Error {
     }
 }
 
-fn err(map: &str, what: &str, e: MapError) -> CtlError {
+pub(crate) fn err(map: &str, what: &str, e: MapError) -> CtlError {
     CtlError::map(map, what, io_of(e))
 }
 
@@ -171,6 +174,19 @@ impl Pinned {
             out.push((slot, sum));
         }
         Ok(out)
+    }
+
+    /// The admission rule's counts (`fw_common::admission::STAT_*`: flows
+    /// admitted on their second packet, first packets made pending, live pending
+    /// flows replaced by a colliding one), summed over CPUs; `None` for maps kept
+    /// from a version without the `ADMISSION` map.
+    pub fn admission(&self) -> Option<[u64; STAT_SLOTS as usize]> {
+        let a: PerCpuArray<MapData, u64> = typed(&self.dir, names::ADMISSION).ok()?;
+        let mut out = [0; STAT_SLOTS as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = a.get(&(i as u32), 0).ok()?.iter().sum();
+        }
+        Some(out)
     }
 
     /// Every flow in the table, per-CPU copies merged with [`FlowStats::merge`].
@@ -421,133 +437,6 @@ fn evidence_fill(dir: &PinDir, name: &'static str) -> (&'static str, u64, u32) {
     }
 }
 
-/// A read-only shared mapping of an mmapable BPF array.
-struct Mapping {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and owned by this value; reads are volatile
-// copies, so sharing it between threads reads what the kernel wrote.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
-/// One evidence array (`EVIDENCE_SRC` or `EVIDENCE_DST`) of a loaded instance:
-/// [`EVIDENCE_SLOTS`] [`EvidenceSlot`]s, read through a shared read-only mapping
-/// (see the module docs) or, when the kernel refuses it, by lookups.
-pub struct EvidenceTable {
-    name: &'static str,
-    map: Array<MapData, EvidenceSlot>,
-    mapping: Option<Mapping>,
-    slots: u32,
-}
-
-impl EvidenceTable {
-    /// Opens the pinned array `name` and maps it.
-    ///
-    /// # Errors
-    /// [`CtlError::NotLoaded`] when it is not pinned; a map of another type or
-    /// value size. A refused `mmap` is not an error: the table falls back to
-    /// lookups ([`Self::mapped`] tells which) and logs why.
-    pub fn open(dir: &PinDir, name: &'static str) -> Result<EvidenceTable> {
-        let map: Array<MapData, EvidenceSlot> = typed(dir, name)?;
-        let slots = max(&map);
-        let len = slots as usize * std::mem::size_of::<EvidenceSlot>();
-        let mapping = if len == 0 {
-            None
-        } else {
-            use std::os::fd::{AsFd as _, AsRawFd as _};
-            let fd = aya::maps::IterableMap::map(&map).fd().as_fd().as_raw_fd();
-            // SAFETY: mapping a BPF map fd read-only and shared at offset 0 for
-            // `len` bytes (the kernel checks the range against the map size); the
-            // mapping lives until `Mapping::drop`.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ,
-                    libc::MAP_SHARED,
-                    fd,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                let e = io::Error::last_os_error();
-                tracing::warn!(map = name, error = %e, "cannot mmap the evidence map; reading it slot by slot");
-                None
-            } else {
-                std::ptr::NonNull::new(p.cast()).map(|ptr| Mapping { ptr, len })
-            }
-        };
-        Ok(EvidenceTable {
-            name,
-            map,
-            mapping,
-            slots,
-        })
-    }
-
-    /// Whether the table is read through the shared mapping.
-    pub fn mapped(&self) -> bool {
-        self.mapping.is_some()
-    }
-
-    /// Number of slots (the map's `max_entries`, [`EVIDENCE_SLOTS`] as built).
-    pub fn slots(&self) -> u32 {
-        self.slots
-    }
-
-    /// Copies every slot into `out` (cleared first), in index order.
-    ///
-    /// # Errors
-    /// Only on the lookup fallback: a lookup that fails.
-    pub fn read_all(&self, out: &mut Vec<EvidenceSlot>) -> Result<()> {
-        out.clear();
-        out.reserve(self.slots as usize);
-        match &self.mapping {
-            Some(m) => {
-                let base = m.ptr.as_ptr().cast::<EvidenceSlot>();
-                for i in 0..self.slots as usize {
-                    // SAFETY: `i < slots` keeps the read inside the mapping; the
-                    // kernel aligns array values to 8 bytes (232 = 29 * 8), and
-                    // every bit pattern is a valid `EvidenceSlot` (plain integers).
-                    out.push(unsafe { std::ptr::read_volatile(base.add(i)) });
-                }
-            }
-            None => {
-                for i in 0..self.slots {
-                    let s = self
-                        .map
-                        .get(&i, 0)
-                        .map_err(|e| err(self.name, "lookup", e))?;
-                    out.push(s);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Overwrites slot `index` (tests; the program owns the slots otherwise).
-    ///
-    /// # Errors
-    /// An index past the end or a failing update.
-    pub fn write(&mut self, index: u32, slot: &EvidenceSlot) -> Result<()> {
-        self.map
-            .set(index, slot, 0)
-            .map_err(|e| err(self.name, "write", e))
-    }
-}
-
-const _: () = assert!(std::mem::size_of::<EvidenceSlot>().is_multiple_of(8));
-const _: () = assert!(EVIDENCE_SLOTS > 0);
-
 /// Opens the pinned `EVENTS` ring buffer of `dir` (aya's [`RingBuf`]: poll its fd
 /// for readability, e.g. through `tokio::io::unix::AsyncFd`, then take records
 /// with `next` until it returns `None`; decode each with [`decode_event`]).
@@ -570,7 +459,7 @@ pub fn decode_event(bytes: &[u8]) -> Option<EvidenceEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<EvidenceEvent>()) })
 }
 
-fn max<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(m: &M) -> u32 {
+pub(crate) fn max<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(m: &M) -> u32 {
     m.map().info().map(|i| i.max_entries()).unwrap_or(0)
 }
 
