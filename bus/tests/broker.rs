@@ -486,6 +486,48 @@ async fn broker_restart_mid_stream_loses_no_qos1_message() {
     assert_eq!(gw.metrics().dropped, 0);
 }
 
+/// A burst cut by a broker restart: what rumqttc held unsent and in flight when
+/// the connection dropped can exceed its in-flight window (20 at mosquitto's
+/// default); resent through rumqttc's own queue it could reuse packet ids still
+/// in flight and lose messages (bytebeamio/rumqtt#1056), so the client resends it
+/// itself. Every batch arrives, none is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_cut_by_a_broker_restart_arrives_whole() {
+    const N: u64 = 400;
+    let mut broker = TestBroker::start().expect("test broker");
+    let mut det = BusClient::builder(broker.config("detector-1").unwrap()).unwrap();
+    let mut flows = det.subscribe::<FlowBatch>("tad/v1/gw/+/flows/#", QoS::AtLeastOnce);
+    let _det = det.connect().await.unwrap();
+    let gw = BusClient::connect(broker.config("gateway-1").unwrap())
+        .await
+        .unwrap();
+    let t = topic::flows("gateway-1", 0);
+    for seq in 0..N {
+        gw.publish(&t, &batch("gateway-1", seq), PublishOptions::reliable())
+            .await
+            .unwrap();
+    }
+    // No wait: the burst is still leaving when the broker goes down.
+    tokio::task::block_in_place(|| broker.stop());
+    tokio::task::block_in_place(|| broker.restart()).expect("broker restarts");
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + 3 * WAIT;
+    while (seen.len() as u64) < N {
+        let missing: Vec<u64> = (0..N).filter(|s| !seen.contains(s)).take(20).collect();
+        let r = tokio::time::timeout_at(deadline, flows.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of {N} batches arrived; missing e.g. {missing:?}",
+                    seen.len()
+                )
+            })
+            .expect("subscription ended");
+        seen.insert(r.message.seq);
+    }
+    assert_eq!(gw.metrics().dropped, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_publishes_are_resent_when_the_broker_lost_the_session() {
     let mut broker = TestBroker::start_with_options(&TestBrokerOptions {

@@ -13,7 +13,7 @@ use std::{
 use rumqttc::{
     Outgoing, TlsConfiguration, Transport,
     v5::{
-        ConnectionError, Event, EventLoop, Incoming, MqttOptions, Request,
+        AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Request,
         mqttbytes::{
             QoS,
             v5::{
@@ -94,18 +94,45 @@ fn describe(e: &ConnectionError) -> String {
     }
 }
 
+/// Resends `publishes` in order through the request channel (waits while it is
+/// full; ends early if the event loop is gone).
+async fn republish(mqtt: AsyncClient, publishes: Vec<Publish>) {
+    for p in publishes {
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let props = p.properties.unwrap_or_default();
+        if mqtt
+            .publish_with_properties(topic, p.qos, p.retain, p.payload, props)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// Polls the event loop: routes incoming publishes, tracks acks, (re)subscribes and
 /// republishes status on connect, reconnects with backoff. Once the client is
 /// closing it stops reconnecting, and after its DISCONNECT it polls until the broker
 /// closes the connection.
-pub(super) async fn drive(s: Arc<Shared>, mut el: EventLoop) {
+///
+/// Publishes are never handed back to rumqttc's `pending` queue with a fresh
+/// packet id: that queue bypasses its in-flight limit, so packet ids wrap onto
+/// ones still in flight, and rumqttc 0.25 keeps only the last of several such
+/// collisions (bytebeamio/rumqtt#1056: the others are silently lost). What the
+/// connection loss left unsent, and what a lost session dropped, is resent in
+/// order through `mqtt` instead, under the normal flow control.
+pub(super) async fn drive(s: Arc<Shared>, mut el: EventLoop, mqtt: AsyncClient) {
     let min = Duration::from_millis(s.cfg.reconnect_min_ms);
     let max = Duration::from_millis(s.cfg.reconnect_max_ms);
     let mut backoff = min;
     let mut connected_once = false;
-    // Publishes not acknowledged when the connection dropped; resent if the broker
-    // comes back without our session (rumqttc only resends into a present session).
+    // Publishes sent but not acknowledged when the connection dropped (they keep
+    // their packet ids in rumqttc's `pending`); resent by us if the broker comes
+    // back without our session (rumqttc only resends into a present session).
     let mut unacked: Vec<Publish> = Vec::new();
+    // Publishes never sent (rumqttc drained them from its request channel into
+    // `pending` with packet id 0): taken out and resent through `mqtt`.
+    let mut unsent: Vec<Publish> = Vec::new();
     loop {
         let ev = el.poll().await;
         s.counters
@@ -123,16 +150,16 @@ pub(super) async fn drive(s: Arc<Shared>, mut el: EventLoop) {
                     session_present = ack.session_present,
                     "bus connected"
                 );
-                if !ack.session_present {
-                    // The broker lost (or never had) our session: resend what was
-                    // unacknowledged and subscribe again.
-                    for mut p in unacked.drain(..) {
-                        p.pkid = 0;
-                        p.dup = false;
-                        el.pending.push_back(Request::Publish(p));
-                    }
-                }
+                // The broker lost (or never had) our session: resend what was
+                // unacknowledged (rumqttc dropped it from `pending`) and
+                // subscribe again.
+                let mut resend: Vec<Publish> = if ack.session_present {
+                    Vec::new()
+                } else {
+                    std::mem::take(&mut unacked)
+                };
                 unacked.clear();
+                resend.append(&mut unsent);
                 let filters: Vec<Filter> = s
                     .subs
                     .lock()
@@ -156,7 +183,10 @@ pub(super) async fn drive(s: Arc<Shared>, mut el: EventLoop) {
                         )),
                     );
                     p.retain = true;
-                    el.pending.push_back(Request::Publish(p));
+                    resend.push(p);
+                }
+                if !resend.is_empty() {
+                    tokio::spawn(republish(mqtt.clone(), resend));
                 }
                 connected_once = true;
                 s.state.send_replace(ConnectionState::Connected {
@@ -201,14 +231,19 @@ pub(super) async fn drive(s: Arc<Shared>, mut el: EventLoop) {
                     break;
                 }
                 s.counters.connection_errors.fetch_add(1, Ordering::Relaxed);
-                let saved: Vec<Publish> = el
-                    .pending
-                    .iter()
-                    .filter_map(|r| match r {
-                        Request::Publish(p) => Some(p.clone()),
-                        _ => None,
-                    })
-                    .collect();
+                // rumqttc moved the in-flight publishes (packet id set) and the
+                // request channel's contents (packet id 0) into `pending`.
+                let mut saved = Vec::new();
+                for r in std::mem::take(&mut el.pending) {
+                    match r {
+                        Request::Publish(p) if p.pkid == 0 => unsent.push(p),
+                        Request::Publish(p) => {
+                            saved.push(p.clone());
+                            el.pending.push_back(Request::Publish(p));
+                        }
+                        other => el.pending.push_back(other),
+                    }
+                }
                 if !saved.is_empty() {
                     unacked = saved;
                 }
@@ -219,6 +254,7 @@ pub(super) async fn drive(s: Arc<Shared>, mut el: EventLoop) {
                     error = %error,
                     retry_in_ms = backoff.as_millis() as u64,
                     unacked = unacked.len(),
+                    unsent = unsent.len(),
                     "bus connection lost"
                 );
                 s.state

@@ -242,7 +242,7 @@ fn start(shared: Arc<Shared>) -> Result<BusClient, BusError> {
     // The request channel is kept small: the policy-bearing queue is ours.
     let (mqtt, eventloop) = AsyncClient::new(opts, 16);
     let forwarder = tokio::spawn(queue::forward(shared.clone(), mqtt.clone()));
-    let driver = tokio::spawn(driver::drive(shared.clone(), eventloop));
+    let driver = tokio::spawn(driver::drive(shared.clone(), eventloop, mqtt.clone()));
     Ok(BusClient {
         inner: Arc::new(Inner {
             shared,
