@@ -334,7 +334,7 @@ impl Evidence {
                 reason: BlockReason::Quarantine as u8,
                 origin: ORIGIN_DATAPATH,
                 flags: BLOCK_FLAG_NEW_FLOWS_ONLY,
-                _pad: 0,
+                lpm_tag: 0,
             },
         );
         true

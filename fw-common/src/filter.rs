@@ -77,7 +77,13 @@ pub struct BlockEntry {
     pub origin: u8,
     /// `BLOCK_FLAG_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    /// Userspace bookkeeping, ignored by the program: in an LPM-trie entry,
+    /// fw-ctl writes the entry's own prefix length + 1 (1..=129) on insert, so an
+    /// exact-prefix read can tell the entry from a covering shorter prefix with the
+    /// same metadata (an LPM lookup returns the longest match, not the exact key).
+    /// 0 in the host maps and in trie entries written by older versions. fw-ctl's
+    /// reads return it as 0.
+    pub lpm_tag: u8,
 }
 
 impl BlockEntry {

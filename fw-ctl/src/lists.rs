@@ -210,7 +210,7 @@ pub fn entry_for(req: &BlockRequest, now_mono_ns: u64) -> BlockEntry {
         reason: req.reason as u8,
         origin: req.origin.code(),
         flags: 0,
-        _pad: 0,
+        lpm_tag: 0,
     }
 }
 

@@ -264,7 +264,7 @@ pub fn restore<L: Lists + ?Sized>(lists: &mut L, path: &Path) -> Result<RestoreR
                         reason: rec.reason as u8,
                         origin: rec.origin.code(),
                         flags: 0,
-                        _pad: 0,
+                        lpm_tag: 0,
                     };
                     lists.put_block(net, &entry)?;
                     rep.blocks_restored += 1;

@@ -319,3 +319,50 @@ fn url_feeds_refresh_and_http_errors_change_nothing() {
     assert_eq!(h.run(&syn_from("198.51.100.77")), XDP_DROP);
     server.join().unwrap();
 }
+
+/// Feeds nest prefixes (a /16 and /24s inside it) with the same metadata: each
+/// stored prefix is found as itself, a prefix only covered by another is absent,
+/// and removing the inner one leaves the outer one enforced. An LPM lookup alone
+/// returns the longest covering entry, which used to make the inner prefix look
+/// absent when both entries were alike.
+#[test]
+fn nested_prefixes_with_the_same_metadata_are_each_found_exactly() {
+    let pins = PrivatePins::new(&format!("tadtest-nested-{}", std::process::id()));
+    let h = Harness::load_pinned(&pins, |_| {});
+    let mut maps = Pinned::open(&pins.0).unwrap();
+    let e = BlockEntry {
+        expires_ns: 0,
+        reason: BlockReason::ThreatFeed as u8,
+        origin: Origin::Feed.code(),
+        rule_id: 7,
+        ..BlockEntry::default()
+    };
+    for n in [
+        "198.18.0.0/16",
+        "198.18.1.0/24",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+    ] {
+        maps.put_block(&net(n), &e).unwrap();
+    }
+    for n in [
+        "198.18.0.0/16",
+        "198.18.1.0/24",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+    ] {
+        assert_eq!(entry(&maps, n), Some(e), "{n} is stored");
+    }
+    for n in ["198.18.2.0/24", "198.18.1.0/25", "2001:db8:2::/48"] {
+        assert_eq!(entry(&maps, n), None, "{n} is only covered");
+    }
+    // Listing shows the entries as they were given.
+    let listed = maps.blocks().unwrap();
+    assert_eq!(listed.len(), 4);
+    assert!(listed.iter().all(|(_, got)| *got == e));
+    assert!(maps.del_block(&net("198.18.1.0/24")).unwrap());
+    assert_eq!(entry(&maps, "198.18.1.0/24"), None);
+    assert_eq!(entry(&maps, "198.18.0.0/16"), Some(e));
+    // The covering /16 still drops the inner addresses.
+    assert_eq!(h.run(&syn_from("198.18.1.9")), XDP_DROP);
+}

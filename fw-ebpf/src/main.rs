@@ -646,7 +646,7 @@ fn quarantine(sc: &mut Scratch, cfg: &GatewayConfig, now: u64) -> bool {
         reason: BlockReason::Quarantine as u8,
         origin: ORIGIN_DATAPATH,
         flags: BLOCK_FLAG_NEW_FLOWS_ONLY,
-        _pad: 0,
+        lpm_tag: 0,
     };
     let p = &sc.p;
     let entry = &sc.block;

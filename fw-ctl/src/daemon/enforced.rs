@@ -413,7 +413,7 @@ mod tests {
             reason: BlockReason::Manual as u8,
             origin: origin.code(),
             flags: 0,
-            _pad: 0,
+            lpm_tag: 0,
         }
     }
 

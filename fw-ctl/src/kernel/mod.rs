@@ -18,10 +18,14 @@
 //! # Exact lookups in an LPM trie
 //! A lookup in `BPF_MAP_TYPE_LPM_TRIE` is a longest-prefix match: asking for
 //! `198.51.100.0/24` returns the entry of `198.51.100.0/16` if only that exists.
-//! [`Pinned::get_block`] therefore also looks up the same address one bit shorter:
-//! when both answers are the same entry (ignoring the hit count, which the program
-//! changes concurrently) the match came from a shorter prefix and the exact prefix
-//! is reported absent. Deletion is exact in the kernel.
+//! Every trie entry fw-ctl writes therefore carries its own prefix length
+//! (`BlockEntry::lpm_tag`, cleared again on every read), and
+//! [`Pinned::get_block`] reports the entry only when the tag names the asked
+//! prefix. For an untagged entry (written by an older version) it looks up the
+//! same address one bit shorter: when both answers are the same entry (ignoring
+//! the hit count, which the program changes concurrently) the match came from a
+//! shorter prefix and the exact prefix is reported absent. Deletion is exact in
+//! the kernel.
 //!
 //! # Single addresses
 //! Blocklist /32 and /128 entries live in the exact-match hash maps
@@ -531,6 +535,43 @@ fn exact<K: aya::Pod, V: aya::Pod>(
     }
 }
 
+/// `entry` as stored in a blocklist trie under `net`: tagged with its prefix
+/// length ([`BlockEntry::lpm_tag`]).
+fn tagged(entry: &BlockEntry, net: &IpNet) -> BlockEntry {
+    BlockEntry {
+        lpm_tag: net.prefix_len() + 1,
+        ..*entry
+    }
+}
+
+/// `entry` as fw-ctl's reads return it (tag cleared).
+fn untagged(entry: BlockEntry) -> BlockEntry {
+    BlockEntry {
+        lpm_tag: 0,
+        ..entry
+    }
+}
+
+/// The blocklist entry stored under exactly `key`, if any. A tagged entry says
+/// its own prefix length; an untagged one (written by an older version) falls back
+/// to [`exact`]'s comparison with the next shorter prefix.
+fn exact_block<K: aya::Pod>(
+    trie: &LpmTrie<MapData, K, BlockEntry>,
+    key: Key<K>,
+    map: &str,
+) -> Result<Option<BlockEntry>> {
+    let v = match trie.get(&key, 0) {
+        Ok(v) => v,
+        Err(e) if not_found(&e) => return Ok(None),
+        Err(e) => return Err(err(map, "lookup", e)),
+    };
+    if v.lpm_tag != 0 {
+        let own = u32::from(v.lpm_tag) - 1;
+        return Ok((own == key.prefix_len()).then(|| untagged(v)));
+    }
+    Ok(exact(trie, key, same_but_hits_block, map)?.map(untagged))
+}
+
 fn insert_err(map: &str, e: MapError, max_entries: u32) -> CtlError {
     let io = io_of(e);
     if io.raw_os_error() == Some(libc::ENOSPC) || io.raw_os_error() == Some(libc::E2BIG) {
@@ -560,7 +601,7 @@ impl Lists for Pinned {
         walk(self.host4.iter(), names::BLOCK_HOST_V4, host, &mut out)?;
         let host = |a: &[u8; 16]| IpNet::from(IpAddr::from(*a));
         walk(self.host6.iter(), names::BLOCK_HOST_V6, host, &mut out)?;
-        Ok(out)
+        Ok(out.into_iter().map(|(n, e)| (n, untagged(e))).collect())
     }
 
     fn allows(&self) -> Result<Vec<(IpNet, AllowEntry)>> {
@@ -584,18 +625,8 @@ impl Lists for Pinned {
             return Ok(in_host_map);
         }
         match net {
-            IpNet::V4(n) => exact(
-                &self.block4,
-                key_v4(n),
-                same_but_hits_block,
-                names::BLOCK_V4,
-            ),
-            IpNet::V6(n) => exact(
-                &self.block6,
-                key_v6(n),
-                same_but_hits_block,
-                names::BLOCK_V6,
-            ),
+            IpNet::V4(n) => exact_block(&self.block4, key_v4(n), names::BLOCK_V4),
+            IpNet::V6(n) => exact_block(&self.block6, key_v6(n), names::BLOCK_V6),
         }
     }
 
@@ -616,13 +647,13 @@ impl Lists for Pinned {
             IpNet::V4(n) => {
                 let m = max(&self.block4);
                 self.block4
-                    .insert(&key_v4(n), entry, 0)
+                    .insert(&key_v4(n), tagged(entry, net), 0)
                     .map_err(|e| insert_err(names::BLOCK_V4, e, m))
             }
             IpNet::V6(n) => {
                 let m = max(&self.block6);
                 self.block6
-                    .insert(&key_v6(n), entry, 0)
+                    .insert(&key_v6(n), tagged(entry, net), 0)
                     .map_err(|e| insert_err(names::BLOCK_V6, e, m))
             }
         }

@@ -469,7 +469,7 @@ fn provisional(ttl_s: u64) -> fw_common::filter::BlockEntry {
         reason: BlockReason::Quarantine as u8,
         origin: fw_common::filter::ORIGIN_DATAPATH,
         flags: fw_common::filter::BLOCK_FLAG_NEW_FLOWS_ONLY,
-        _pad: 0,
+        lpm_tag: 0,
     }
 }
 
