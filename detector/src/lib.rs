@@ -17,6 +17,7 @@ pub mod config;
 pub mod engine;
 pub mod features_csv;
 pub mod feed;
+pub mod fleet;
 pub mod model;
 pub mod partition;
 pub mod replay;
