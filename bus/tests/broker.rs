@@ -427,6 +427,31 @@ async fn status_updates_and_clean_shutdown_publishes_offline() {
     assert!(!broker.log().contains("protocol error"), "{}", broker.log());
 }
 
+/// Receives batches into `seen` until sequence numbers `0..n` have all arrived;
+/// panics after 3 × [`WAIT`] naming the missing ones, with the broker's log.
+async fn receive_all(
+    flows: &mut tad_bus::Subscription<FlowBatch>,
+    n: u64,
+    seen: &mut BTreeSet<u64>,
+    broker: &TestBroker,
+) {
+    let deadline = tokio::time::Instant::now() + 3 * WAIT;
+    while (seen.len() as u64) < n {
+        let missing: Vec<u64> = (0..n).filter(|s| !seen.contains(s)).take(20).collect();
+        let r = tokio::time::timeout_at(deadline, flows.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of {n} batches arrived; missing e.g. {missing:?}\n{}",
+                    seen.len(),
+                    broker.log()
+                )
+            })
+            .expect("subscription ended");
+        seen.insert(r.message.seq);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_loses_no_qos1_message() {
     const N: u64 = 300;
@@ -466,21 +491,7 @@ async fn broker_restart_mid_stream_loses_no_qos1_message() {
             .await
             .unwrap();
     }
-    let deadline = tokio::time::Instant::now() + 3 * WAIT;
-    while (seen.len() as u64) < N {
-        let missing: Vec<u64> = (0..N).filter(|s| !seen.contains(s)).take(20).collect();
-        let r = tokio::time::timeout_at(deadline, flows.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{} of {N} batches arrived; missing e.g. {missing:?}\n{}",
-                    seen.len(),
-                    broker.log()
-                )
-            })
-            .expect("subscription ended");
-        seen.insert(r.message.seq);
-    }
+    receive_all(&mut flows, N, &mut seen, &broker).await;
     assert!(gw.metrics().reconnects >= 1);
     assert!(det.metrics().reconnects >= 1);
     assert_eq!(gw.metrics().dropped, 0);
@@ -511,20 +522,7 @@ async fn a_burst_cut_by_a_broker_restart_arrives_whole() {
     tokio::task::block_in_place(|| broker.stop());
     tokio::task::block_in_place(|| broker.restart()).expect("broker restarts");
     let mut seen = BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + 3 * WAIT;
-    while (seen.len() as u64) < N {
-        let missing: Vec<u64> = (0..N).filter(|s| !seen.contains(s)).take(20).collect();
-        let r = tokio::time::timeout_at(deadline, flows.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{} of {N} batches arrived; missing e.g. {missing:?}",
-                    seen.len()
-                )
-            })
-            .expect("subscription ended");
-        seen.insert(r.message.seq);
-    }
+    receive_all(&mut flows, N, &mut seen, &broker).await;
     assert_eq!(gw.metrics().dropped, 0);
 }
 
