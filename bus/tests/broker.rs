@@ -97,6 +97,40 @@ async fn mutual_tls_round_trip_verdict_and_ack() {
     det.shutdown(WAIT).await.unwrap();
 }
 
+/// `connect` returns only once the builder's subscriptions are in place at the
+/// broker: a message another node publishes (QoS 0, not retained, so nothing
+/// would bring it back) right after `connect` returns is delivered. Ten fresh
+/// subscribers in a row: before `connect` waited for the SUBACK, about half of
+/// such messages went nowhere (seen in detector/tests/evidence_service.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_right_after_connect_reaches_the_new_subscription() {
+    let broker = TestBroker::start().expect("test broker");
+    let det = BusClient::builder(broker.config("detector-1").unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let mut gw = BusClient::builder(broker.config("gateway-1").unwrap()).unwrap();
+        let mut verdicts =
+            gw.subscribe::<RawPayload>(&topic::verdicts_filter("gateway-1"), QoS::AtMostOnce);
+        let gw = gw.connect().await.expect("gateway connects");
+        let v = verdict(&format!("v-{i}"), "detector-1");
+        det.publish(
+            &topic::verdicts("gateway-1", "detector-1"),
+            &v,
+            PublishOptions::best_effort(),
+        )
+        .await
+        .unwrap();
+        let got = next(&mut verdicts).await;
+        let signed: Verdict = tad_wire::decode(&got.message.0).unwrap();
+        assert_eq!(signed.id, v.id, "subscriber {i}");
+        gw.shutdown(WAIT).await.unwrap();
+    }
+    det.shutdown(WAIT).await.unwrap();
+}
+
 /// Tries an MQTT v5 connection with a TLS config of our own (no client
 /// certificate); returns the CONNACK or the error.
 async fn raw_connect(broker: &TestBroker, tls: rustls::ClientConfig) -> Result<(), String> {

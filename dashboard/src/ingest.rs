@@ -394,7 +394,17 @@ impl App {
             }
             TopicKind::Thresholds => {
                 let t: ThresholdSettings = decode(topic, payload)?;
-                if self.store.thresholds()?.is_some_and(|cur| cur.id == t.id) {
+                let _changing = crate::settings::changing_thresholds();
+                // An echo of a set recorded here before (this dashboard's own
+                // publish, heard back after a newer one was recorded) or a set
+                // issued before the one in force is stale: the detectors hear
+                // the broker's order, whose last word is the newer set.
+                let stale = self.store.thresholds_recorded(&t.id)?
+                    || self
+                        .store
+                        .thresholds()?
+                        .is_some_and(|cur| t.issued_at_ms < cur.issued_at_ms);
+                if stale {
                     return Ok(Ingested::Duplicate("thresholds"));
                 }
                 self.record_thresholds(&t, "bus")?;

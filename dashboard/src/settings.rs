@@ -14,7 +14,10 @@
 //! A `ThresholdSettings`' `values` is the whole override set: a key left out
 //! returns to the detector's default at once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Mutex, MutexGuard},
+};
 
 use serde::Serialize;
 use tad_wire::{SettingsAck, SettingsOutcome, SettingsSchema, ThresholdSettings};
@@ -129,6 +132,20 @@ pub struct ThresholdsView {
     pub schemas: Vec<SettingsSchema>,
     /// Every detector with a schema or an ack of the current id, by id.
     pub detectors: Vec<DetectorSettings>,
+}
+
+/// Held by an API change from reading the current set until the new one is
+/// published and stored (two concurrent changes cannot both merge into the same
+/// old set: the second would silently drop the first's keys), and by the
+/// ingest of a bus settings message from its staleness check until it is
+/// stored (the echo of a change published but not yet stored would otherwise
+/// be taken for a new set and could overwrite a newer one).
+static CHANGING: Mutex<()> = Mutex::new(());
+
+/// Takes [`CHANGING`] (a poisoned lock is still a lock: the guarded data is in
+/// the store, not in the mutex).
+pub fn changing_thresholds() -> MutexGuard<'static, ()> {
+    CHANGING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl App {

@@ -402,6 +402,48 @@ fn retained_thresholds_are_stored_and_audited_once() {
     );
 }
 
+/// Two quick changes A then B: the late bus echo of A must not put A back in
+/// force over B (the settings-bus test once saw the old value come back), and
+/// neither may a set issued before the one in force.
+#[test]
+fn a_late_echo_of_older_settings_does_not_replace_newer_ones() {
+    let f = fixture();
+    let set = |id: &str, at: u64, v: f64| ThresholdSettings {
+        v: SCHEMA_VERSION,
+        id: id.into(),
+        operator: "ops".into(),
+        issued_at_ms: at,
+        values: [("portscan.vertical_ports".to_string(), v)].into(),
+    };
+    let (a, b) = (set("thr-a", 10, 30.0), set("thr-b", 20, 14.0));
+    f.app.record_thresholds(&a, "api").unwrap();
+    f.app.record_thresholds(&b, "api").unwrap();
+    for echo in [&a, &b] {
+        assert_eq!(
+            f.app
+                .ingest(&topic::thresholds(), &tad_wire::encode(echo))
+                .unwrap(),
+            Ingested::Duplicate("thresholds")
+        );
+    }
+    let older = set("thr-other", 15, 99.0);
+    assert_eq!(
+        f.app
+            .ingest(&topic::thresholds(), &tad_wire::encode(&older))
+            .unwrap(),
+        Ingested::Duplicate("thresholds")
+    );
+    assert_eq!(f.app.store.thresholds().unwrap(), Some(b.clone()));
+    let newer = set("thr-c", 30, 40.0);
+    assert_eq!(
+        f.app
+            .ingest(&topic::thresholds(), &tad_wire::encode(&newer))
+            .unwrap(),
+        Ingested::Stored("thresholds")
+    );
+    assert_eq!(f.app.store.thresholds().unwrap(), Some(newer));
+}
+
 #[tokio::test]
 async fn influx_export_gets_counters_alerts_and_trust() {
     let dir = tempfile::tempdir().unwrap();

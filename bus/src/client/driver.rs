@@ -213,6 +213,7 @@ pub(super) async fn drive(s: Arc<Shared>, mut el: EventLoop, mqtt: AsyncClient) 
                 }
             }
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                s.subacks.send_modify(|n| *n += 1);
                 for code in &ack.return_codes {
                     if !matches!(code, SubscribeReasonCode::Success(_)) {
                         tracing::warn!(node = %s.cfg.node_id, reason = ?code, "subscription refused");

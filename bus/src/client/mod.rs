@@ -106,6 +106,9 @@ struct Shared {
     subs: Mutex<Vec<SubEntry>>,
     status: Mutex<NodeStatus>,
     state: watch::Sender<ConnectionState>,
+    /// SUBACKs received from the broker (any connection), for
+    /// [`ClientBuilder::connect`] to wait on.
+    subacks: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -124,7 +127,9 @@ impl Shared {
             version: cfg.software_version.clone(),
         };
         let (state, _) = watch::channel(ConnectionState::Connecting);
+        let (subacks, _) = watch::channel(0);
         Self {
+            subacks,
             id,
             role,
             counters: Counters::default(),
@@ -205,25 +210,41 @@ impl BusBuilder {
         start(self.shared)
     }
 
-    /// Starts the client and waits for the first successful connection. Fails with
-    /// [`BusError::Refused`] on the first failed attempt (bad certificate, refused
-    /// CONNECT, unreachable broker) and [`BusError::ConnectTimeout`] after
-    /// `connect_timeout_s`; in both cases the client is stopped.
+    /// Starts the client and waits for the first successful connection and, when
+    /// the builder has subscriptions, for the broker's SUBACK of them (so a
+    /// message another node publishes after this returns reaches them). Fails
+    /// with [`BusError::Refused`] on the first failed attempt (bad certificate,
+    /// refused CONNECT, unreachable broker) and [`BusError::ConnectTimeout`]
+    /// after `connect_timeout_s` (+ 1 s); in both cases the client is stopped.
     pub async fn connect(self) -> Result<BusClient, BusError> {
+        let subscribed = !self.shared.subs.lock().unwrap().is_empty();
+        let mut subacks = self.shared.subacks.subscribe();
         let client = start(self.shared)?;
         let mut state = client.state();
         let timeout = Duration::from_secs(client.inner.shared.cfg.connect_timeout_s.max(1));
+        let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(1);
         let broker = client.inner.shared.broker();
-        let outcome = tokio::time::timeout(
-            timeout + Duration::from_secs(1),
+        let outcome = tokio::time::timeout_at(
+            deadline,
             state.wait_for(|s| !matches!(s, ConnectionState::Connecting)),
         )
-        .await;
+        .await
+        .map(|r| r.map(|s| s.clone()));
         let err = match outcome {
             Err(_) => BusError::ConnectTimeout { broker, timeout },
             Ok(Err(_)) => BusError::Closed,
-            Ok(Ok(s)) => match &*s {
-                ConnectionState::Connected { .. } => return Ok(client),
+            Ok(Ok(s)) => match s {
+                ConnectionState::Connected { .. } if !subscribed => return Ok(client),
+                // The broker routes to a subscription only once it has
+                // processed the SUBSCRIBE: wait for its SUBACK, so that what is
+                // published after `connect` returns reaches every subscription.
+                ConnectionState::Connected { .. } => {
+                    match tokio::time::timeout_at(deadline, subacks.wait_for(|n| *n > 0)).await {
+                        Ok(Ok(_)) => return Ok(client),
+                        Ok(Err(_)) => BusError::Closed,
+                        Err(_) => BusError::ConnectTimeout { broker, timeout },
+                    }
+                }
                 ConnectionState::Disconnected { error } => BusError::Refused {
                     broker,
                     reason: error.clone(),

@@ -12,7 +12,7 @@
 //! as `old → new` with the operator, and stored. Detectors answer with a
 //! `SettingsAck`, shown by the GET.
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ use crate::{
     app::App,
     metrics::inc,
     publish::Outbound,
-    settings::{SettingsRefusal, check_values},
+    settings::{SettingsRefusal, changing_thresholds, check_values},
     validate::check_threshold_key,
 };
 
@@ -60,22 +60,13 @@ pub struct ThresholdsAccepted {
     pub awaiting: Vec<String>,
 }
 
-/// Held by a change from reading the current set until the new one is stored, so
-/// that two concurrent changes cannot both merge into the same old set (the
-/// second would silently drop the first's keys).
-static CHANGING: Mutex<()> = Mutex::new(());
-
-fn changing() -> std::sync::MutexGuard<'static, ()> {
-    CHANGING.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// `GET /api/v1/thresholds`.
 pub(super) fn get_thresholds(app: &App) -> ApiResult {
     json_ok(&app.thresholds_view().map_err(ApiError::internal)?)
 }
 
 /// Checks `values` (the whole new set), publishes it, audits and stores it.
-/// The caller holds [`changing`].
+/// The caller holds [`changing_thresholds`].
 fn change(app: &App, values: BTreeMap<String, f64>) -> ApiResult {
     if values.len() > MAX_THRESHOLD_KEYS {
         return Err(rejected(
@@ -148,7 +139,7 @@ pub(super) fn post_thresholds(app: &App, headers: &HeaderMap, raw: &Bytes) -> Ap
             "values is empty (to remove every override, PUT {\"values\": {}})".into(),
         ));
     }
-    let _changing = changing();
+    let _changing = changing_thresholds();
     let mut values = current_thresholds(app)?;
     values.extend(req.values);
     change(app, values)
@@ -157,7 +148,7 @@ pub(super) fn post_thresholds(app: &App, headers: &HeaderMap, raw: &Bytes) -> Ap
 /// `PUT /api/v1/thresholds`: replaces the whole set.
 pub(super) fn put_thresholds(app: &App, headers: &HeaderMap, raw: &Bytes) -> ApiResult {
     let req = request(app, headers, raw)?;
-    let _changing = changing();
+    let _changing = changing_thresholds();
     change(app, req.values)
 }
 
@@ -176,7 +167,7 @@ pub(super) fn delete_threshold_key(app: &App, headers: &HeaderMap, key: &str) ->
 
 fn remove_key(app: &App, key: &str) -> ApiResult {
     check_threshold_key(key).map_err(|e| rejected(app, e))?;
-    let _changing = changing();
+    let _changing = changing_thresholds();
     let mut values = current_thresholds(app)?;
     if values.remove(key).is_none() {
         inc(&app.metrics.api_rejected);

@@ -45,6 +45,10 @@ pub struct CommandView {
 }
 
 /// The newest-first reads of the event tables.
+/// Threshold settings ids kept in the settings history (table
+/// `settings_history`), newest by recording order.
+pub const MAX_SETTINGS_HISTORY: u32 = 1000;
+
 const ALERTS: ListQuery = ListQuery {
     table: "alerts",
     columns: "body, audit_hash",
@@ -192,14 +196,40 @@ impl Store {
         Ok(())
     }
 
-    /// Stores the current threshold settings.
+    /// Stores `t` as the current threshold settings and adds its id to the
+    /// settings history (the newest [`MAX_SETTINGS_HISTORY`] ids are kept).
     pub fn set_thresholds(&self, t: &ThresholdSettings) -> Result<(), StoreError> {
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO settings(name, body) VALUES ('thresholds', ?1)
              ON CONFLICT(name) DO UPDATE SET body = excluded.body",
             [to_json(t)],
         )?;
+        tx.execute(
+            "INSERT INTO settings_history(id, issued_at_ms, seq)
+             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM settings_history))
+             ON CONFLICT(id) DO NOTHING",
+            params![t.id, t.issued_at_ms],
+        )?;
+        tx.execute(
+            "DELETE FROM settings_history WHERE seq <= (SELECT MAX(seq) FROM settings_history) - ?1",
+            [MAX_SETTINGS_HISTORY],
+        )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Whether settings id `id` was ever recorded as in force here (within the
+    /// kept history): a bus message carrying it is an echo, not a change.
+    pub fn thresholds_recorded(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM settings_history WHERE id = ?1", [id], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
     }
 
     /// The current threshold settings, if any were set.

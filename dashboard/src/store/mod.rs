@@ -49,7 +49,7 @@ pub use self::{
         BatchView, DecisionView, DeviceQuery, IotDevice, IotGateway, IotReport, RefusalView,
         TelemetryPoint, TrustChangeView, VulnView,
     },
-    events::{AlertView, CommandView, VerdictView, alert_is_newer},
+    events::{AlertView, CommandView, MAX_SETTINGS_HISTORY, VerdictView, alert_is_newer},
     series::{FlowSummary, SeriesPoint},
     settings::{MAX_ACKS_PER_DETECTOR, SettingsAckView},
 };

@@ -100,6 +100,14 @@ CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     body TEXT NOT NULL
 );
+-- Every threshold settings id this dashboard recorded as in force (newest
+-- MAX_SETTINGS_HISTORY kept), so a late bus echo of an older set is recognised
+-- and cannot replace a newer one (store/events.rs).
+CREATE TABLE IF NOT EXISTS settings_history (
+    id TEXT PRIMARY KEY,
+    issued_at_ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL
+);
 -- Detector settings (store/settings.rs): the last schema each detector published
 -- (retained on tad/v1/det/<det>/settings/schema) and, per detector, the last ack
 -- of each threshold settings id with the hash of its audit record.
