@@ -8,7 +8,7 @@
 //! | role | write | read |
 //! |---|---|---|
 //! | gateway `<gw>` | `tad/v1/gw/<gw>/{flows/#,evidence/+,counters,status,acks,state,state/delta}` | `tad/v1/gw/<gw>/{verdicts,commands}/+` |
-//! | detector `<det>` | `tad/v1/det/<det>/#`, `tad/v1/gw/+/verdicts/<det>` | `tad/v1/gw/+/flows/#`, `tad/v1/gw/+/evidence/+`, `tad/v1/gw/+/acks`, `tad/v1/settings/#` |
+//! | detector `<det>` | `tad/v1/det/<det>/#`, `tad/v1/gw/+/verdicts/<det>` | `tad/v1/gw/+/flows/#`, `tad/v1/gw/+/evidence/+`, `tad/v1/gw/+/acks`, `tad/v1/settings/#`, `tad/v1/{det,gw}/+/status` |
 //! | dashboard `<id>` | `tad/v1/gw/+/commands/<id>`, `tad/v1/settings/thresholds`, `tad/v1/dash/<id>/status` | `tad/v1/#` |
 //! | (gateway, devices) | `tad/v1/gw/<gw>/devices/+`, `tad/v1/dev/+/commands` | `tad/v1/dev/+/telemetry`, `tad/v1/gw/<gw>/devices/requests/+` |
 //! | (detector, devices) | | `tad/v1/gw/+/devices/telemetry` |
@@ -109,6 +109,10 @@ pub fn rules_for(node_id: &str) -> Result<Vec<AclRule>, BrokerConfigError> {
             rd(format!("{r}/gw/+/evidence/+")),
             rd(format!("{r}/gw/+/acks")),
             rd(format!("{r}/settings/#")),
+            // Fleet (detector::fleet): the live detectors and each gateway's
+            // partition count.
+            rd(format!("{r}/det/+/status")),
+            rd(format!("{r}/gw/+/status")),
             rd(format!("{r}/gw/+/devices/telemetry")),
         ],
         Role::Dashboard => vec![
@@ -192,7 +196,7 @@ pub fn render_acl(nodes: &[String]) -> Result<String, BrokerConfigError> {
                 "gateway: publishes its own flows, evidence, counters, status, acks, enforced state; reads its own verdicts and commands"
             }
             Role::Detector => {
-                "detector: reads flows, evidence, acks and settings; writes its alerts/trust/status/settings and verdicts under its own id"
+                "detector: reads flows, evidence, acks, settings and node statuses; writes its alerts/trust/status/settings and verdicts under its own id"
             }
             Role::Dashboard => {
                 "dashboard: reads everything; writes commands under its own id, thresholds and its own status"

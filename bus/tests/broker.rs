@@ -429,6 +429,8 @@ async fn status_updates_and_clean_shutdown_publishes_offline() {
         interfaces: Vec::new(),
         maps: Vec::new(),
         version: "1.2.3".into(),
+        partitions: None,
+        taken: Vec::new(),
     };
     det.status(initial.clone());
     let det = det.connect().await.unwrap();

@@ -67,6 +67,8 @@ async fn full_queue_drops_oldest_best_effort_never_reliable() {
         interfaces: Vec::new(),
         maps: Vec::new(),
         version: "t".into(),
+        partitions: None,
+        taken: Vec::new(),
     };
     let st = topic::gateway_status("gateway-1");
     for i in 1..=4 {

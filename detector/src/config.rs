@@ -99,6 +99,13 @@ pub struct Partitions {
     pub count: u16,
     /// Partitions this instance subscribes to; empty = all of them.
     pub take: Vec<u16>,
+    /// Share the partitions with the other live detectors (`crate::fleet`):
+    /// each detector subscribes to all `count` partitions and handles those it
+    /// owns by rendezvous hashing over the detectors whose retained status says
+    /// online (itself included); a detector that goes offline (clean shutdown,
+    /// or its Last Will after 1.5 × keep-alive) has its partitions taken over at
+    /// once. Exclusive with `take`.
+    pub live: bool,
 }
 
 impl Default for Partitions {
@@ -106,6 +113,7 @@ impl Default for Partitions {
         Partitions {
             count: 1,
             take: Vec::new(),
+            live: false,
         }
     }
 }
@@ -622,6 +630,12 @@ impl Config {
         }
         if self.partitions.count == 0 {
             return bad("partitions.count must be at least 1".into());
+        }
+        if self.partitions.live && !self.partitions.take.is_empty() {
+            return bad(
+                "partitions.live = true computes the partitions taken: leave partitions.take empty"
+                    .into(),
+            );
         }
         if !(1..=tad_wire::MAX_TTL_S).contains(&self.synflood.syn_auth_ttl_s) {
             return bad(format!(

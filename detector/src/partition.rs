@@ -40,6 +40,14 @@ impl Partitioner {
         Partitioner { count, take }
     }
 
+    /// Replaces the partitions taken with `owned` (the fleet's live assignment,
+    /// `crate::fleet::owned`); members `>= count` are ignored, and all or none
+    /// of them means all (a lone detector takes everything).
+    pub fn set_owned(&mut self, owned: &BTreeSet<u16>) {
+        let take: BTreeSet<u16> = owned.iter().copied().filter(|x| *x < self.count).collect();
+        self.take = (!take.is_empty() && take.len() < self.count as usize).then_some(take);
+    }
+
     /// Whether this instance handles records initiated by `src`.
     pub fn takes(&self, src: IpAddr) -> bool {
         match &self.take {

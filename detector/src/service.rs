@@ -7,6 +7,7 @@
 //! | in | `tad/v1/gw/+/flows/<p>` for each taken partition `p` | [`FlowBatch`] | QoS 1 |
 //! | in | `tad/v1/gw/+/evidence/<p>` for each taken partition `p` (unless `evidence.enabled = false`) | [`EvidenceBatch`]: the gateways' kernel evidence and XDP events ([`Engine::evidence`]) | QoS 0 |
 //! | in | `tad/v1/settings/thresholds` (retained) | [`ThresholdSettings`] | QoS 1 |
+//! | in | `tad/v1/gw/+/status`, `tad/v1/det/+/status` (retained) | [`NodeStatus`]: a gateway's `partitions`, checked against `[partitions] count` (a mismatch heard before the first record stops the service with [`ServiceError::PartitionCount`]); the detectors online, among which `[partitions] live` shares the partitions ([`crate::fleet`]) | QoS 1 |
 //! | out | `tad/v1/det/<det>/alerts` | [`Alert`](tad_wire::Alert) | QoS 1, waits for room |
 //! | out | `tad/v1/gw/<gw>/verdicts/<det>` (`gw`: the gateway that saw the flows) | [`Verdict`](tad_wire::Verdict), signed: a JWS by this detector's certificate key ([`tad_bus::signing`], content type `application/jose`) | QoS 1, expiry `service.verdict_expiry_s` |
 //! | out | `tad/v1/det/<det>/settings/schema` | retained [`SettingsSchema`](tad_wire::SettingsSchema): every key [`ThresholdSettings`] may set, kind, range, default (the config file's value), unit, help ([`crate::settings`]); at start and after every reconnect | QoS 1, retained |
@@ -27,6 +28,14 @@
 //! answers it (`applied` or `refused` with an error naming the key, and the
 //! `effective` value of every schema key afterwards), and the outcome is counted in
 //! [`ServiceStats`].
+//!
+//! Fleet (`[partitions] live = true`, `docs/fleet.md`): every instance subscribes
+//! to all partitions and hands the engine only those it owns by rendezvous
+//! hashing over the online detectors ([`Engine::set_partitions`]); when one goes
+//! offline (its clean shutdown, or the broker's Last Will) the others take its
+//! partitions over with the next status message, and their source state builds up
+//! again within one detection window. The cost is that every instance receives
+//! every batch (decoding included).
 //!
 //! Queues: each subscription has the bus client's bounded queue (overflow dropped
 //! and counted in its metrics); a forwarding task per flow subscription feeds one
@@ -78,6 +87,11 @@ pub enum ServiceError {
         #[source]
         source: SignError,
     },
+    /// A gateway publishes to another number of partitions than this
+    /// detector's `[partitions] count` (`crate::fleet::check_count`), heard
+    /// before any record: some sources would never be read.
+    #[error(transparent)]
+    PartitionCount(#[from] crate::fleet::CountMismatch),
     /// The signing certificate names another node than `detector.id`: every
     /// verdict would be refused by the gateways.
     #[error(
@@ -122,6 +136,10 @@ pub struct Inputs {
     /// Empty when `evidence.enabled` is false.
     pub evidence: Vec<Subscription<EvidenceBatch>>,
     pub settings: Subscription<ThresholdSettings>,
+    /// The gateways' and detectors' retained statuses (`tad/v1/gw/+/status`,
+    /// `tad/v1/det/+/status`): partition counts to check, the live detectors
+    /// to share partitions with (`[partitions] live`).
+    pub statuses: Vec<Subscription<NodeStatus>>,
 }
 
 /// Registers the flow-partition, evidence-partition and settings subscriptions.
@@ -147,10 +165,18 @@ pub fn subscribe(builder: &mut BusBuilder, cfg: &Config) -> Inputs {
         Vec::new()
     };
     let settings = builder.subscribe::<ThresholdSettings>(&topic::thresholds(), QoS::AtLeastOnce);
+    let statuses = [
+        topic::gateway_status_filter(),
+        topic::detector_status_filter(),
+    ]
+    .iter()
+    .map(|f| builder.subscribe::<NodeStatus>(f, QoS::AtLeastOnce))
+    .collect();
     Inputs {
         flows,
         evidence,
         settings,
+        statuses,
     }
 }
 
@@ -169,6 +195,12 @@ pub struct ServiceStats {
     pub schemas_published: u64,
     /// Messages the bus client would not queue (closed, too large).
     pub publish_errors: u64,
+    /// Times the partitions taken changed (`[partitions] live`: a detector came
+    /// or went).
+    pub partition_changes: u64,
+    /// Gateway statuses whose partition count differs from ours, heard after
+    /// the first record (before it, the mismatch stops the service).
+    pub partition_mismatches: u64,
     pub engine: Counters,
 }
 
@@ -294,18 +326,7 @@ pub async fn serve(
             detector: det,
         });
     }
-    bus.update_status(NodeStatus {
-        v: SCHEMA_VERSION,
-        node_id: det.clone(),
-        role: Role::Detector,
-        online: true,
-        at_ms: now_ms(),
-        mode: Some(cfg.detector.mode),
-        interfaces: Vec::new(),
-        maps: Vec::new(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    })
-    .await?;
+    bus.update_status(status(&cfg, &engine)).await?;
     let (tx, mut rx) = mpsc::channel::<FlowBatch>(cfg.service.queue);
     let mut forwarders = Vec::new();
     for mut sub in inputs.flows {
@@ -331,6 +352,19 @@ pub async fn serve(
         }));
     }
     drop(etx);
+    let (stx, mut srx) = mpsc::channel::<NodeStatus>(64);
+    for mut sub in inputs.statuses {
+        let tx = stx.clone();
+        forwarders.push(tokio::spawn(async move {
+            while let Some(r) = sub.recv().await {
+                if tx.send(r.message).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(stx);
+    let mut fleet = Fleet::new(&cfg);
     let mut settings = inputs.settings;
     let mut stats = ServiceStats::default();
     let outlet = Outlet {
@@ -349,7 +383,8 @@ pub async fn serve(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let mut last_ms = 0u64;
-    tracing::info!(detector = %det, partitions = ?Partitioner::new(&cfg.partitions).partitions(), mode = ?cfg.detector.mode, "detector running");
+    tracing::info!(detector = %det, partitions = ?engine.partitions(), live = cfg.partitions.live, mode = ?cfg.detector.mode, "detector running");
+    let mut failed: Option<ServiceError> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -364,6 +399,21 @@ pub async fn serve(
                 last_ms = last_ms.max(now_ms());
                 let out = engine.evidence(&batch, last_ms);
                 publish(&outlet, out, &mut stats).await;
+            }
+            Some(st) = srx.recv() => {
+                match fleet.status(&st, &mut engine, &mut stats) {
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Ok(true) => {
+                        if let Err(e) = bus.update_status(status(&cfg, &engine)).await {
+                            stats.publish_errors += 1;
+                            tracing::warn!(error = %e, "status not updated");
+                        }
+                    }
+                    Ok(false) => {}
+                }
             }
             Some(s) = settings.recv() => {
                 let ack = apply_settings(&mut engine, &s.message, &mut stats);
@@ -396,7 +446,100 @@ pub async fn serve(
     stats.engine = engine.counters;
     tracing::info!(stats = ?stats, bus = ?bus.metrics(), "detector stopping");
     bus.shutdown(Duration::from_secs(5)).await?;
-    Ok(stats)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(stats),
+    }
+}
+
+/// This detector's status: online, mode, partition count and the partitions
+/// the engine takes now.
+fn status(cfg: &Config, engine: &Engine) -> NodeStatus {
+    NodeStatus {
+        v: SCHEMA_VERSION,
+        node_id: cfg.detector.id.clone(),
+        role: Role::Detector,
+        online: true,
+        at_ms: now_ms(),
+        mode: Some(cfg.detector.mode),
+        interfaces: Vec::new(),
+        maps: Vec::new(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        partitions: Some(cfg.partitions.count),
+        taken: engine.partitions(),
+    }
+}
+
+/// What the service knows of the fleet: the live detectors (from their
+/// retained statuses) and, with `[partitions] live`, the partitions this
+/// detector owns among them (`crate::fleet::owned`).
+struct Fleet {
+    me: String,
+    count: u16,
+    live_sharing: bool,
+    /// Other detectors whose last status said online.
+    live: std::collections::BTreeSet<String>,
+    owned: std::collections::BTreeSet<u16>,
+}
+
+impl Fleet {
+    fn new(cfg: &Config) -> Self {
+        let count = cfg.partitions.count.max(1);
+        Fleet {
+            me: cfg.detector.id.to_string(),
+            count,
+            live_sharing: cfg.partitions.live,
+            live: Default::default(),
+            owned: (0..count).collect(),
+        }
+    }
+
+    /// Takes one node status: a gateway's partition count is checked (an error
+    /// before the first record, a counted warning after); a detector's
+    /// online/offline state updates the live set and, with live sharing, the
+    /// partitions the engine takes. Returns whether those changed.
+    fn status(
+        &mut self,
+        st: &NodeStatus,
+        engine: &mut Engine,
+        stats: &mut ServiceStats,
+    ) -> Result<bool, ServiceError> {
+        match st.role {
+            Role::Gateway => {
+                if let Err(e) =
+                    crate::fleet::check_count(st.node_id.as_str(), st.partitions, self.count)
+                {
+                    if stats.batches == 0 && stats.evidence_batches == 0 {
+                        tracing::error!(error = %e, "partition count mismatch at start-up");
+                        return Err(e.into());
+                    }
+                    stats.partition_mismatches += 1;
+                    tracing::error!(error = %e, "partition count mismatch");
+                }
+            }
+            Role::Detector if st.node_id.as_str() != self.me => {
+                let changed = if st.online {
+                    self.live.insert(st.node_id.to_string())
+                } else {
+                    self.live.remove(st.node_id.as_str())
+                };
+                if changed && self.live_sharing {
+                    let live: Vec<&String> = self.live.iter().collect();
+                    let owned = crate::fleet::owned(&self.me, &live, self.count);
+                    if owned != self.owned {
+                        engine.set_partitions(&owned);
+                        stats.partition_changes += 1;
+                        tracing::info!(detector = %st.node_id, online = st.online,
+                            partitions = ?owned, "fleet changed: partitions taken now");
+                        self.owned = owned;
+                        return Ok(true);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(false)
+    }
 }
 
 /// `detector run`: loads the verdict signer ([`signer`]), connects (retrying in

@@ -5,116 +5,29 @@
 //! block verdict on its own verdict topic, and a provisional quarantine of an
 //! answered burst with a signed `evidence.lift` unblock.
 
-use std::{net::IpAddr, time::Duration};
+mod common;
 
+use std::time::Duration;
+
+use common::{GW, keep_publishing, next_verdict, record, within};
 use detector::{
     config::Config,
     engine::Engine,
     service::{self, ServiceError, ServiceStats},
 };
-use fw_common::evidence::{host_bit, port_bit};
-use tad_bus::{
-    BusClient, PublishOptions, QoS, RawPayload, Signed, Subscription, Verifier, testing::TestBroker,
-};
+use tad_bus::{BusClient, QoS, RawPayload, Subscription, Verifier, testing::TestBroker};
 use tad_wire::{
-    Action, Alert, AlertKind, EpochEvidence, EvidenceBatch, EvidenceEvent, EvidenceEventKind,
-    EvidenceRole, SCHEMA_VERSION, Verdict, now_ms, topic,
+    Action, Alert, AlertKind, EvidenceBatch, EvidenceEvent, EvidenceEventKind, SCHEMA_VERSION,
+    Verdict, now_ms, topic,
 };
 
-const GW: &str = "gateway-1";
 const DET: &str = "detector-1";
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = Option<T>>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), f)
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within 20 s"))
-        .unwrap_or_else(|| panic!("{what}: subscription ended"))
-}
-
-fn set(bits: &mut [u64; 4], bit: u32) {
-    bits[(bit / 64) as usize] |= 1 << (bit % 64);
-}
-
-fn key(a: IpAddr) -> [u8; 16] {
-    match a {
-        IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
-        IpAddr::V6(v) => v.octets(),
-    }
-}
-
-/// `src` opened one flow to each of `ports` on `dst` (this epoch), `replies` of
-/// them answered, the rest refused.
-fn record(src: &str, dst: &str, ports: std::ops::Range<u16>, replies: u32) -> EpochEvidence {
-    let dst: IpAddr = dst.parse().unwrap();
-    let mut r = EpochEvidence {
-        addr: src.parse().unwrap(),
-        role: EvidenceRole::Source,
-        epoch_start_ms: now_ms() / 1000 * 1000,
-        hosts: [0; 4],
-        ports: [0; 4],
-        new_flows: 0,
-        syn: 0,
-        tcp_other: 0,
-        udp: 0,
-        icmp: 0,
-        bytes: 0,
-        replies,
-        refused: 0,
-        icmp_errors: 0,
-        unsolicited_rsts: 0,
-    };
-    set(&mut r.hosts, host_bit(&key(dst)));
-    for p in ports {
-        r.new_flows += 1;
-        r.syn += 1;
-        r.bytes += 44;
-        set(&mut r.ports, port_bit(p));
-    }
-    r.refused = r.new_flows - replies;
-    r
-}
-
-/// The next verdict on this detector's topic for the gateway, verified against the
-/// bus CA as signed by this detector.
+/// The next verdict, checked to be signed by this detector.
 async fn signed_verdict(sub: &mut Subscription<RawPayload>, verifier: &Verifier) -> Verdict {
-    let r = within("verdict", sub.recv()).await;
-    assert_eq!(r.topic, topic::verdicts(GW, DET));
-    let Signed { message, signer } = verifier
-        .verify::<Verdict>(&r.message.0)
-        .unwrap_or_else(|e| panic!("the verdict does not verify: {e}"));
-    assert_eq!(signer.as_str(), DET);
-    message
-}
-
-/// Publishes `b` (QoS 0, as a gateway does) every 200 ms, with a fresh sequence
-/// number, until `stop` is dropped: the first copies may reach the broker before
-/// the detector's subscription does.
-fn keep_publishing(
-    gw: BusClient,
-    mut b: EvidenceBatch,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-    let h = tokio::spawn(async move {
-        loop {
-            b.sent_at_ms = now_ms();
-            gw.publish(
-                &topic::evidence(GW, b.partition),
-                &b,
-                PublishOptions::best_effort(),
-            )
-            .await
-            .unwrap();
-            b.seq += 1;
-            tokio::select! {
-                _ = &mut rx => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    });
-    (tx, h)
+    let (v, signer) = next_verdict(sub, verifier).await;
+    assert_eq!(signer, DET);
+    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

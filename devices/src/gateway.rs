@@ -38,7 +38,9 @@ pub struct DevicesConfig {
     /// Closed batches held while the broker is unavailable (then drop-oldest, counted).
     pub outbox_batches: usize,
     pub trust: TrustConfig,
-    /// Per-device Isolation Forest; absent = scoring off.
+    /// Per-device Isolation Forest; on by default: in a file, an absent
+    /// `[devices.anomaly]` table (or key) takes `ForestConfig::default()`'s
+    /// values. `None` (from code only) turns scoring off.
     pub anomaly: Option<ForestConfig>,
     /// Command vetting policy.
     pub commands: VetConfig,

@@ -528,6 +528,38 @@ async fn every_refusal_reason_through_the_daemon_commands_vetted_replays_refused
     let d = next_decision(&mut dash).await;
     assert_eq!(d.reason.as_deref(), Some("bad_signature"), "{d:?}");
 
+    // The counters as `/metrics` renders them: Prometheus's own parser and
+    // linter accept them, and they say what the guard counted.
+    let st = gw.stats();
+    let text = fw_ctl::daemon::http::render(&fw_ctl::daemon::http::Exposition {
+        devices: Some(st.clone()),
+        ..Default::default()
+    });
+    if let Err(e) = tad_bus::testing::promtool_check(&text) {
+        panic!("{e}\n{text}");
+    }
+    for (series, n) in [
+        (
+            "tad_gateway_device_telemetry_total{outcome=\"accepted\"}".to_string(),
+            st.accepted,
+        ),
+        (
+            "tad_gateway_device_telemetry_refused_total{reason=\"replay\"}".to_string(),
+            st.refused.get(&R::Replay).copied().unwrap_or(0),
+        ),
+        (
+            "tad_gateway_device_commands_total{decision=\"refused\",reason=\"low_trust\"}"
+                .to_string(),
+            st.commands_refused.get("low_trust").copied().unwrap_or(0),
+        ),
+    ] {
+        assert!(n > 0, "{series}: the test produced none");
+        assert!(
+            text.contains(&format!("{series} {n}\n")),
+            "{series} {n} not in:\n{text}"
+        );
+    }
+
     // Gateway restart: its session queues what devices send while it is down.
     gw.stop().await;
     for b in accepted_before.iter().chain([&last_accepted]) {

@@ -359,6 +359,17 @@ pub struct NodeStatus {
     pub maps: Vec<MapFill>,
     /// Software version.
     pub version: String,
+    /// Flow/evidence partition count: a gateway's `[export] partitions` (it
+    /// publishes to `flows/<p>` and `evidence/<p>` for `p < n`), a detector's
+    /// `[partitions] count`. Detectors check a gateway's against their own
+    /// (`detector::fleet::check_count`); absent from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u16>,
+    /// A detector: the partitions it handles now, ascending (all of `0..n`
+    /// unless it takes a static set or shares them with other live detectors);
+    /// republished when they change. Empty for other roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taken: Vec<u16>,
 }
 message!(NodeStatus, "node status");
 

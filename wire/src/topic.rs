@@ -70,6 +70,15 @@ pub fn alerts(det: &str) -> String {
 pub fn trust(det: &str) -> String {
     format!("{TOPIC_ROOT}/det/{det}/trust")
 }
+/// Every gateway's status (retained): `tad/v1/gw/+/status`.
+pub fn gateway_status_filter() -> String {
+    format!("{TOPIC_ROOT}/gw/+/status")
+}
+/// Every detector's status (retained; the broker publishes a detector's Last
+/// Will, `online: false`, when its connection dies): `tad/v1/det/+/status`.
+pub fn detector_status_filter() -> String {
+    format!("{TOPIC_ROOT}/det/+/status")
+}
 pub fn detector_status(det: &str) -> String {
     format!("{TOPIC_ROOT}/det/{det}/status")
 }

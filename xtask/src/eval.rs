@@ -187,6 +187,7 @@ fn eval_one(a: &EvalArgs, file: &Path) -> anyhow::Result<CaptureResult> {
         dir,
         dashboard: false,
         xdp_mode: a.xdp_mode.clone(),
+        devices: 0,
     })?;
     let macs = Macs {
         src: netns::mac_of(testbed::NS_REPLAY, testbed::HOST_IF)?,

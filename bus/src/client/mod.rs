@@ -125,6 +125,8 @@ impl Shared {
             interfaces: Vec::new(),
             maps: Vec::new(),
             version: cfg.software_version.clone(),
+            partitions: None,
+            taken: Vec::new(),
         };
         let (state, _) = watch::channel(ConnectionState::Connecting);
         let (subacks, _) = watch::channel(0);

@@ -214,6 +214,8 @@ pub fn status(gw: &str, online: bool, at_ms: u64) -> NodeStatus {
             max_entries: 65536,
         }],
         version: "0.1.0".into(),
+        partitions: None,
+        taken: Vec::new(),
     }
 }
 

@@ -243,6 +243,20 @@ impl Engine {
         &self.base
     }
 
+    /// Takes the partitions in `owned` from now on (the fleet's live assignment,
+    /// `crate::fleet::owned`, recomputed by the service when a detector comes or
+    /// goes): records and evidence of other partitions are counted as foreign
+    /// and ignored, and victim-keyed thresholds scale with the new share. State
+    /// of sources in partitions that moved away is left to expire.
+    pub fn set_partitions(&mut self, owned: &std::collections::BTreeSet<u16>) {
+        self.part.set_owned(owned);
+    }
+
+    /// The partitions taken now.
+    pub fn partitions(&self) -> Vec<u16> {
+        self.part.partitions()
+    }
+
     /// Makes `values` the whole set of runtime threshold overrides: the config in
     /// force becomes the base config ([`Self::base_config`]) plus `values`, so a key
     /// absent from `values` is back at its file value at once. All or nothing: on

@@ -65,6 +65,9 @@ pub struct Exposition {
     /// SYN-ACK challenges sent, summed over the services in force (their
     /// `SYN_AUTH` counters).
     pub syn_auth_challenges: u64,
+    /// The device task's counters; `None` without `[devices]` (no device
+    /// families are rendered then).
+    pub devices: Option<super::devices::DeviceStats>,
 }
 
 impl Exposition {
@@ -247,6 +250,9 @@ pub fn render(e: &Exposition) -> String {
         "tad_gateway_syn_auth_challenges_total {}",
         e.syn_auth_challenges
     );
+    if let Some(d) = &e.devices {
+        render_devices(&mut out, d);
+    }
     family(&mut out, "allow_entries", "gauge", "Allowlist entries.");
     let _ = writeln!(out, "tad_gateway_allow_entries {}", e.allow_entries);
     family(
@@ -361,6 +367,103 @@ pub fn render(e: &Exposition) -> String {
     );
     let _ = writeln!(out, "tad_gateway_xdp_attached {}", e.attached.len());
     out
+}
+
+/// The device task's families (`[devices]`, issue 17): telemetry received,
+/// accepted and refused by reason (every reason, zeros included), forwarded
+/// batches and outbox drops, command decisions by outcome and refusal reason
+/// (the reasons seen so far), scans and trust changes.
+fn render_devices(out: &mut String, d: &super::devices::DeviceStats) {
+    family(
+        out,
+        "device_telemetry_total",
+        "counter",
+        "Device telemetry messages the guard received since the daemon started, by outcome.",
+    );
+    let refused: u64 = d.refused.values().sum();
+    for (outcome, n) in [("accepted", d.accepted), ("refused", refused)] {
+        let _ = writeln!(
+            out,
+            "tad_gateway_device_telemetry_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    family(
+        out,
+        "device_telemetry_refused_total",
+        "counter",
+        "Device telemetry messages refused since the daemon started, by reason.",
+    );
+    for r in tad_wire::devices::DeviceRefusalReason::ALL {
+        let _ = writeln!(
+            out,
+            "tad_gateway_device_telemetry_refused_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            d.refused.get(&r).copied().unwrap_or(0)
+        );
+    }
+    for (name, kind, help, n) in [
+        (
+            "device_batches_total",
+            "counter",
+            "Batches of valid device telemetry published to the detector since the daemon started.",
+            d.batches_published,
+        ),
+        (
+            "device_batches_dropped_total",
+            "counter",
+            "Device telemetry batches the full outbox dropped (oldest first) since the daemon started.",
+            d.batches_dropped,
+        ),
+        (
+            "device_records_dropped_total",
+            "counter",
+            "Device telemetry records in the dropped batches since the daemon started.",
+            d.records_dropped,
+        ),
+        (
+            "device_outbox_batches",
+            "gauge",
+            "Device telemetry batches waiting for the bus.",
+            d.outbox_queued,
+        ),
+        (
+            "device_scans_total",
+            "counter",
+            "Vulnerability scans of devices run since the daemon started.",
+            d.scans,
+        ),
+        (
+            "device_trust_changes_total",
+            "counter",
+            "Device trust score changes (each an audit entry) since the daemon started.",
+            d.trust_changes,
+        ),
+    ] {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "tad_gateway_{name} {n}");
+    }
+    family(
+        out,
+        "device_commands_total",
+        "counter",
+        "Device command requests vetted since the daemon started, by decision and refusal \
+         reason (reason=\"\" for allowed ones).",
+    );
+    let _ = writeln!(
+        out,
+        "tad_gateway_device_commands_total{{decision=\"allowed\",reason=\"\"}} {}",
+        d.commands_allowed
+    );
+    for (reason, n) in &d.commands_refused {
+        let reason: String = reason
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let _ = writeln!(
+            out,
+            "tad_gateway_device_commands_total{{decision=\"refused\",reason=\"{reason}\"}} {n}"
+        );
+    }
 }
 
 /// The `/health` answer: status code and JSON body.
@@ -523,6 +626,52 @@ mod tests {
         );
         let none = render(&Exposition::default());
         assert!(!none.contains("flow_admission"), "no map, no family");
+        assert!(!none.contains("device_"), "no [devices], no device family");
+    }
+
+    #[test]
+    fn device_counters_render_by_outcome_and_reason() {
+        use tad_wire::devices::DeviceRefusalReason as R;
+        let mut e = exposition();
+        e.devices = Some(super::super::devices::DeviceStats {
+            received: 12,
+            accepted: 9,
+            refused: [(R::Replay, 2), (R::BadSignature, 1)].into(),
+            batches_published: 3,
+            commands_allowed: 1,
+            commands_refused: [("low_trust".to_string(), 5)].into(),
+            scans: 4,
+            trust_changes: 6,
+            ..Default::default()
+        });
+        let m = parse(&render(&e));
+        let v = |k: &str| *m.get(k).unwrap_or_else(|| panic!("{k} missing: {m:?}"));
+        assert_eq!(
+            v("tad_gateway_device_telemetry_total{outcome=\"accepted\"}"),
+            9.0
+        );
+        assert_eq!(
+            v("tad_gateway_device_telemetry_total{outcome=\"refused\"}"),
+            3.0
+        );
+        assert_eq!(
+            v("tad_gateway_device_telemetry_refused_total{reason=\"replay\"}"),
+            2.0
+        );
+        assert_eq!(
+            v("tad_gateway_device_telemetry_refused_total{reason=\"skew\"}"),
+            0.0
+        );
+        assert_eq!(v("tad_gateway_device_batches_total"), 3.0);
+        assert_eq!(
+            v("tad_gateway_device_commands_total{decision=\"refused\",reason=\"low_trust\"}"),
+            5.0
+        );
+        assert_eq!(
+            v("tad_gateway_device_commands_total{decision=\"allowed\",reason=\"\"}"),
+            1.0
+        );
+        assert_eq!(v("tad_gateway_device_trust_changes_total"), 6.0);
     }
 
     #[test]

@@ -228,7 +228,9 @@ fn prepare_maps(cfg: &GatewayFile) -> Result<(PinDir, Pinned)> {
     Ok((dir, maps))
 }
 
-fn node_status(gw: &NodeId, dir: &PinDir, maps: &Pinned) -> NodeStatus {
+/// The status published (retained) on every connect; `partitions` is
+/// `[export] partitions`, which detectors check against their own count.
+fn node_status(gw: &NodeId, dir: &PinDir, maps: &Pinned, partitions: u16) -> NodeStatus {
     let mode = maps
         .config()
         .map(|c| {
@@ -249,6 +251,8 @@ fn node_status(gw: &NodeId, dir: &PinDir, maps: &Pinned) -> NodeStatus {
         interfaces: dir.interface_status(),
         maps: Vec::new(),
         version: env!("CARGO_PKG_VERSION").into(),
+        partitions: Some(partitions),
+        taken: Vec::new(),
     }
 }
 
@@ -497,7 +501,7 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
         if device_state.is_some() {
             device_subs = Some(devices::subscribe(&mut b, &gw));
         }
-        b.status(node_status(&gw, &dir, &maps));
+        b.status(node_status(&gw, &dir, &maps, cfg.export.partitions));
         // start(): connect in the background and keep retrying, so the gateway runs
         // (and filters) while the broker is down.
         let bus = b
@@ -730,6 +734,7 @@ pub async fn run(cfg: GatewayFile, shutdown: impl Future<Output = ()>) -> Result
                 write_status(&mut publisher, enforcer.as_ref(), bus.as_ref(), &status_path);
                 let mut x = exposition.lock().unwrap_or_else(|p| p.into_inner());
                 x.evidence = publisher.status.evidence.clone();
+                x.devices = publisher.status.devices.clone();
                 x.enforcer = publisher.status.verdicts.clone();
                 x.records_exported_total = publisher.status.records_exported_total;
                 x.records_dropped_total = publisher.status.records_dropped_total;

@@ -20,25 +20,23 @@
 //! client id, so the running dashboard keeps its session); decisions and scan
 //! reports are read with `mosquitto_sub` in the monitor namespace.
 //!
-//! Wiring (for the integrator, not done yet): the testbed gateway needs a
-//! `[devices]` table, [`gateway_config`], in `testbed::nodes::gateway`; the
-//! scenario calls [`listen_telnet`] before the stack starts (the scan of a new
-//! device runs at once) and [`run`] after the network attacks, and prints
-//! [`Row`]s with the other tables.
-
-#![allow(dead_code)] // until the scenario calls it (see the module docs)
+//! Wiring: the testbed gateway gets its `[devices]` table from
+//! `testbed::nodes::devices` (`StackOptions::devices`); the scenario starts
+//! [`listen_telnet`] before the stack (the scan of a new device runs at once),
+//! calls [`run`] after the network attacks and prints its [`Row`]s after the
+//! attack table.
 
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
+    path::PathBuf,
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use tad_devices::{
-    DeviceId, DevicesConfig, Registry,
+    DeviceId, Registry,
     cli::read_signing_key,
     sim::SimDevice,
     telemetry::{seal, topic},
@@ -50,7 +48,7 @@ use tad_wire::{
 };
 
 use crate::{
-    certs::{TESTBED_DEVICES, TESTBED_UNENROLLED, device_registry},
+    certs::{TESTBED_UNENROLLED, device_registry},
     testbed::{
         self,
         netns::{self, in_ns},
@@ -72,45 +70,25 @@ pub struct Row {
     pub ok: bool,
 }
 
-/// The gateway's `[devices]` table on the testbed: the registry `cargo xtask certs`
-/// wrote under `certs`, state files in `dir`, the scan of every testbed device
-/// (device `i` of [`TESTBED_DEVICES`] at `testbed::device_addr(i + 1)`) every 10 s.
-pub fn gateway_config(certs: &Path, dir: &Path, devices: u8) -> DevicesConfig {
-    let mut c = DevicesConfig {
-        registry: device_registry(certs),
-        anomaly: None,
-        ..DevicesConfig::default()
-    };
-    c.guard.replay_state = dir.join("device-replay.json");
-    c.trust.state_file = dir.join("device-trust.json");
-    c.scan.enabled = true;
-    c.scan.interval_ms = 10_000;
-    c.scan.connect_timeout_ms = 300;
-    for (i, (id, _, _)) in TESTBED_DEVICES.iter().enumerate().take(devices as usize) {
-        c.scan.addresses.insert(
-            DeviceId::parse(id).expect("testbed ids are valid"),
-            testbed::device_addr(i as u8 + 1).into(),
-        );
-    }
-    c
-}
+/// The fewest testbed device hosts the rows need (esp32-1..3; the telnet
+/// listener is on the third).
+pub const MIN_DEVICES: u8 = TELNET_DEVICE.0;
 
 /// Opens a TCP listener on 2323 (accepts and closes every connection, like a
 /// telnet daemon's port as a connect scan sees it) in [`TELNET_DEVICE`]'s
-/// namespace; kill the returned child when done.
-pub fn listen_telnet() -> anyhow::Result<Child> {
+/// namespace; stopped (by its PID) when the returned process is dropped.
+pub fn listen_telnet() -> anyhow::Result<netns::Proc> {
     const LISTENER: &str = "import socket\n\
 s = socket.socket()\n\
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
 s.bind(('0.0.0.0', 2323))\n\
 s.listen(64)\n\
 while True:\n    c, _ = s.accept()\n    c.close()\n";
-    in_ns(&testbed::device_ns(TELNET_DEVICE.0), "python3")
-        .args(["-c", LISTENER])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting python3 as a telnet-like listener on 2323")
+    netns::Proc::spawn(
+        "telnet-like listener (python3) on 2323",
+        in_ns(&testbed::device_ns(TELNET_DEVICE.0), "python3").args(["-c", LISTENER]),
+        None,
+    )
 }
 
 fn certs(stack: &Stack) -> PathBuf {

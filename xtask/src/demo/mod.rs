@@ -17,7 +17,13 @@
 //!    of 198.18.0.0/15).
 //! 5. A table: attack, attacker, detected at, blocked at, reaction time, attacker
 //!    packets let through before the block, packets dropped since; and the benign
-//!    hosts ever blocked (must be none).
+//!    hosts ever blocked (must be none). Then the device layer ([`devices`], with
+//!    `--devices` 3 or more; the gateway runs a `[devices]` table for the testbed's
+//!    simulated ESP32s): signed telemetry through the gateway's guard, a replayed
+//!    message, a forged signature, an unenrolled device, out-of-range values, a
+//!    command burst to a low-trust device, a device with telnet open; a table of
+//!    what each was expected to and did cause, and sent = accepted + refused with
+//!    the refusals exactly the attacks.
 //! 6. Gateway-side actions ([`enforced`]): a `fw-ctl block` and a `fw-ctl feed
 //!    load` on the router appear in the dashboard's blocklist within 2 s (latency
 //!    printed), a 6 s-TTL block disappears, the gateway's `/health` and `/metrics`
@@ -133,6 +139,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     if !a.no_build {
         crate::setup::ensure_apt_packages(&[
             "mosquitto",
+            "mosquitto-clients",
             "nmap",
             "hping3",
             "tcpreplay",
@@ -149,10 +156,14 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let _ = testbed::down();
     let tb = Testbed::up(a.devices)?;
     let dir = testbed::run_dir("demo")?;
+    let device_layer = a.devices >= devices::MIN_DEVICES;
+    // Before the gateway starts: its first vulnerability scan runs at once.
+    let telnet = device_layer.then(devices::listen_telnet).transpose()?;
     let stack = Arc::new(Stack::start(&StackOptions {
         dir: dir.clone(),
         dashboard: !a.no_dashboard,
         xdp_mode: a.xdp_mode.clone(),
+        devices: a.devices,
     })?);
     let url = stack
         .dashboard_url
@@ -191,6 +202,16 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     enforced::gateway_side(&stack, &mut failures)?;
     report::report(&stack, &outcomes, &benign, &seen, &mut failures)?;
+    if device_layer {
+        let rows = devices::run(&stack, &mut failures)?;
+        devices::print(&rows);
+    } else {
+        println!(
+            "\ndevice layer: skipped (needs --devices {} or more)",
+            devices::MIN_DEVICES
+        );
+    }
+    drop(telnet);
     flood::check(&flood, &mut failures);
     enforced::compare_blocklists(&stack, &mut failures)?;
 

@@ -118,6 +118,40 @@ pub fn gateway(g: &Gateway, bus: &Bus) -> anyhow::Result<GatewayFile> {
     Ok(c)
 }
 
+/// The device guard's replay windows, in the run directory.
+pub const DEVICE_REPLAY_FILE: &str = "device-replay.json";
+/// The device trust ledger's state, in the run directory.
+pub const DEVICE_TRUST_FILE: &str = "device-trust.json";
+
+/// The gateway's `[devices]` table on the testbed: the registry `cargo xtask certs`
+/// wrote under `certs` (`crate::certs::device_registry`), the replay windows and
+/// trust state in `dir` ([`DEVICE_REPLAY_FILE`], [`DEVICE_TRUST_FILE`]), the
+/// default per-device anomaly model, and a connect scan (300 ms per port) of the first
+/// `devices` of [`crate::certs::TESTBED_DEVICES`] every 10 s, device `i` at
+/// `testbed::device_addr(i + 1)`.
+pub fn devices(certs: &Path, dir: &Path, devices: u8) -> tad_devices::DevicesConfig {
+    let mut c = tad_devices::DevicesConfig {
+        registry: crate::certs::device_registry(certs),
+        ..tad_devices::DevicesConfig::default()
+    };
+    c.guard.replay_state = dir.join(DEVICE_REPLAY_FILE);
+    c.trust.state_file = dir.join(DEVICE_TRUST_FILE);
+    c.scan.enabled = true;
+    c.scan.interval_ms = 10_000;
+    c.scan.connect_timeout_ms = 300;
+    for (i, (id, _, _)) in crate::certs::TESTBED_DEVICES
+        .iter()
+        .enumerate()
+        .take(devices as usize)
+    {
+        c.scan.addresses.insert(
+            tad_devices::DeviceId::parse(id).expect("testbed ids are valid"),
+            super::device_addr(i as u8 + 1).into(),
+        );
+    }
+    c
+}
+
 /// The model every run's detector loads (absolute: the detector runs elsewhere).
 pub fn model_path() -> PathBuf {
     util::workspace_root().join("detector/model/model.onnx")
@@ -205,6 +239,9 @@ mod tests {
             g.export.poll_interval_ms = 250;
             g.export.idle_timeout_s = 3.0;
             g.maps.flows_max_entries = 262_144;
+            if enforce {
+                g.devices = Some(devices(&certs, dir, 3));
+            }
             let p = dir.join("gateway.toml");
             write(&p, &g).expect("write gateway.toml");
             let back = fw_ctl::config::GatewayFile::load(&p).expect("fw-ctl loads it");
@@ -213,6 +250,11 @@ mod tests {
             assert_eq!(back.bus.cert_file, certs.join("nodes/gateway-1.pem"));
             assert_eq!(back.xdp_mode.as_str(), mode);
             assert_eq!(back.trust.detectors, [DETECTOR_ID, "detector-bench"]);
+            if let Some(d) = &back.devices {
+                assert_eq!(d.registry, certs.join("devices/registry.toml"));
+                assert_eq!(d.scan.addresses.len(), 3);
+                assert_eq!(d.guard.replay_state, dir.join(DEVICE_REPLAY_FILE));
+            }
         }
         assert!(attach_mode("bogus").is_err());
 

@@ -42,6 +42,10 @@ pub struct StackOptions {
     pub dashboard: bool,
     /// XDP attach mode (native or skb).
     pub xdp_mode: String,
+    /// Testbed device hosts enrolled in the gateway's `[devices]` table
+    /// ([`nodes::devices`]: telemetry guard, trust ledger, command vetting, a
+    /// vulnerability scan of each every 10 s); 0 = no `[devices]` table.
+    pub devices: u8,
 }
 
 /// Alerts, verdicts and acks seen on the bus, with the wall-clock time they arrived.
@@ -98,6 +102,8 @@ impl Stack {
             "dashboard.sqlite-wal",
             "dashboard.sqlite-shm",
             "audit.jsonl",
+            nodes::DEVICE_REPLAY_FILE,
+            nodes::DEVICE_TRUST_FILE,
         ] {
             let _ = std::fs::remove_file(o.dir.join(f));
         }
@@ -121,10 +127,18 @@ impl Stack {
             .chain(extra_detectors)
             .map(|s| s.to_string())
             .collect();
+        // `certs::run` also makes the testbed devices' certificates, ACL blocks,
+        // telemetry keys and enrollments: reuse requires those too.
+        let device_ids: Vec<&str> = crate::certs::TESTBED_DEVICES
+            .iter()
+            .map(|d| d.0)
+            .chain([crate::certs::TESTBED_UNENROLLED])
+            .collect();
         // Reuse the run directory's PKI only when it covers every node, ACL included.
         let acl = std::fs::read_to_string(certs.join("mosquitto/acl")).unwrap_or_default();
         let have_all = certs.join("mosquitto/mosquitto.conf").exists()
-            && ids.iter().all(|n| {
+            && crate::certs::device_registry(&certs).exists()
+            && ids.iter().map(String::as_str).chain(device_ids).all(|n| {
                 certs.join(format!("nodes/{n}.pem")).exists()
                     && acl.lines().any(|l| l.trim() == format!("user {n}"))
             });
@@ -183,10 +197,11 @@ impl Stack {
             .chain(extra_detectors)
             .copied()
             .collect();
-        nodes::write(
-            &gw_conf,
-            &gateway_config(&o.dir, &o.xdp_mode, &detectors, &bus)?,
-        )?;
+        let mut g = gateway_config(&o.dir, &o.xdp_mode, &detectors, &bus)?;
+        if o.devices > 0 {
+            g.devices = Some(nodes::devices(&certs, &o.dir, o.devices));
+        }
+        nodes::write(&gw_conf, &g)?;
         daemons::fw_ctl_load(&daemons::Load {
             ns: testbed::NS_ROUTER,
             instance: INSTANCE,

@@ -399,6 +399,7 @@ pub fn run(out: &Path, a: &ReactionArgs) -> anyhow::Result<()> {
             dir: dir.clone(),
             dashboard: false,
             xdp_mode: "native".into(),
+            devices: 0,
         },
         &[BENCH_DETECTOR_ID],
     )?;
