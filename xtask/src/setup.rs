@@ -14,6 +14,10 @@
 //!    its LLVM soname) changes.
 //! 4. bpffs mounted at /sys/fs/bpf.
 //! 5. The dashboard browser test's npm packages (`npm ci` in dashboard/e2e).
+//! 6. The model's pinned training environment: a Python venv in
+//!    `target/train-venv` with `detector/train/requirements.txt` (the test that the
+//!    committed model is what `detector/train/train.py` makes runs it); recreated
+//!    when the requirements change.
 //!
 //! Between 3 and 4, the stable toolchain's cross targets ([`RUST_TARGETS`]) for
 //! `cargo xtask dist`; the aarch64 cross compiler, sysroot and qemu-user come
@@ -84,6 +88,7 @@ pub fn run(a: &SetupArgs) -> anyhow::Result<()> {
     ensure_rust_targets(RUST_TARGETS)?;
     ensure_bpffs()?;
     ensure_e2e_packages()?;
+    ensure_train_env()?;
     eprintln!("setup: ready");
     Ok(())
 }
@@ -325,6 +330,38 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
     fs::create_dir_all("/sys/fs/bpf").ok();
     run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
         .context("could not mount bpffs: the kernel needs CONFIG_BPF_SYSCALL")
+}
+
+/// The model's training environment (step 6): `target/train-venv`, holding a
+/// copy of the requirements it was made from; recreated (`venv --clear`, `pip
+/// install -r`) when that copy differs from `detector/train/requirements.txt`.
+pub fn ensure_train_env() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let req_file = root.join("detector/train/requirements.txt");
+    let req =
+        fs::read_to_string(&req_file).with_context(|| format!("reading {}", req_file.display()))?;
+    let venv = root.join("target/train-venv");
+    let stamp = venv.join("tad-requirements.txt");
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == req) && venv.join("bin/python").exists() {
+        step("model training environment present (target/train-venv)");
+        return Ok(());
+    }
+    step(
+        "creating the model training environment (target/train-venv, pip install -r detector/train/requirements.txt)",
+    );
+    run_cmd(
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )
+    .context("python3 -m venv failed (Debian package python3-venv)")?;
+    run_cmd(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--disable-pip-version-check", "-q", "-r"])
+            .arg(&req_file),
+    )
+    .context("pip install of the pinned training requirements failed")?;
+    fs::write(&stamp, req).with_context(|| format!("writing {}", stamp.display()))
 }
 
 /// `npm ci` for the dashboard's browser test when its packages are missing.
