@@ -55,6 +55,8 @@ pub enum ConfigError {
 pub struct Config {
     pub detector: DetectorSection,
     pub partitions: Partitions,
+    /// Several gateways and detectors (`crate::fleet`, `docs/fleet.md`).
+    pub fleet: crate::fleet::FleetSection,
     /// Bus connection (`tad_bus::BusConfig`); `node_id` defaults to `detector.id`.
     pub bus: tad_bus::BusConfig,
     pub service: ServiceSection,

@@ -15,6 +15,28 @@
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Serialize};
+
+/// Which gateways a block goes to (`[fleet] block_on`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockOn {
+    /// The gateway whose flows or evidence showed the source.
+    #[default]
+    Seen,
+    /// Also every other gateway whose retained status says online: a source
+    /// caught at one site is blocked at all of them. SYN authentication stays
+    /// with the gateway of the victim.
+    All,
+}
+
+/// The `[fleet]` section of the detector config.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetSection {
+    pub block_on: BlockOn,
+}
+
 /// Weight of detector `id` for partition `p`: FNV-1a (64-bit; offset basis
 /// 0xcbf29ce484222325, prime 0x100000001b3, as `tad_wire::partition_of`) over the
 /// id's UTF-8 bytes, a 0xff separator and `p` big-endian, then a SplitMix64

@@ -9,7 +9,7 @@
 //! | in | `tad/v1/settings/thresholds` (retained) | [`ThresholdSettings`] | QoS 1 |
 //! | in | `tad/v1/gw/+/status`, `tad/v1/det/+/status` (retained) | [`NodeStatus`]: a gateway's `partitions`, checked against `[partitions] count` (a mismatch heard before the first record stops the service with [`ServiceError::PartitionCount`]); the detectors online, among which `[partitions] live` shares the partitions ([`crate::fleet`]) | QoS 1 |
 //! | out | `tad/v1/det/<det>/alerts` | [`Alert`](tad_wire::Alert) | QoS 1, waits for room |
-//! | out | `tad/v1/gw/<gw>/verdicts/<det>` (`gw`: the gateway that saw the flows) | [`Verdict`](tad_wire::Verdict), signed: a JWS by this detector's certificate key ([`tad_bus::signing`], content type `application/jose`) | QoS 1, expiry `service.verdict_expiry_s` |
+//! | out | `tad/v1/gw/<gw>/verdicts/<det>` (`gw`: the gateway that saw the flows; with `[fleet] block_on = "all"` blocks, quarantines and lifts also go to every gateway whose status says online) | [`Verdict`](tad_wire::Verdict), signed: a JWS by this detector's certificate key ([`tad_bus::signing`], content type `application/jose`) | QoS 1, expiry `service.verdict_expiry_s` |
 //! | out | `tad/v1/det/<det>/settings/schema` | retained [`SettingsSchema`](tad_wire::SettingsSchema): every key [`ThresholdSettings`] may set, kind, range, default (the config file's value), unit, help ([`crate::settings`]); at start and after every reconnect | QoS 1, retained |
 //! | out | `tad/v1/det/<det>/settings/acks` | [`SettingsAck`]: one per [`ThresholdSettings`] received | QoS 1, waits for room |
 //! | out | `tad/v1/det/<det>/trust` | [`TrustUpdate`](tad_wire::TrustUpdate) | QoS 0, drop-oldest |
@@ -212,22 +212,34 @@ struct Outlet<'a> {
     expiry_s: u32,
 }
 
-async fn publish(o: &Outlet<'_>, out: Output, stats: &mut ServiceStats) {
+/// Publishes `out`: each verdict to its gateway and, for blocks, quarantines
+/// and their lifts, also to every gateway in `copies` (`[fleet] block_on =
+/// "all"`); alerts and trust updates once.
+async fn publish(o: &Outlet<'_>, out: Output, copies: &[String], stats: &mut ServiceStats) {
     let (bus, det) = (o.bus, o.det.as_str());
     for v in &out.verdicts {
-        let r = bus
-            .publish_signed(
-                &topic::verdicts(&v.gateway_id, det),
-                o.signer,
-                &v.verdict,
-                PublishOptions::verdict(o.expiry_s),
-            )
-            .await;
-        if let Err(e) = r {
-            stats.publish_errors += 1;
-            tracing::warn!(error = %e, id = %v.verdict.id, "verdict not published");
-        } else {
-            tracing::info!(id = %v.verdict.id, target = %v.verdict.target, gateway = %v.gateway_id, ttl_s = ?v.verdict.ttl_s, observe_only = v.verdict.observe_only, "verdict");
+        let fleet_wide = matches!(
+            v.verdict.action,
+            tad_wire::Action::Block | tad_wire::Action::Quarantine | tad_wire::Action::Unblock
+        );
+        let others = copies
+            .iter()
+            .filter(|g| fleet_wide && g.as_str() != v.gateway_id.as_str());
+        for gw in std::iter::once(v.gateway_id.as_str()).chain(others.map(String::as_str)) {
+            let r = bus
+                .publish_signed(
+                    &topic::verdicts(gw, det),
+                    o.signer,
+                    &v.verdict,
+                    PublishOptions::verdict(o.expiry_s),
+                )
+                .await;
+            if let Err(e) = r {
+                stats.publish_errors += 1;
+                tracing::warn!(error = %e, id = %v.verdict.id, gateway = gw, "verdict not published");
+            } else {
+                tracing::info!(id = %v.verdict.id, target = %v.verdict.target, gateway = gw, ttl_s = ?v.verdict.ttl_s, observe_only = v.verdict.observe_only, "verdict");
+            }
         }
     }
     for a in &out.alerts {
@@ -392,13 +404,13 @@ pub async fn serve(
                 stats.batches += 1;
                 last_ms = last_ms.max(now_ms());
                 let out = engine.batch(&batch, last_ms);
-                publish(&outlet, out, &mut stats).await;
+                publish(&outlet, out, fleet.block_copies(), &mut stats).await;
             }
             Some(batch) = erx.recv() => {
                 stats.evidence_batches += 1;
                 last_ms = last_ms.max(now_ms());
                 let out = engine.evidence(&batch, last_ms);
-                publish(&outlet, out, &mut stats).await;
+                publish(&outlet, out, fleet.block_copies(), &mut stats).await;
             }
             Some(st) = srx.recv() => {
                 match fleet.status(&st, &mut engine, &mut stats) {
@@ -435,7 +447,7 @@ pub async fn serve(
             _ = tick.tick() => {
                 last_ms = last_ms.max(now_ms());
                 let out = engine.tick(last_ms);
-                publish(&outlet, out, &mut stats).await;
+                publish(&outlet, out, fleet.block_copies(), &mut stats).await;
             }
         }
     }
@@ -480,6 +492,10 @@ struct Fleet {
     /// Other detectors whose last status said online.
     live: std::collections::BTreeSet<String>,
     owned: std::collections::BTreeSet<u16>,
+    block_on: crate::fleet::BlockOn,
+    /// Gateways whose last status said online (the copies of a block with
+    /// `block_on = "all"`).
+    gateways: Vec<String>,
 }
 
 impl Fleet {
@@ -491,6 +507,17 @@ impl Fleet {
             live_sharing: cfg.partitions.live,
             live: Default::default(),
             owned: (0..count).collect(),
+            block_on: cfg.fleet.block_on,
+            gateways: Vec::new(),
+        }
+    }
+
+    /// The gateways every block also goes to: the online ones with
+    /// `block_on = "all"`, none with `"seen"`.
+    fn block_copies(&self) -> &[String] {
+        match self.block_on {
+            crate::fleet::BlockOn::All => &self.gateways,
+            crate::fleet::BlockOn::Seen => &[],
         }
     }
 
@@ -506,6 +533,14 @@ impl Fleet {
     ) -> Result<bool, ServiceError> {
         match st.role {
             Role::Gateway => {
+                let id = st.node_id.to_string();
+                match (st.online, self.gateways.iter().position(|g| *g == id)) {
+                    (true, None) => self.gateways.push(id),
+                    (false, Some(i)) => {
+                        self.gateways.remove(i);
+                    }
+                    _ => {}
+                }
                 if let Err(e) =
                     crate::fleet::check_count(st.node_id.as_str(), st.partitions, self.count)
                 {

@@ -184,19 +184,7 @@ async fn live_detectors_share_partitions_and_take_over_a_stopped_ones() {
 async fn a_gateway_with_another_partition_count_stops_the_detector() {
     let broker = TestBroker::start_with(&[GW, DETS[0]]).unwrap();
     let mut gw_b = BusClient::builder(broker.config(GW).unwrap()).unwrap();
-    gw_b.status(NodeStatus {
-        v: SCHEMA_VERSION,
-        node_id: GW.parse().unwrap(),
-        role: Role::Gateway,
-        online: true,
-        at_ms: now_ms(),
-        mode: None,
-        interfaces: Vec::new(),
-        maps: Vec::new(),
-        version: "test".into(),
-        partitions: Some(8),
-        taken: Vec::new(),
-    });
+    gw_b.status(gateway_status(GW, 8));
     let gw = gw_b.connect().await.unwrap();
 
     let (_stop, det) = start(config(&broker, DETS[0], COUNT, false)).await;
@@ -212,4 +200,68 @@ async fn a_gateway_with_another_partition_count_stops_the_detector() {
         other => panic!("expected a partition count error, got {other:?}"),
     }
     gw.shutdown(Duration::from_secs(2)).await.unwrap();
+}
+
+/// A gateway's retained online status, as fw-ctl's daemon publishes it.
+fn gateway_status(id: &str, partitions: u16) -> NodeStatus {
+    NodeStatus {
+        v: SCHEMA_VERSION,
+        node_id: id.parse().unwrap(),
+        role: Role::Gateway,
+        online: true,
+        at_ms: now_ms(),
+        mode: None,
+        interfaces: Vec::new(),
+        maps: Vec::new(),
+        version: "test".into(),
+        partitions: Some(partitions),
+        taken: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_on_all_sends_a_block_seen_at_one_gateway_to_every_online_one() {
+    const GW2: &str = "gateway-2";
+    let broker = TestBroker::start_with(&[GW, GW2, DETS[0]]).unwrap();
+    let mut clients = Vec::new();
+    let mut subs = Vec::new();
+    for id in [GW, GW2] {
+        let mut b = BusClient::builder(broker.config(id).unwrap()).unwrap();
+        b.status(gateway_status(id, 1));
+        subs.push(b.subscribe::<RawPayload>(&topic::verdicts_filter(id), QoS::AtLeastOnce));
+        clients.push(b.connect().await.unwrap());
+    }
+    let mut cfg = config(&broker, DETS[0], 1, false);
+    cfg.fleet.block_on = detector::fleet::BlockOn::All;
+    let (stop, det) = start(cfg).await;
+
+    // Evidence of a scanner reaches the detector from gateway-1 only.
+    let a: IpAddr = "203.0.113.77".parse().unwrap();
+    let mut batch = scan(a, 0);
+    batch.partition = 0;
+    let (stop_pub, publisher) = keep_publishing(clients[0].clone(), batch);
+    let mut got = Vec::new();
+    for (id, sub) in [GW, GW2].into_iter().zip(subs.iter_mut()) {
+        let r = within("verdict", sub.recv()).await;
+        assert_eq!(r.topic, topic::verdicts(id, DETS[0]));
+        let v = Verifier::from_bus_config(&broker.config(id).unwrap())
+            .unwrap()
+            .verify::<tad_wire::Verdict>(&r.message.0)
+            .unwrap_or_else(|e| panic!("{id}: the verdict does not verify: {e}"));
+        assert_eq!(v.signer.as_str(), DETS[0]);
+        got.push((v.message.action, v.message.target.to_string(), v.message.id));
+    }
+    let _ = stop_pub.send(());
+    publisher.await.unwrap();
+    assert_eq!(got[0], got[1], "the same verdict at both gateways");
+    assert_eq!(
+        (got[0].0, got[0].1.as_str()),
+        (Action::Quarantine, format!("{a}/32").as_str())
+    );
+    let _ = stop.send(());
+    let stats = det.await.unwrap().unwrap();
+    assert_eq!(stats.engine.verdicts, 1, "one verdict, published twice");
+    for c in clients {
+        c.shutdown(Duration::from_secs(2)).await.unwrap();
+    }
 }

@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build;
 mod certs;
+mod corpus;
 mod demo;
 mod dist;
 mod eval;
@@ -59,6 +60,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Replay captures through the whole pipeline and report blocks and alerts.
     Eval(eval::EvalArgs),
+    /// Record the generated evaluation captures (eval/corpus) with real tools.
+    Corpus(corpus::CorpusArgs),
     /// Rewrite a capture into testbed addresses and inject it on an interface.
     Replay(replay::ReplayArgs),
     /// Debian packages per role (router, detector, monitor), for the host or
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Testbed(a) => testbed::run(&a),
         Cmd::Demo(a) => demo::run(&a),
         Cmd::Eval(a) => eval::run(&a),
+        Cmd::Corpus(a) => corpus::run(&a),
         Cmd::Replay(a) => replay::run(&a),
         Cmd::Dist(a) => dist::run(&a),
     };

@@ -139,25 +139,35 @@ fn mqtt_wait(
     pick: impl Fn(&str) -> bool,
 ) -> anyhow::Result<Option<String>> {
     let c = certs(stack);
-    let out = netns::run_quiet(
-        in_ns(testbed::NS_MONITOR, "mosquitto_sub")
-            .args([
-                "-h",
-                &testbed::MONITOR.to_string(),
-                "-p",
-                &BROKER_PORT.to_string(),
-            ])
-            .arg("--cafile")
-            .arg(c.join("ca.pem"))
-            .arg("--cert")
-            .arg(c.join(format!("nodes/{DASHBOARD_ID}.pem")))
-            .arg("--key")
-            .arg(c.join(format!("nodes/{DASHBOARD_ID}.key")))
-            .args(["-i", &format!("dashboard-demo-sub-{}", std::process::id())])
-            .args(["-t", filter, "-W", &limit.as_secs().max(1).to_string()]),
-    )
-    .unwrap_or_default(); // -W ends with a non-zero status: what arrived is in the output
-    Ok(out.lines().find(|l| pick(l)).map(String::from))
+    // `-W` ends mosquitto_sub after `limit` (with a non-zero status); lines are
+    // read as they arrive and the subscriber is stopped at the first match.
+    let mut child = in_ns(testbed::NS_MONITOR, "mosquitto_sub")
+        .args([
+            "-h",
+            &testbed::MONITOR.to_string(),
+            "-p",
+            &BROKER_PORT.to_string(),
+        ])
+        .arg("--cafile")
+        .arg(c.join("ca.pem"))
+        .arg("--cert")
+        .arg(c.join(format!("nodes/{DASHBOARD_ID}.pem")))
+        .arg("--key")
+        .arg(c.join(format!("nodes/{DASHBOARD_ID}.key")))
+        .args(["-i", &format!("dashboard-demo-sub-{}", std::process::id())])
+        .args(["-t", filter, "-W", &limit.as_secs().max(1).to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("mosquitto_sub (Debian package mosquitto-clients)")?;
+    let out = child.stdout.take().expect("piped");
+    let found = std::io::BufRead::lines(std::io::BufReader::new(out))
+        .map_while(Result::ok)
+        .find(|l| pick(l));
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(found)
 }
 
 /// The `devices` counters of the gateway's status file.

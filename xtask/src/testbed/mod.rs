@@ -20,6 +20,8 @@
 //!   attacker-to-device traffic crosses the router's LAN interface and its XDP
 //!   program, as on a gateway with client isolation.
 //! - Management 198.51.100.0/24: router, detector, monitor (the MQTT/TLS bus).
+//!   Devices reach the broker on the monitor (and nothing else there) through the
+//!   router: their signed telemetry (issue 17).
 //! - WAN 203.0.113.0/25: the router's upstream and an "internet" host with the
 //!   services IoT devices talk to; 203.0.113.252/30: root <-> monitor, so the
 //!   dashboard URL works from the root namespace.
@@ -317,11 +319,15 @@ fn build(devices: u8) -> anyhow::Result<()> {
     attach(NS_ROUTER, ROUTER_LAN_IF, "p-router", "br-lan", false)?;
     addr(NS_ROUTER, ROUTER_LAN_IF, &format!("{ROUTER_LAN}/24"))?;
     let lan_route = ["203.0.113.0/25", "via", "192.0.2.1"];
+    // Devices also reach the broker (their signed telemetry, issue 17) through
+    // the router, and only it on the management network.
+    let broker_route = format!("{MONITOR}/32");
     for i in 1..=devices {
         let ns = device_ns(i);
         attach(&ns, HOST_IF, &format!("p-dev{i}"), "br-lan", true)?;
         addr(&ns, HOST_IF, &format!("{}/24", device_addr(i)))?;
         route(&ns, &lan_route)?;
+        route(&ns, &[&broker_route, "via", "192.0.2.1"])?;
     }
     attach(NS_ATTACKER, HOST_IF, "p-atk", "br-lan", true)?;
     for i in 0..ATTACKER_ADDRS {
@@ -341,6 +347,11 @@ fn build(devices: u8) -> anyhow::Result<()> {
     addr(NS_DETECTOR, HOST_IF, &format!("{DETECTOR}/24"))?;
     attach(NS_MONITOR, HOST_IF, "p-mon", "br-mgmt", false)?;
     addr(NS_MONITOR, HOST_IF, &format!("{MONITOR}/24"))?;
+    // The way back to the devices' MQTT connections.
+    route(
+        NS_MONITOR,
+        &["192.0.2.0/24", "via", &ROUTER_MGMT.to_string()],
+    )?;
 
     // WAN: a point-to-point veth router <-> "internet" host.
     ip_in(

@@ -20,6 +20,8 @@
 //! capture's directory): every `must_block` source blocked, no other address
 //! blocked, the `expect_alert` kind raised naming that address; exits non-zero on
 //! any mismatch.
+pub mod report;
+
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
@@ -66,6 +68,14 @@ pub struct EvalArgs {
     /// Skip building the release binaries.
     #[arg(long)]
     no_build: bool,
+    /// Instead of the testbed: every capture of the corpus (../shared/pcaps and
+    /// eval/corpus) offline through meter and engine, per class and split
+    /// (eval/split.toml), written to EVALUATION.md ([`report`]).
+    #[arg(long)]
+    report: bool,
+    /// With --report: fail when EVALUATION.md is not what it would write.
+    #[arg(long, requires = "report")]
+    check: bool,
 }
 
 /// One blocked source.
@@ -107,6 +117,9 @@ pub fn pcaps_dir() -> PathBuf {
 }
 
 pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
+    if a.report {
+        return report::run(&util::workspace_root().join("EVALUATION.md"), a.check);
+    }
     netns::install_interrupt_handler();
     let files = if a.files.is_empty() {
         all_captures()?
